@@ -1,0 +1,80 @@
+"""The one exception hierarchy: every error a user can cause or meet carries a message that names the fix.
+
+The CLI turns each class into its exit code (``ExitCode``); library users catch ``DifyRepackError``.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    FAILURE = 1  # an unexpected bug: reported with a traceback hint
+    USAGE = 2  # bad command-line arguments (click's own code too)
+    BAD_PACKAGE = 3  # the input plugin or package cannot be read or is unsafe
+    DEPENDENCY = 4  # a requirement is invalid, cannot be resolved or has no wheel for a target
+    BUILD = 5  # an sdist could not be built into a wheel
+    NETWORK = 6  # an index, marketplace or download could not be reached or answered an error
+    VERIFY = 7  # the package does not install offline (verify found a failing profile)
+    SIGNATURE = 8  # a key or signature problem
+    ENVIRONMENT = 9  # the host lacks something the job needs (uv, a Python, network isolation)
+
+
+class DifyRepackError(Exception):
+    """Base class: ``str(error)`` is a one-line message; ``tip`` says what to do about it."""
+
+    exit_code = ExitCode.FAILURE
+
+    def __init__(self, message: str, *, tip: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.tip = tip
+
+
+class UsageError(DifyRepackError):
+    """The arguments contradict each other or name something that does not exist."""
+
+    exit_code = ExitCode.USAGE
+
+
+class PackageError(DifyRepackError):
+    """The plugin (zip or directory) is unreadable, unsafe, or lacks what Dify requires."""
+
+    exit_code = ExitCode.BAD_PACKAGE
+
+
+class DependencyError(DifyRepackError):
+    """A dependency declaration is invalid, cannot be resolved, or has no wheel for a target."""
+
+    exit_code = ExitCode.DEPENDENCY
+
+
+class BuildError(DifyRepackError):
+    """An sdist could not be turned into a wheel usable on the target."""
+
+    exit_code = ExitCode.BUILD
+
+
+class NetworkError(DifyRepackError):
+    """A download or index request failed (unreachable, HTTP error, hash mismatch)."""
+
+    exit_code = ExitCode.NETWORK
+
+
+class VerificationError(DifyRepackError):
+    """A replayed daemon install failed: the package would not install offline."""
+
+    exit_code = ExitCode.VERIFY
+
+
+class SignatureError(DifyRepackError):
+    """A key is in the wrong format, or a signature does not verify."""
+
+    exit_code = ExitCode.SIGNATURE
+
+
+class EnvironmentProblem(DifyRepackError):
+    """The host lacks a tool the job needs (uv, a CPython, namespaces for network isolation)."""
+
+    exit_code = ExitCode.ENVIRONMENT

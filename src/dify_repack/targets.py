@@ -1,0 +1,127 @@
+"""Install targets: the daemon's CPython on Linux glibc, per CPU architecture.
+
+Everything that depends on the target (markers, wheel tags, uv's ``--python-platform``) is computed here from
+explicit values, never from the host, so any host produces the same package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from packaging.markers import Marker
+from packaging.tags import Tag, cpython_tags, compatible_tags
+from packaging.utils import parse_wheel_filename
+
+from .errors import UsageError
+
+MACHINES = {"amd64": "x86_64", "arm64": "aarch64"}
+# Oldest glibc the daemon's images run on is well above 2.28; 2.28 keeps packages portable to older hosts.
+DEFAULT_GLIBC = (2, 28)
+DEFAULT_PYTHON = "3.12"
+
+
+@dataclass(frozen=True)
+class Target:
+    python: str  # "3.12"
+    arch: str  # "amd64" | "arm64"
+    glibc: tuple[int, int] = DEFAULT_GLIBC
+
+    def __str__(self) -> str:
+        return f"cp{self.python_nodot}-linux-{self.arch}"
+
+    @property
+    def machine(self) -> str:
+        return MACHINES[self.arch]
+
+    @property
+    def python_nodot(self) -> str:
+        return self.python.replace(".", "")
+
+    @property
+    def uv_platform(self) -> str:
+        """The ``--python-platform`` value uv understands, e.g. ``x86_64-manylinux_2_28``."""
+        return f"{self.machine}-manylinux_{self.glibc[0]}_{self.glibc[1]}"
+
+    @property
+    def marker_environment(self) -> dict[str, str]:
+        """A complete PEP 508 environment: ``Marker.evaluate`` fills missing keys from the host otherwise."""
+        major, minor = self.python.split(".")
+        return {
+            "implementation_name": "cpython",
+            "implementation_version": f"{self.python}.0",
+            "os_name": "posix",
+            "platform_machine": self.machine,
+            "platform_python_implementation": "CPython",
+            "platform_release": "",
+            "platform_system": "Linux",
+            "platform_version": "",
+            "python_full_version": f"{self.python}.0",
+            "python_version": f"{major}.{minor}",
+            "sys_platform": "linux",
+        }
+
+    @property
+    def uv_environment(self) -> str:
+        """The ``[tool.uv] environments`` entry: Linux, this machine, this Python only (DAEMON-FACTS §5)."""
+        major, minor = (int(part) for part in self.python.split("."))
+        return (
+            f"sys_platform == 'linux' and platform_machine == '{self.machine}'"
+            f" and implementation_name == 'cpython'"
+            f" and python_full_version >= '{major}.{minor}' and python_full_version < '{major}.{minor + 1}'"
+        )
+
+    @property
+    def arch_marker(self) -> str:
+        return f"platform_machine == '{self.machine}'"
+
+    @cached_property
+    def tags(self) -> tuple[Tag, ...]:
+        """Wheel tags in preference order, every manylinux level up to the target glibc included."""
+        platforms = [f"manylinux_{self.glibc[0]}_{minor}_{self.machine}" for minor in range(self.glibc[1], 16, -1)]
+        platforms += [f"manylinux2014_{self.machine}"]
+        if self.machine == "x86_64":
+            platforms += [
+                "manylinux_2_12_x86_64",
+                "manylinux2010_x86_64",
+                "manylinux_2_5_x86_64",
+                "manylinux1_x86_64",
+            ]
+        platforms.append(f"linux_{self.machine}")  # what a local sdist build produces
+        version = (int(self.python.split(".")[0]), int(self.python.split(".")[1]))
+        return (*cpython_tags(version, platforms=platforms), *compatible_tags(version, platforms=platforms))
+
+    def wheel_rank(self, filename: str) -> int | None:
+        """Position of the wheel's best tag in ``tags`` (lower is better), or None when it cannot install."""
+        _, _, _, wheel_tags = parse_wheel_filename(filename)
+        ranks = [self._tag_ranks[tag] for tag in wheel_tags if tag in self._tag_ranks]
+        return min(ranks) if ranks else None
+
+    @cached_property
+    def _tag_ranks(self) -> dict[Tag, int]:
+        ranks: dict[Tag, int] = {}
+        for index, tag in enumerate(self.tags):
+            ranks.setdefault(tag, index)
+        return ranks
+
+    def evaluate(self, marker: Marker | None, extras: frozenset[str] = frozenset()) -> bool:
+        if marker is None:
+            return True
+        environments = [dict(self.marker_environment, extra=extra) for extra in (extras or {""})]
+        return any(marker.evaluate(environment) for environment in environments)
+
+
+def make_targets(python: str, arches: list[str] | tuple[str, ...]) -> tuple[Target, ...]:
+    parts = python.split(".")
+    if len(parts) != 2 or not all(part.isdigit() for part in parts) or parts[0] != "3":
+        raise UsageError(f"--python {python!r}: give a CPython version such as 3.12")
+    unknown = [arch for arch in arches if arch not in MACHINES]
+    if unknown:
+        raise UsageError(f"unknown architecture {unknown[0]!r}: choose amd64, arm64 or all")
+    ordered = sorted(set(arches), key=list(MACHINES).index)
+    return tuple(Target(python, arch) for arch in ordered)
+
+
+def is_pure_wheel(filename: str) -> bool:
+    _, _, _, wheel_tags = parse_wheel_filename(filename)
+    return all(tag.abi == "none" and tag.platform == "any" for tag in wheel_tags)

@@ -1,0 +1,103 @@
+"""Finding the tools the work runs on: our own uv, other uv versions for verification, and CPythons."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+from pathlib import Path
+
+from packaging.version import InvalidVersion, Version
+
+from .errors import EnvironmentProblem, NetworkError
+from .runner import clean_env, run
+
+# The uv range this release is tested with; it matches the `uv` requirement in pyproject.toml.
+UV_MINIMUM = Version("0.13.0")
+UV_BELOW = Version("0.14")
+
+
+def _version_of(binary: str) -> Version | None:
+    result = run([binary, "--version"], timeout=30)
+    match = re.search(r"uv (\d+\.\d+\.\d+)", result.stdout)
+    if result.returncode != 0 or not match:
+        return None
+    try:
+        return Version(match.group(1))
+    except InvalidVersion:
+        return None
+
+
+@functools.cache
+def uv_bin() -> str:
+    """Our uv: the one the ``uv`` dependency installed, else ``$UV``, else PATH; its version checked once."""
+    candidates: list[str] = []
+    try:
+        from uv import find_uv_bin
+
+        candidates.append(find_uv_bin())
+    except (ImportError, FileNotFoundError):
+        pass
+    candidates += [os.environ.get("UV", ""), shutil.which("uv") or ""]
+    for candidate in filter(None, candidates):
+        version = _version_of(candidate)
+        if version is not None and UV_MINIMUM <= version < UV_BELOW:
+            return candidate
+    raise EnvironmentProblem(
+        f"no uv {UV_MINIMUM}–<{UV_BELOW} found",
+        tip=f"pip install 'uv>={UV_MINIMUM},<{UV_BELOW}' (it is a dependency of dify-repack)",
+    )
+
+
+def fetch_uv(version: str, cache_dir: Path) -> Path:
+    """A uv binary of ``version`` ("latest" for the newest), installed once into ``cache_dir/uv/``."""
+    if version != "latest":
+        cached = cache_dir / "uv" / version / "bin" / "uv"
+        if cached.is_file():
+            return cached
+    staging = cache_dir / "uv" / f".staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    spec = "uv" if version == "latest" else f"uv=={version}"
+    result = run(
+        [uv_bin(), "pip", "install", "--quiet", "--target", staging, "--python-version", "3.12", spec],
+        env=clean_env({"UV_CACHE_DIR": str(cache_dir / "uv-cache")}),
+        timeout=300,
+    )
+    binary = staging / "bin" / "uv"
+    if result.returncode != 0 or not binary.is_file():
+        shutil.rmtree(staging, ignore_errors=True)
+        raise NetworkError(f"could not fetch {spec} for verification: {result.tail(3)}")
+    found = _version_of(str(binary))
+    final = cache_dir / "uv" / str(found or version)
+    if final.exists():
+        shutil.rmtree(staging, ignore_errors=True)
+    else:
+        staging.rename(final)
+    return final / "bin" / "uv"
+
+
+def _python_version(binary: Path) -> str | None:
+    result = run([binary, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], timeout=30)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+@functools.cache
+def find_python(version: str) -> Path | None:
+    """A CPython ``version`` on this host: uv's discovery, then pyenv's versions, then PATH; None if absent.
+
+    pyenv shims are skipped on purpose: they fail for versions that are installed but not selected.
+    """
+    candidates: list[Path] = []
+    found = run([uv_bin(), "python", "find", "--no-python-downloads", version], timeout=60)
+    if found.returncode == 0 and found.stdout.strip():
+        candidates.append(Path(found.stdout.strip()))
+    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    candidates += sorted((pyenv_root / "versions").glob(f"{version}.*/bin/python{version}"), reverse=True)
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        if directory and "shims" not in Path(directory).parts:
+            candidates.append(Path(directory) / f"python{version}")
+    for candidate in candidates:
+        if candidate.is_file() and _python_version(candidate) == version:
+            return candidate
+    return None
