@@ -19,6 +19,7 @@ class ExitCode(enum.IntEnum):
     VERIFY = 7  # the package does not install offline (verify found a failing profile)
     SIGNATURE = 8  # a key or signature problem
     ENVIRONMENT = 9  # the host lacks something the job needs (uv, a Python, network isolation)
+    PARTIAL = 10  # a batch where some plugins failed and others succeeded
 
 
 class DifyRepackError(Exception):

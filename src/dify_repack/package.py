@@ -177,6 +177,12 @@ def write_package(root: Path, output: Path, *, names: Iterable[str] | None = Non
     return ZipStats(output, len(ordered), size, uncompressed)
 
 
+def package_stats(package: Path) -> ZipStats:
+    with zipfile.ZipFile(package) as archive:
+        members = [info for info in archive.infolist() if not info.is_dir()]
+    return ZipStats(package, len(members), package.stat().st_size, sum(info.file_size for info in members))
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:

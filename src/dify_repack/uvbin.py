@@ -6,6 +6,7 @@ import functools
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
@@ -29,9 +30,17 @@ def _version_of(binary: str) -> Version | None:
         return None
 
 
-@functools.cache
+_lock = threading.Lock()
+
+
 def uv_bin() -> str:
     """Our uv: the one the ``uv`` dependency installed, else ``$UV``, else PATH; its version checked once."""
+    with _lock:  # resolutions run in threads; the first call must happen once
+        return _uv_bin()
+
+
+@functools.cache
+def _uv_bin() -> str:
     candidates: list[str] = []
     try:
         from uv import find_uv_bin
@@ -82,14 +91,19 @@ def _python_version(binary: Path) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-@functools.cache
 def find_python(version: str) -> Path | None:
+    with _lock:
+        return _find_python(version)
+
+
+@functools.cache
+def _find_python(version: str) -> Path | None:
     """A CPython ``version`` on this host: uv's discovery, then pyenv's versions, then PATH; None if absent.
 
     pyenv shims are skipped on purpose: they fail for versions that are installed but not selected.
     """
     candidates: list[Path] = []
-    found = run([uv_bin(), "python", "find", "--no-python-downloads", version], timeout=60)
+    found = run([_uv_bin(), "python", "find", "--no-python-downloads", version], timeout=60)
     if found.returncode == 0 and found.stdout.strip():
         candidates.append(Path(found.stdout.strip()))
     pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))

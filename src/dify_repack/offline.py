@@ -1,0 +1,169 @@
+"""Offline configuration inside the package: every setting must travel in it, because the daemon replaces
+uv's environment (DAEMON-FACTS §4). Both install paths are configured so every daemon version works:
+requirements.txt for pip / ``uv pip install``, pyproject.toml + uv.lock for ``uv sync [--frozen]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pathspec
+import tomlkit
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from tomlkit.items import Table
+
+from .errors import DependencyError
+from .manifest import Manifest
+from .runner import clean_env, run
+from .targets import Target
+from .uvbin import find_python, uv_bin
+from .wheels import Selected
+
+WHEELS_DIR = "wheels"
+HEADER = "# Written by dify-repack: installs only from the wheels in ./wheels/, with no network access.\n"
+# The daemon's SDK patch looks for this spelling with a regex (DAEMON-FACTS §4 step 4).
+SDK_NAME = "dify_plugin"
+# Files the daemon must see; an ignore rule matching one of them would drop it from a rebuilt package.
+PROTECTED = (f"{WHEELS_DIR}/", f"{WHEELS_DIR}/x-1-py3-none-any.whl", "requirements.txt", "pyproject.toml", "uv.lock")
+
+
+def requirements_lines(selected: Sequence[Selected], targets: Sequence[Target]) -> list[str]:
+    """Exact pins for every package; an architecture marker only where the targets differ."""
+    lines = []
+    for item in selected:
+        name = SDK_NAME if item.pin.name == "dify-plugin" else item.pin.name
+        covered = [target for target in targets if target in item.files]
+        if len(covered) == len(targets):
+            lines.append(f"{name}=={item.pin.version}")
+        else:
+            marker = " or ".join(target.arch_marker for target in covered)
+            lines.append(f"{name}=={item.pin.version} ; {marker}")
+    return lines
+
+
+def write_requirements(root: Path, selected: Sequence[Selected], targets: Sequence[Target]) -> None:
+    body = "".join(f"{line}\n" for line in requirements_lines(selected, targets))
+    text = f"{HEADER}--no-index\n--find-links=./{WHEELS_DIR}/\n{body}"
+    (root / "requirements.txt").write_text(text, encoding="utf-8")
+
+
+def edit_pyproject(
+    root: Path,
+    manifest: Manifest,
+    targets: Sequence[Target],
+    *,
+    declared: Sequence[Requirement],
+    declared_in_pyproject: bool,
+) -> list[str]:
+    """Make pyproject.toml install offline with ``uv sync``, keeping the user's formatting; returns notes."""
+    path = root / "pyproject.toml"
+    document = tomlkit.parse(path.read_text(encoding="utf-8"))
+    notes: list[str] = []
+
+    project = document.get("project")
+    if not isinstance(project, Table):
+        project = tomlkit.table()
+        project["name"] = manifest.name.replace("_", "-")
+        project["version"] = manifest.version
+        document["project"] = project
+        notes.append("pyproject.toml had no [project] table; added one so `uv sync` can install")
+    requires = project.get("requires-python")
+    python = targets[0].python
+    if requires is not None:
+        if not SpecifierSet(str(requires)).contains(f"{python}.0"):
+            raise DependencyError(
+                f"pyproject.toml requires-python {requires!s} excludes CPython {python}, which the daemon always uses",
+                tip=f"allow {python} in requires-python",
+            )
+    else:
+        project["requires-python"] = f">={python}"
+    if not declared_in_pyproject:
+        dependencies = tomlkit.array()
+        dependencies.extend(str(requirement) for requirement in declared)
+        project["dependencies"] = dependencies.multiline(True)
+        notes.append("pyproject.toml declared no dependencies; copied requirements.txt's into it")
+
+    if "dependency-groups" in document:
+        groups = ", ".join(document["dependency-groups"])  # type: ignore[arg-type]
+        del document["dependency-groups"]
+        notes.append(f"removed [dependency-groups] ({groups}): not runtime dependencies, and uv sync resolves them")
+
+    tool = document.get("tool")
+    if not isinstance(tool, Table):
+        tool = tomlkit.table(is_super_table=True)
+        document["tool"] = tool
+    old = tool.get("uv")
+    dropped = sorted(key for key in (old or {}) if key not in ("no-index", "find-links", "environments", "package"))
+    if dropped:
+        notes.append(f"replaced [tool.uv] keys {', '.join(dropped)}: only keys every daemon's uv reads are shipped")
+    tool["uv"] = _offline_uv_table(targets, package=False if "build-system" in document else None)
+    path.write_text(tomlkit.dumps(document), encoding="utf-8")
+    return notes
+
+
+def _offline_uv_table(targets: Sequence[Target], *, package: bool | None) -> Table:
+    table = tomlkit.table()
+    table.add(tomlkit.comment("Written by dify-repack: resolve and install only from ./wheels/, for the daemon's Linux"))
+    table.add(tomlkit.comment("CPython only (no forks for other platforms or Pythons, whose wheels are not shipped)."))
+    table["no-index"] = True
+    table["find-links"] = [f"./{WHEELS_DIR}/"]
+    environments = tomlkit.array()
+    environments.extend(target.uv_environment for target in targets)
+    table["environments"] = environments.multiline(True)
+    if package is not None:
+        # Building the project itself would need its build backend offline; the daemon runs it from source.
+        table["package"] = package
+    return table
+
+
+def regenerate_lock(root: Path, targets: Sequence[Target], *, uv_cache: Path) -> None:
+    """Write uv.lock from ./wheels only, so ``uv sync --frozen`` finds every file inside the package."""
+    (root / "uv.lock").unlink(missing_ok=True)
+    interpreter = find_python(targets[0].python)
+    argv: list[str | Path] = [uv_bin(), "lock", "--no-progress"]
+    if interpreter is not None:
+        argv += ["--offline", "--python", interpreter]
+    else:
+        argv += ["--python", targets[0].python]  # uv may fetch a managed CPython; packages still come from ./wheels
+    result = run(argv, cwd=root, env=clean_env({"UV_CACHE_DIR": str(uv_cache)}), timeout=600)
+    if result.returncode != 0:
+        raise DependencyError(f"uv lock against the shipped wheels failed: {result.tail(6)}")
+
+
+def fix_python_version(root: Path, python: str) -> str | None:
+    path = root / ".python-version"
+    if not path.is_file():
+        return None
+    current = path.read_text(encoding="utf-8").strip()
+    if current == python:
+        return None
+    path.write_text(f"{python}\n", encoding="utf-8")
+    return f".python-version said {current!r}; the daemon's venv is CPython {python}, so it now says {python}"
+
+
+def fix_ignore_files(root: Path) -> list[str]:
+    """Drop ignore rules that would exclude the wheels or dependency files when the plugin is packaged again."""
+    notes = []
+    for name in (".difyignore", ".gitignore"):
+        path = root / name
+        if not path.is_file():
+            continue
+        kept, removed = [], []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True):
+            rule = line.strip()
+            if rule and not rule.startswith(("#", "!")) and _matches_protected(rule):
+                removed.append(rule)
+            else:
+                kept.append(line)
+        if removed:
+            path.write_text("".join(kept), encoding="utf-8")
+            notes.append(f"{name}: removed {', '.join(removed)} (it would leave the wheels or dependency files out)")
+    return notes
+
+
+
+def _matches_protected(rule: str) -> bool:
+    spec = pathspec.PathSpec.from_lines("gitwildmatch", [rule])
+    return any(spec.match_file(path) for path in PROTECTED)

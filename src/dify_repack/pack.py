@@ -1,0 +1,201 @@
+"""``pack``: a plugin in, an offline package out. The orchestration only; each step lives in its own module."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import PackageError
+from .manifest import Manifest, read_manifest
+from .offline import (
+    WHEELS_DIR,
+    edit_pyproject,
+    fix_ignore_files,
+    fix_python_version,
+    regenerate_lock,
+    write_requirements,
+)
+from .package import (
+    SIGNATURE_FILE,
+    ZipStats,
+    atomic_output,
+    copy_plugin_dir,
+    extract_package,
+    package_stats,
+    write_package,
+)
+from .report import NullReporter, Reporter
+from .requirements import declared_dependencies
+from .resolve import Indexes, resolve
+from .targets import DEFAULT_PYTHON, Target, make_targets
+from .wheels import WheelCache, default_cache_dir, fetch_all
+
+MIB = 1024 * 1024
+# Upload limits with Dify's defaults (DAEMON-FACTS §3): the API's in code, the daemon's (also on unpacked size).
+API_DEFAULT_LIMIT = 15 * MIB
+DAEMON_DEFAULT_LIMIT = 50 * MIB
+
+# Run on the written package before it is moved into place; raises to reject it (verification hooks in here).
+Check = Callable[[Path, Manifest, tuple[Target, ...]], None]
+
+
+@dataclass(frozen=True)
+class PackOptions:
+    output_dir: Path | None = None  # default: the current directory
+    arch: str | None = None  # "amd64", "arm64", "all"; None: what the manifest lists
+    python: str = DEFAULT_PYTHON
+    indexes: Indexes = field(default_factory=Indexes)
+    cache_dir: Path | None = None
+    sign_key: Path | None = None
+    check: Check | None = None
+
+
+@dataclass(frozen=True)
+class PackResult:
+    source: str
+    output: Path
+    manifest: Manifest
+    targets: tuple[Target, ...]
+    dependency_source: str
+    packages: int
+    wheels: int
+    built: tuple[str, ...]
+    stats: ZipStats
+    notes: tuple[str, ...]
+    signed: bool
+
+    @property
+    def dify_settings(self) -> tuple[str, ...]:
+        """The Dify settings this upload needs, as ``NAME=value  # why`` lines."""
+        settings = []
+        if not self.signed:
+            settings.append(
+                "FORCE_VERIFYING_SIGNATURE=false  # plugin daemon: the package is unsigned "
+                "(or sign it with --sign-key and trust that key instead)"
+            )
+        largest = max(self.stats.compressed_bytes, self.stats.uncompressed_bytes)
+        if self.stats.compressed_bytes > API_DEFAULT_LIMIT or self.stats.uncompressed_bytes > DAEMON_DEFAULT_LIMIT:
+            limit_mib = -(-largest // MIB) + 1
+            settings.append(
+                f"PLUGIN_MAX_PACKAGE_SIZE={limit_mib * MIB}  # api and plugin daemon (MAX_PLUGIN_PACKAGE_SIZE): "
+                f"{self.stats.compressed_bytes / MIB:.1f} MiB zipped, {self.stats.uncompressed_bytes / MIB:.1f} MiB unpacked"
+            )
+            settings.append(f"NGINX_CLIENT_MAX_BODY_SIZE={limit_mib}M  # nginx in front of Dify")
+        return tuple(settings)
+
+
+def output_path(manifest: Manifest, output_dir: Path | None) -> Path:
+    return (output_dir or Path.cwd()) / manifest.offline_filename
+
+
+def load_plugin(source: Path, dest: Path) -> None:
+    """Put the plugin's files into ``dest``: a source directory is copied, a .difypkg extracted."""
+    if source.is_dir():
+        copy_plugin_dir(source, dest)
+    elif source.is_file():
+        extract_package(source, dest)
+    else:
+        raise PackageError(f"{source}: no such file or directory")
+
+
+def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | None = None) -> PackResult:
+    """Repackage ``source`` (a .difypkg or a plugin directory) so that it installs offline."""
+    options = options or PackOptions()
+    reporter = reporter or NullReporter()
+    cache = WheelCache(options.cache_dir or default_cache_dir())
+    with tempfile.TemporaryDirectory(prefix="dify-repack-") as temp:
+        root = Path(temp) / "plugin"
+        root.mkdir()
+        load_plugin(source, root)
+        manifest = read_manifest(root, origin=str(source))
+        # Stale wheels and an old signature never carry over: the package is rebuilt from its declarations.
+        shutil.rmtree(root / WHEELS_DIR, ignore_errors=True)
+        (root / SIGNATURE_FILE).unlink(missing_ok=True)
+
+        arches = manifest.arches if options.arch is None else ("amd64", "arm64") if options.arch == "all" else (options.arch,)
+        targets = make_targets(options.python, arches)
+        declared = declared_dependencies(root)
+        reporter.step(
+            f"{manifest.plugin_id} {manifest.version}: {len(declared.requirements)} requirements from "
+            f"{declared.source}, for {', '.join(map(str, targets))}"
+        )
+        notes = list(declared.notes)
+        for note in notes:
+            reporter.warn(note)
+
+        reporter.step("resolving for each target")
+        with ThreadPoolExecutor(len(targets)) as pool:
+            futures = {
+                target: pool.submit(
+                    resolve,
+                    declared.requirements,
+                    target,
+                    indexes=options.indexes,
+                    preferences=declared.lock_pins,
+                    uv_cache=cache.uv_cache,
+                )
+                for target in targets
+            }
+            plan = {target: future.result() for target, future in futures.items()}
+        selected = fetch_all(plan, cache, indexes=options.indexes, reporter=reporter)
+
+        wheel_dir = root / WHEELS_DIR
+        wheel_dir.mkdir()
+        wheel_files = {path for item in selected for path in item.files.values()}
+        for path in wheel_files:
+            _link_or_copy(path, wheel_dir / path.name)
+
+        reporter.step("writing the offline configuration")
+        write_requirements(root, selected, targets)
+        if (root / "pyproject.toml").is_file():
+            notes += edit_pyproject(
+                root,
+                manifest,
+                targets,
+                declared=declared.requirements,
+                declared_in_pyproject=declared.source == "pyproject.toml",
+            )
+            regenerate_lock(root, targets, uv_cache=cache.uv_cache)
+        notes += fix_ignore_files(root)
+        python_note = fix_python_version(root, options.python)
+        if python_note:
+            notes.append(python_note)
+
+        output = output_path(manifest, options.output_dir)
+        with atomic_output(output) as staged:
+            stats = write_package(root, staged)
+            if options.check is not None:
+                options.check(staged, manifest, targets)
+            if options.sign_key is not None:
+                from .signing import sign_package
+
+                sign_package(staged, options.sign_key, staged)
+            stats = package_stats(staged)
+        stats = ZipStats(output, stats.files, stats.compressed_bytes, stats.uncompressed_bytes)
+
+    return PackResult(
+        source=str(source),
+        output=output,
+        manifest=manifest,
+        targets=targets,
+        dependency_source=declared.source,
+        packages=len(selected),
+        wheels=len(wheel_files),
+        built=tuple(f"{item.pin.name} {item.pin.version}" for item in selected if item.built),
+        stats=stats,
+        notes=tuple(notes),
+        signed=options.sign_key is not None,
+    )
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    # A hard link costs nothing; the cache may be on another file system, then copy.
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)

@@ -1,0 +1,146 @@
+"""Resolution for a target, not for the host: ``uv pip compile --python-platform`` with a PEP 751 lock output.
+
+uv evaluates markers for the target and lists only target-compatible wheels with URL, size and sha256
+(UV-PIP-FACTS); pip download would evaluate markers for the host.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name, parse_wheel_filename
+
+from .errors import DependencyError, NetworkError
+from .requirements import tomllib
+from .runner import clean_env, run
+from .targets import Target
+from .uvbin import find_python, uv_bin
+
+DEFAULT_INDEX = "https://pypi.org/simple"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file the index offers: where it is and what its bytes must hash to."""
+
+    url: str
+    filename: str
+    sha256: str | None
+    size: int | None
+
+
+@dataclass(frozen=True)
+class Pin:
+    name: str  # canonical
+    version: str
+    wheels: tuple[Artifact, ...]  # only those the target can install
+    sdist: Artifact | None
+
+    def best_wheel(self, target: Target) -> Artifact | None:
+        ranked = [(rank, wheel) for wheel in self.wheels if (rank := target.wheel_rank(wheel.filename)) is not None]
+        return min(ranked, key=lambda item: item[0])[1] if ranked else None
+
+
+@dataclass(frozen=True)
+class Indexes:
+    url: str = DEFAULT_INDEX
+    extra: tuple[str, ...] = ()
+
+    def uv_args(self) -> list[str]:
+        args = ["--index-url", self.url]
+        for extra in self.extra:
+            args += ["--extra-index-url", extra]
+        return args
+
+
+def resolve(
+    requirements: Sequence[Requirement],
+    target: Target,
+    *,
+    indexes: Indexes,
+    preferences: dict[str, str] | None = None,
+    uv_cache: Path | None = None,
+) -> list[Pin]:
+    """Pin every package ``requirements`` need on ``target``, preferring ``preferences`` (e.g. uv.lock pins).
+
+    Preferences are tried as constraints first; when they conflict with the declared ranges, the set is
+    resolved afresh (a stale lock must not make a valid plugin fail).
+    """
+    if preferences:
+        try:
+            return _compile(requirements, target, indexes, preferences, uv_cache)
+        except DependencyError:
+            pass
+    return _compile(requirements, target, indexes, {}, uv_cache)
+
+
+def _compile(
+    requirements: Sequence[Requirement],
+    target: Target,
+    indexes: Indexes,
+    constraints: dict[str, str],
+    uv_cache: Path | None,
+) -> list[Pin]:
+    with tempfile.TemporaryDirectory(prefix="dify-repack-resolve-") as temp:
+        work = Path(temp)
+        (work / "requirements.in").write_text("".join(f"{req}\n" for req in requirements), encoding="utf-8")
+        (work / "constraints.txt").write_text(
+            "".join(f"{name}=={version}\n" for name, version in sorted(constraints.items())), encoding="utf-8"
+        )
+        # An interpreter of the target's version builds sdist metadata faithfully; any one will do otherwise,
+        # and naming one stops uv from trying to download a managed Python.
+        interpreter = find_python(target.python) or Path(sys.executable)
+        argv = [
+            uv_bin(), "pip", "compile", "requirements.in", "--constraints", "constraints.txt",
+            "--python", interpreter, "--python-version", target.python, "--python-platform", target.uv_platform,
+            "--format", "pylock.toml", "--output-file", "pylock.toml", "--no-header", "--quiet",
+            *indexes.uv_args(),
+        ]
+        env = clean_env({"UV_CACHE_DIR": str(uv_cache)} if uv_cache else None)
+        result = run(argv, cwd=work, env=env, timeout=900)
+        if result.returncode != 0:
+            raise _explain_failure(result.output, target, indexes)
+        data = tomllib.loads((work / "pylock.toml").read_text(encoding="utf-8"))
+    return [_pin(package, target) for package in data.get("packages", [])]
+
+
+def _explain_failure(output: str, target: Target, indexes: Indexes) -> Exception:
+    lines = [line.strip() for line in output.splitlines() if line.strip() and not line.startswith("warning")]
+    text = " ".join(lines)
+    if re.search(r"Failed to fetch|error sending request|dns error|Connect|tcp connect", text):
+        return NetworkError(
+            f"cannot reach the package index {indexes.url}: {lines[-1] if lines else text}",
+            tip="check the network/proxy, or point --index-url at a reachable mirror",
+        )
+    summary = "; ".join(line.lstrip("╰─▶ ").rstrip(".") for line in lines if not line.startswith(("hint", "help")))
+    return DependencyError(
+        f"dependencies cannot be resolved for {target}: {summary}",
+        tip="loosen the pins named above, or check that every package publishes wheels or an sdist for Linux",
+    )
+
+
+def _artifact(entry: dict[str, Any]) -> Artifact:
+    url = str(entry.get("url") or entry.get("path") or "")
+    hashes = entry.get("hashes") or {}
+    size = entry.get("size")
+    return Artifact(url, url.rsplit("/", 1)[-1].split("#", 1)[0], hashes.get("sha256"), int(size) if size else None)
+
+
+def _pin(package: dict[str, Any], target: Target) -> Pin:
+    name = canonicalize_name(package["name"])
+    if "version" not in package or package.get("vcs") or package.get("archive") or package.get("directory"):
+        raise DependencyError(f"{name}: direct URL / VCS / path dependencies cannot be packaged for {target}")
+    wheels = tuple(
+        artifact
+        for artifact in map(_artifact, package.get("wheels", []))
+        if target.wheel_rank(artifact.filename) is not None and canonicalize_name(parse_wheel_filename(artifact.filename)[0]) == name
+    )
+    sdist = _artifact(package["sdist"]) if package.get("sdist") else None
+    return Pin(name, str(package["version"]), wheels, sdist)

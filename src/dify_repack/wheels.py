@@ -1,0 +1,233 @@
+"""Getting wheels: a content-addressed cache, parallel verified downloads, and sdists built into wheels.
+
+Offline, an sdist needs its build backend and often a compiler, so the package ships wheels only
+(DAEMON-FACTS §5); an sdist-only dependency is built here, while the network is still available.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import platformdirs
+
+from .errors import BuildError
+from .http import download, make_client
+from .report import NullReporter, Reporter
+from .resolve import Artifact, Indexes, Pin
+from .runner import clean_env, run
+from .targets import MACHINES, Target, is_pure_wheel
+from .uvbin import find_python, uv_bin
+
+PARALLEL_DOWNLOADS = 8
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("DIFY_REPACK_CACHE_DIR") or platformdirs.user_cache_dir("dify-repack"))
+
+
+class WheelCache:
+    """Files stored by sha256 under ``root/files/ab/abcdef.../<filename>``; a file is there only once verified."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def uv_cache(self) -> Path:
+        return self.root / "uv-cache"
+
+    def path_for(self, sha256: str, filename: str) -> Path:
+        return self.root / "files" / sha256[:2] / sha256 / filename
+
+    def lookup(self, artifact: Artifact) -> Path | None:
+        if artifact.sha256 is None:
+            return None
+        path = self.path_for(artifact.sha256, artifact.filename)
+        return path if path.is_file() else None
+
+    def fetch(self, client: httpx.Client, artifact: Artifact, advance: object = None) -> Path:
+        cached = self.lookup(artifact)
+        if cached is not None:
+            return cached
+        if artifact.sha256 is None:
+            # No hash from the index: download to learn it, then file it under the real one.
+            with tempfile.TemporaryDirectory(dir=self.scratch()) as temp:
+                loose = Path(temp) / artifact.filename
+                digest = download(client, artifact.url, loose, size=artifact.size, progress=advance)  # type: ignore[arg-type]
+                return self.store(loose, digest)
+        path = self.path_for(artifact.sha256, artifact.filename)
+        download(client, artifact.url, path, sha256=artifact.sha256, size=artifact.size, progress=advance)  # type: ignore[arg-type]
+        return path
+
+    def store(self, file: Path, sha256: str) -> Path:
+        """Move a verified file into the cache atomically (it may already be there from a parallel run)."""
+        path = self.path_for(sha256, file.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(file, path)
+        return path
+
+    def built_dir(self, sdist: Artifact, python: str) -> Path:
+        """Where wheels built from one sdist by one CPython version and machine are kept."""
+        key = sdist.sha256 or sdist.filename
+        return self.root / "built" / key[:2] / key / f"cp{python.replace('.', '')}-{platform.machine()}"
+
+    def scratch(self) -> Path:
+        scratch = self.root / "tmp"
+        scratch.mkdir(parents=True, exist_ok=True)
+        return scratch
+
+    def size(self) -> tuple[int, int]:
+        files = [path for path in self.root.rglob("*") if path.is_file()] if self.root.exists() else []
+        return len(files), sum(path.stat().st_size for path in files)
+
+    def clean(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Selected:
+    """The wheels for one package across the targets."""
+
+    pin: Pin
+    files: dict[Target, Path]  # target -> wheel file in the cache
+    built: bool
+
+
+def fetch_all(
+    plan: dict[Target, list[Pin]],
+    cache: WheelCache,
+    *,
+    indexes: Indexes,
+    reporter: Reporter | None = None,
+) -> list[Selected]:
+    """Download (or build) the best wheel of every pin for every target; the same file is fetched once."""
+    reporter = reporter or NullReporter()
+    wanted: dict[str, Artifact] = {}
+    choice: dict[tuple[Target, str], Artifact] = {}
+    needs_build: dict[tuple[str, str], list[Target]] = {}
+    pins: dict[tuple[str, str], Pin] = {}
+    for target, target_pins in plan.items():
+        for pin in target_pins:
+            pins[(pin.name, pin.version)] = pin
+            wheel = pin.best_wheel(target)
+            if wheel is not None:
+                choice[(target, pin.name)] = wheel
+                wanted[wheel.url] = wheel
+            else:
+                needs_build.setdefault((pin.name, pin.version), []).append(target)
+    missing_sdist = [pins[key] for key in needs_build if pins[key].sdist is None]
+    if missing_sdist:
+        pin = missing_sdist[0]
+        targets = ", ".join(str(target) for target in needs_build[(pin.name, pin.version)])
+        raise BuildError(
+            f"{pin.name} {pin.version} has no wheel for {targets} and no sdist to build one from",
+            tip="pin a version that publishes a wheel for that platform, or drop that architecture with --arch",
+        )
+    artifacts = list(wanted.values()) + [pins[key].sdist for key in needs_build]  # type: ignore[misc]
+    downloaded = _download_many([a for a in artifacts if a is not None], cache, reporter)
+    built: dict[tuple[str, str], dict[Target, Path]] = {}
+    for key, targets in needs_build.items():
+        pin = pins[key]
+        assert pin.sdist is not None
+        built[key] = build_wheels(pin, downloaded[pin.sdist.url], targets, cache, indexes=indexes, reporter=reporter)
+    selected: dict[tuple[str, str], Selected] = {}
+    for target, target_pins in plan.items():
+        for pin in target_pins:
+            key = (pin.name, pin.version)
+            wheel = choice.get((target, pin.name))
+            path = downloaded[wheel.url] if wheel else built[key][target]
+            entry = selected.setdefault(key, Selected(pin, {}, key in built))
+            entry.files[target] = path
+    return sorted(selected.values(), key=lambda item: (item.pin.name, item.pin.version))
+
+
+def _download_many(artifacts: Sequence[Artifact], cache: WheelCache, reporter: Reporter) -> dict[str, Path]:
+    result: dict[str, Path] = {}
+    todo = []
+    for artifact in artifacts:
+        cached = cache.lookup(artifact)
+        if cached is not None:
+            result[artifact.url] = cached
+        else:
+            todo.append(artifact)
+    if not todo:
+        return result
+    total = sum(artifact.size or 0 for artifact in todo)
+    reporter.step(f"downloading {len(todo)} files ({total / 1e6:.1f} MB); {len(result)} already in the cache")
+    with make_client(timeout=120) as client, reporter.task("downloading", total or None, unit="bytes") as advance:
+        with ThreadPoolExecutor(PARALLEL_DOWNLOADS) as pool:
+            futures = {artifact.url: pool.submit(cache.fetch, client, artifact, advance) for artifact in todo}
+            for url, future in futures.items():
+                result[url] = future.result()
+    return result
+
+
+def build_wheels(
+    pin: Pin,
+    sdist: Path,
+    targets: Sequence[Target],
+    cache: WheelCache,
+    *,
+    indexes: Indexes,
+    reporter: Reporter,
+) -> dict[Target, Path]:
+    """Build ``sdist`` once and map every target to the wheel, or fail naming what the user can do."""
+    python_version = targets[0].python
+    interpreter = find_python(python_version)
+    # Without the target's CPython a pure sdist still builds correctly; the cache key records what built it.
+    build_python = interpreter or Path(sys.executable)
+    key_version = python_version if interpreter else f"{sys.version_info.major}.{sys.version_info.minor}"
+    build_dir = cache.built_dir(pin.sdist, key_version) if pin.sdist else cache.root / "built" / "unknown"
+    wheels = sorted(build_dir.glob("*.whl")) if build_dir.is_dir() else []
+    if not wheels:
+        reporter.step(f"building {pin.name} {pin.version} from its sdist (no wheel is published)")
+        wheels = [_build(pin, sdist, build_python, build_dir, cache, indexes)]
+    wheel = wheels[0]
+    if is_pure_wheel(wheel.name):
+        return dict.fromkeys(targets, wheel)
+    host_machine = platform.machine()
+    result: dict[Target, Path] = {}
+    for target in targets:
+        if target.machine != host_machine:
+            raise BuildError(
+                f"{pin.name} {pin.version} is published only as an sdist with native code; it cannot be built for "
+                f"{target} on this {host_machine} host",
+                tip=f"run dify-repack on a {target.arch} machine, or leave {target.arch} out with --arch "
+                f"{next((arch for arch, m in MACHINES.items() if m == host_machine), 'amd64')}",
+            )
+        if target.wheel_rank(wheel.name) is None:
+            raise BuildError(
+                f"{pin.name} {pin.version} has native code and was built as {wheel.name}, which CPython "
+                f"{target.python} cannot load",
+                tip=f"install CPython {target.python} on this host (e.g. `uv python install {target.python}`) and retry",
+            )
+        result[target] = wheel
+    return result
+
+
+def _build(pin: Pin, sdist: Path, python: Path, build_dir: Path, cache: WheelCache, indexes: Indexes) -> Path:
+    with tempfile.TemporaryDirectory(dir=cache.scratch()) as temp:
+        out = Path(temp) / "out"
+        result = run(
+            [uv_bin(), "build", "--wheel", "--python", python, "--out-dir", out, sdist, *indexes.uv_args()],
+            env=clean_env({"UV_CACHE_DIR": str(cache.uv_cache)}),
+            timeout=1800,
+        )
+        wheels = sorted(out.glob("*.whl")) if out.is_dir() else []
+        if result.returncode != 0 or not wheels:
+            raise BuildError(
+                f"{pin.name} {pin.version}: building a wheel from its sdist failed: {result.tail(4)}",
+                tip="it may need a C compiler or system headers on this host; or pin a version that publishes wheels",
+            )
+        build_dir.mkdir(parents=True, exist_ok=True)
+        final = build_dir / wheels[0].name
+        os.replace(wheels[0], final)
+        return final
