@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import tempfile
+import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.table import Table
 
 from . import __version__
-from .errors import DifyRepackError, ExitCode
+from .errors import DifyRepackError, ExitCode, UsageError
+from .manifest import Manifest
+from .pack import PackOptions, PackResult, pack
+from .report import ConsoleReporter
+from .resolve import DEFAULT_INDEX, Indexes
+from .sources import fetch_source, parse_source, read_source_list
+from .targets import DEFAULT_PYTHON, Target
+from .verify import DEFAULT_UV_VERSIONS, PROFILES, VerifyOptions, VerifyReport, require_pass, verify_package
+from .wheels import WheelCache, default_cache_dir
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -34,13 +50,408 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(name)s: %(message)s")
 
 
+def _echo_json(payload: dict[str, object]) -> None:
+    click.echo(json.dumps(payload, indent=2, default=str))
+
+
+def _reporter(quiet: bool) -> ConsoleReporter:
+    return ConsoleReporter(stderr, quiet=quiet)
+
+
+def _mib(size: int) -> str:
+    return f"{size / 1024**2:.1f} MiB"
+
+
+_index_options = [
+    click.option(
+        "--index-url",
+        envvar=["UV_DEFAULT_INDEX", "UV_INDEX_URL", "PIP_INDEX_URL"],
+        default=DEFAULT_INDEX,
+        show_default=True,
+        metavar="URL",
+        help="Package index to resolve and download from (a private mirror works). "
+        "Env: UV_DEFAULT_INDEX, UV_INDEX_URL, PIP_INDEX_URL.",
+    ),
+    click.option(
+        "--extra-index-url",
+        "extra_index_urls",
+        multiple=True,
+        envvar=["UV_EXTRA_INDEX_URL", "PIP_EXTRA_INDEX_URL"],
+        metavar="URL",
+        help="Another index to use as well (repeatable). Env: UV_EXTRA_INDEX_URL, PIP_EXTRA_INDEX_URL.",
+    ),
+]
+_cache_option = click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="DIFY_REPACK_CACHE_DIR",
+    help="Wheel cache shared by all runs (default: the platform's user cache dir). Env: DIFY_REPACK_CACHE_DIR.",
+)
+_uv_option = click.option(
+    "--uv",
+    "uv_versions",
+    multiple=True,
+    metavar="VERSION",
+    help=f"uv version to replay the daemon with (repeatable; 'latest' allowed). "
+    f"Default: {' and '.join(DEFAULT_UV_VERSIONS)}, the oldest and newest in the daemon's images.",
+)
+
+
+def _with(options: list[Callable[[F], F]]) -> Callable[[F], F]:
+    def decorate(function: F) -> F:
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
+@cli.command("pack")
+@click.argument("sources", nargs=-1)
+@click.option(
+    "-r",
+    "--sources-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A file listing sources, one a line ('#' comments allowed), to repackage as a batch.",
+)
+@click.option(
+    "-o",
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the NAME-offline.difypkg files (default: the current directory).",
+)
+@click.option(
+    "--arch",
+    type=click.Choice(["amd64", "arm64", "all"]),
+    help="CPU architectures to ship wheels for (default: the manifest's meta.arch).",
+)
+@click.option(
+    "--python",
+    "python_version",
+    default=DEFAULT_PYTHON,
+    show_default=True,
+    help="CPython version of the daemon's venv (it is always 3.12 today, whatever the manifest says).",
+)
+@_with(_index_options)
+@_cache_option
+@click.option(
+    "--verify/--no-verify",
+    default=True,
+    show_default=True,
+    help="Replay every daemon install profile with the network cut off before writing the package.",
+)
+@_uv_option
+@click.option(
+    "--sign-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Sign the package with this private key (see `dify-repack keygen`).",
+)
+@click.option(
+    "--marketplace-url",
+    metavar="URL",
+    envvar="DIFY_MARKETPLACE_URL",
+    help="Marketplace for NAME:VERSION sources.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result (schema 1) on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="Only print the result and errors.")
+def pack_command(
+    sources: tuple[str, ...],
+    sources_file: Path | None,
+    output_dir: Path | None,
+    arch: str | None,
+    python_version: str,
+    index_url: str,
+    extra_index_urls: tuple[str, ...],
+    cache_dir: Path | None,
+    verify: bool,
+    uv_versions: tuple[str, ...],
+    sign_key: Path | None,
+    marketplace_url: str | None,
+    as_json: bool,
+    quiet: bool,
+) -> int:
+    """Repackage plugins so that every Dify daemon version installs them with no internet access.
+
+    \b
+    SOURCE is any of:
+      ./author-name_1.0.0.difypkg          a package file
+      ./my-plugin/                         a plugin source directory (with manifest.yaml)
+      langgenius/openai_api_compatible:0.0.35[@CHECKSUM]   a Marketplace plugin
+      github:OWNER/REPO@TAG/ASSET.difypkg  a GitHub release asset
+      https://host/path/plugin.difypkg     any URL
+
+    \b
+    Writes AUTHOR-NAME_VERSION-offline.difypkg with every dependency as a wheel for the daemon's
+    CPython on Linux (per architecture), requirements.txt / pyproject.toml / uv.lock set to install
+    only from those wheels, and checks the result by replaying each daemon's install offline.
+    Then prints the Dify settings the upload needs.
+    """
+    parsed = [parse_source(text) for text in sources] + (read_source_list(sources_file) if sources_file else [])
+    if not parsed:
+        raise UsageError("give at least one SOURCE (a .difypkg, a plugin folder, NAME:VERSION or a URL)")
+    reporter = _reporter(quiet or as_json)
+    cache = cache_dir or default_cache_dir()
+    verify_uv = uv_versions or DEFAULT_UV_VERSIONS
+
+    def check(staged: Path, _manifest: Manifest, targets: tuple[Target, ...]) -> None:
+        reporter.step("verifying: replaying each daemon profile with the network cut off")
+        report = verify_package(
+            staged,
+            VerifyOptions(
+                uv_versions=verify_uv,
+                arches=[target.arch for target in targets],
+                python=python_version,
+                cache_dir=cache,
+            ),
+            reporter,
+        )
+        verified[staged] = report
+        require_pass(report)
+
+    verified: dict[Path, VerifyReport] = {}
+    options = PackOptions(
+        output_dir=output_dir,
+        arch=arch,
+        python=python_version,
+        indexes=Indexes(index_url, extra_index_urls),
+        cache_dir=cache,
+        sign_key=sign_key,
+        check=check if verify else None,
+    )
+    outcomes: list[tuple[str, PackResult | DifyRepackError, float]] = []
+    with tempfile.TemporaryDirectory(prefix="dify-repack-sources-") as downloads:
+        for number, source in enumerate(parsed):
+            text, started = source.text, time.monotonic()
+            try:
+                # One folder a source: two URLs may end in the same file name.
+                local = fetch_source(source, Path(downloads) / str(number), marketplace_url=marketplace_url)
+                verified.clear()
+                result = pack(local, options, reporter)
+            except DifyRepackError as error:
+                if len(parsed) == 1:
+                    raise
+                stderr.print(f"[bold red]error:[/] {text}: {error.message}")
+                outcomes.append((text, error, time.monotonic() - started))
+                continue
+            report = next(iter(verified.values()), None)
+            outcomes.append((text, result, time.monotonic() - started))
+            if not as_json:
+                _print_pack_result(result, report, verify)
+    failures = [outcome for _, outcome, _ in outcomes if isinstance(outcome, DifyRepackError)]
+    if as_json:
+        _echo_json(
+            {
+                "schema": 1,
+                "status": "error" if len(failures) == len(outcomes) else "partial" if failures else "success",
+                "results": [_pack_json(text, outcome, seconds) for text, outcome, seconds in outcomes],
+            }
+        )
+    elif len(outcomes) > 1:
+        _print_batch_table(outcomes)
+    if not failures:
+        return int(ExitCode.OK)
+    return int(failures[0].exit_code) if len(outcomes) == 1 else int(ExitCode.PARTIAL)
+
+
+def _pack_json(text: str, outcome: PackResult | DifyRepackError, seconds: float) -> dict[str, object]:
+    if isinstance(outcome, DifyRepackError):
+        return {
+            "source": text,
+            "status": "error",
+            "error": outcome.message,
+            "exit_code": int(outcome.exit_code),
+        }
+    return {
+        "source": text,
+        "status": "success",
+        "output": str(outcome.output),
+        "plugin": outcome.manifest.plugin_id,
+        "version": outcome.manifest.version,
+        "targets": [str(target) for target in outcome.targets],
+        "dependency_source": outcome.dependency_source,
+        "packages": outcome.packages,
+        "wheels": outcome.wheels,
+        "built_from_sdist": list(outcome.built),
+        "compressed_bytes": outcome.stats.compressed_bytes,
+        "uncompressed_bytes": outcome.stats.uncompressed_bytes,
+        "signed": outcome.signed,
+        "notes": list(outcome.notes),
+        "dify_settings": list(outcome.dify_settings),
+        "seconds": round(seconds, 2),
+    }
+
+
+def _print_pack_result(result: PackResult, report: VerifyReport | None, verify: bool) -> None:
+    out = Console(highlight=False, soft_wrap=True)
+    out.print(f"[bold green]wrote[/] {result.output}")
+    out.print(f"  plugin    {result.manifest.plugin_id} {result.manifest.version}")
+    out.print(f"  targets   {', '.join(map(str, result.targets))}")
+    built = f"; built from sdists: {', '.join(result.built)}" if result.built else ""
+    out.print(f"  deps      {result.packages} packages from {result.dependency_source}, {result.wheels} wheels{built}")
+    out.print(
+        f"  size      {_mib(result.stats.compressed_bytes)} zipped, {_mib(result.stats.uncompressed_bytes)} unpacked"
+    )
+    out.print(f"  signed    {'yes' if result.signed else 'no'}")
+    if report is not None:
+        live = sum(check.mode == "live" for check in report.checks)
+        static = len(report.checks) - live
+        out.print(
+            f"  verified  {live} live replays + {static} static checks passed (network cut by {report.isolation})"
+        )
+    elif not verify:
+        out.print("  verified  [yellow]skipped (--no-verify)[/]: run `dify-repack verify` before carrying it across")
+    for note in result.notes:
+        out.print(f"  note      {note}", markup=False)
+    out.print("Dify settings for this upload:" if result.dify_settings else "Dify settings: the defaults accept it.")
+    for setting in result.dify_settings:
+        out.print(f"  {setting}", markup=False)
+
+
+def _print_batch_table(outcomes: list[tuple[str, PackResult | DifyRepackError, float]]) -> None:
+    table = Table(title="dify-repack pack")
+    for column in ("plugin", "result", "size", "wheels", "time"):
+        table.add_column(column)
+    for text, outcome, seconds in outcomes:
+        if isinstance(outcome, DifyRepackError):
+            table.add_row(text, f"[red]failed[/]: {outcome.message}", "", "", f"{seconds:.1f} s")
+        else:
+            table.add_row(
+                text,
+                f"[green]ok[/] {outcome.output.name}",
+                _mib(outcome.stats.compressed_bytes),
+                str(outcome.wheels),
+                f"{seconds:.1f} s",
+            )
+    Console(highlight=False).print(table)
+
+
+@cli.command("verify")
+@click.argument("package", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--profile",
+    "profiles",
+    multiple=True,
+    type=click.Choice(list(PROFILES)),
+    help="Daemon profile to replay (repeatable; default all): "
+    + "; ".join(f"{name} = {text}" for name, text in PROFILES.items()),
+)
+@_uv_option
+@click.option(
+    "--arch",
+    type=click.Choice(["amd64", "arm64", "all"]),
+    help="Architectures to check (default: the manifest's).",
+)
+@click.option(
+    "--python",
+    "python_version",
+    default=DEFAULT_PYTHON,
+    show_default=True,
+    help="CPython of the daemon's venv.",
+)
+@click.option("--no-start", is_flag=True, help="Skip starting the plugin and waiting for its heartbeat.")
+@_cache_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (schema 1) on stdout.")
+def verify_command(
+    package: Path,
+    profiles: tuple[str, ...],
+    uv_versions: tuple[str, ...],
+    arch: str | None,
+    python_version: str,
+    no_start: bool,
+    cache_dir: Path | None,
+    as_json: bool,
+) -> int:
+    """Prove that PACKAGE installs with the network cut off, as each Dify daemon version installs it.
+
+    \b
+    For each profile and uv version: extract like the daemon (files only, mode 0644), create the
+    venv, run the daemon's install command with its replaced environment inside a network namespace
+    (unshare -n), compileall, `import dify_plugin`, then start the plugin with INSTALL_METHOD=local and
+    wait for its first heartbeat. Architectures this host cannot run get a static offline resolution
+    for their platform. Exit code 0 only when every check passed.
+    """
+    arches = None if arch is None else ["amd64", "arm64"] if arch == "all" else [arch]
+    options = VerifyOptions(
+        profiles=profiles or tuple(PROFILES),
+        uv_versions=uv_versions or DEFAULT_UV_VERSIONS,
+        arches=arches,
+        python=python_version,
+        cache_dir=cache_dir,
+        start=not no_start,
+    )
+    report = verify_package(package, options, _reporter(as_json))
+    if as_json:
+        _echo_json(report.to_json())
+    else:
+        _print_verify_report(report)
+    return int(ExitCode.OK if report.ok else ExitCode.VERIFY)
+
+
+def _print_verify_report(report: VerifyReport) -> None:
+    out = Console(highlight=False, soft_wrap=True)
+    out.print(f"{report.identifier}  (network cut by: {report.isolation})")
+    table = Table(show_lines=False)
+    for column in ("profile", "uv", "target", "mode", "steps", "result"):
+        table.add_column(column)
+    for check in report.checks:
+        steps = "  ".join(
+            f"{step.name} {'ok' if step.ok else 'FAIL' if step.fatal else 'warn'} {step.seconds:.1f}s"
+            for step in check.steps
+        )
+        table.add_row(
+            check.profile,
+            check.uv,
+            check.target,
+            check.mode,
+            steps,
+            "[green]ok[/]" if check.ok else "[bold red]FAIL[/]",
+        )
+    out.print(table)
+    for check in report.checks:
+        for step in check.steps:
+            if not step.ok and step.detail:
+                out.print(f"[bold]{check.profile} / {check.uv} / {check.target} — {step.name}:[/] `{check.command}`")
+                out.print(step.detail, markup=False)
+    for note in report.notes:
+        out.print(f"[bold yellow]note:[/] {note}")
+    verdict = "every check passed" if report.ok else "some checks FAILED: this package would not install offline"
+    out.print(("[bold green]" if report.ok else "[bold red]") + verdict + "[/]")
+
+
+@cli.group("cache")
+def cache_group() -> None:
+    """The shared wheel cache (downloads and wheels built from sdists, addressed by sha256)."""
+
+
+@cache_group.command("info")
+@_cache_option
+def cache_info(cache_dir: Path | None) -> None:
+    """Show where the cache is and how much it holds."""
+    cache = WheelCache(cache_dir or default_cache_dir())
+    files, size = cache.size()
+    click.echo(f"{cache.root}: {files} files, {_mib(size)}")
+
+
+@cache_group.command("clean")
+@_cache_option
+def cache_clean(cache_dir: Path | None) -> None:
+    """Delete everything in the cache."""
+    cache = WheelCache(cache_dir or default_cache_dir())
+    cache.clean()
+    click.echo(f"emptied {cache.root}")
+
+
+def _one_line(text: str) -> str:
+    return " | ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code instead of exiting (tests call this in-process)."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        cli.main(args=args, prog_name="dify-repack", standalone_mode=False)
+        code = cli.main(args=args, prog_name="dify-repack", standalone_mode=False)
     except DifyRepackError as error:
-        stderr.print(f"[bold red]error:[/] {error.message}")
+        stderr.print(f"[bold red]error:[/] {_one_line(error.message)}")
         if error.tip:
             stderr.print(f"[bold]tip:[/] {error.tip}")
         return int(error.exit_code)
@@ -57,4 +468,107 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         stderr.print(f"[bold red]error:[/] unexpected {type(error).__name__}: {error} (run with -v for the traceback)")
         return int(ExitCode.FAILURE)
-    return int(ExitCode.OK)
+    return code if isinstance(code, int) else int(ExitCode.OK)
+
+
+# Signing (issue 5). Imports stay inside the commands: cryptography is only loaded when a key is used.
+
+
+@cli.command("keygen")
+@click.argument("name", type=click.Path(dir_okay=False))
+@click.option("--bits", type=int, default=4096, show_default=True, help="RSA key size (2048 at least).")
+def keygen_command(name: str, bits: int) -> None:
+    """Create the key pair NAME.private.pem and NAME.public.pem for signing packages.
+
+    \b
+    Sign packages with the private key (written mode 0600; keep it off the Dify host). Give the
+    plugin daemon the public key: it then installs the packages you signed while
+    FORCE_VERIFYING_SIGNATURE stays true. Prints the docker compose lines that do it.
+    Existing files are never overwritten.
+
+    \b
+    Example:
+      dify-repack keygen keys/offline
+      dify-repack sign plugin-offline.difypkg --key keys/offline.private.pem
+    """
+    from .signing import generate_keypair, trust_instructions
+
+    private, public = generate_keypair(Path(name), bits=bits)
+    click.echo(f"private key: {private}  (mode 0600: signs packages; never copy it to Dify or into a plugin)")
+    click.echo(f"public key:  {public}")
+    click.echo()
+    click.echo(trust_instructions(public))
+
+
+@cli.command("sign")
+@click.argument("package", type=click.Path(dir_okay=False))
+@click.option(
+    "--key",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The private key, PEM (NAME.private.pem from `dify-repack keygen NAME`).",
+)
+@click.option(
+    "--category",
+    type=click.Choice(["community", "partner", "langgenius"]),
+    default="community",
+    show_default=True,
+    help="The authorized_category written into the package; Dify's installation scopes filter on it.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Where to write the signed package.  [default: PACKAGE with .signed.difypkg, beside it]",
+)
+def sign_command(package: str, key: str, category: str, output: str | None) -> None:
+    """Sign PACKAGE so a plugin daemon that trusts your public key installs it.
+
+    \b
+    Replaces any earlier signature, writes a new package and checks the signature on it;
+    PACKAGE itself is left untouched unless -o names it.
+
+    \b
+    Example:
+      dify-repack sign plugin-offline.difypkg --key keys/offline.private.pem
+      # writes plugin-offline.signed.difypkg
+    """
+    from datetime import datetime, timezone
+
+    from .signing import sign_package
+
+    source = Path(package)
+    target = Path(output) if output else source.with_name(source.stem + ".signed.difypkg")
+    info = sign_package(source, Path(key), target, category=category)
+    signed_at = datetime.fromtimestamp(info.time, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    click.echo(f"signed: {target}  (category {info.category}, {signed_at})")
+    stem = key.removesuffix(".private.pem")
+    public = f"{stem}.public.pem" if stem != key else "NAME.public.pem"
+    click.echo(f"check:  dify-repack verify-signature {target} --key {public}")
+
+
+@cli.command("verify-signature")
+@click.argument("package", type=click.Path(dir_okay=False))
+@click.option(
+    "--key",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The public key the daemon trusts: PEM PKCS#1, 'BEGIN RSA PUBLIC KEY' (NAME.public.pem).",
+)
+def verify_signature_command(package: str, key: str) -> None:
+    """Check PACKAGE's signature against one public key, exactly as the plugin daemon does.
+
+    \b
+    Exits 0 when it verifies. Exits 8 when the package is unsigned, changed after signing or
+    signed with another key, or when the key file is in a form the daemon would refuse (SPKI
+    'BEGIN PUBLIC KEY', or anything after the END line): one refused key file makes the daemon
+    verify no package at all, so check the exact file you mount into the daemon.
+    """
+    from datetime import datetime, timezone
+
+    from .signing import verify_signature
+
+    info = verify_signature(Path(package), Path(key))
+    signed_at = datetime.fromtimestamp(info.time, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    category = info.category or "none"
+    click.echo(f"verified: {package}  (signed {signed_at}, category {category}, key {key})")

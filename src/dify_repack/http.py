@@ -24,7 +24,7 @@ ProgressCallback = Callable[[int], None]
 
 
 def ssl_context() -> ssl.SSLContext:
-    """Trust the bundle named by ``SSL_CERT_FILE``/``REQUESTS_CA_BUNDLE`` (corporate CAs), else the system's."""
+    """Trust the bundle in ``SSL_CERT_FILE``/``REQUESTS_CA_BUNDLE`` (corporate CAs), else the system's."""
     bundle = os.environ.get("SSL_CERT_FILE") or os.environ.get("REQUESTS_CA_BUNDLE")
     context = ssl.create_default_context(cafile=bundle if bundle and Path(bundle).is_file() else None)
     if not bundle and not context.get_ca_certs():
@@ -35,30 +35,49 @@ def ssl_context() -> ssl.SSLContext:
 
 
 def make_client(*, timeout: float = 60.0, headers: dict[str, str] | None = None) -> httpx.Client:
-    """A client that follows redirects and reads ``HTTPS_PROXY``/``NO_PROXY`` from the environment."""
+    """A client that follows redirects and reads ``HTTPS_PROXY``/``NO_PROXY`` from the environment.
+
+    No ``transport=`` here: httpx ignores the proxy variables when given one. open_stream does the retrying.
+    """
     return httpx.Client(
         verify=ssl_context(),
         timeout=httpx.Timeout(timeout, connect=min(timeout, 20.0)),
         follow_redirects=True,
         trust_env=True,
         headers={"User-Agent": USER_AGENT, **(headers or {})},
-        transport=httpx.HTTPTransport(verify=ssl_context(), retries=2, trust_env=True),
     )
+
+
+class StatusError(NetworkError):
+    """The server answered with an HTTP error; ``status`` lets a caller word a 404 for what it asked for."""
+
+    def __init__(self, url: str, status: int) -> None:
+        super().__init__(describe_status(url, status))
+        self.url = url
+        self.status = status
 
 
 @contextmanager
 def open_stream(
-    client: httpx.Client, url: str, *, attempts: int = 4, backoff: float = 0.5
+    client: httpx.Client,
+    url: str,
+    *,
+    attempts: int = 4,
+    backoff: float = 0.5,
+    headers: dict[str, str] | None = None,
 ) -> Iterator[httpx.Response]:
-    """GET ``url`` as a stream, retrying transient failures with exponential backoff; raises NetworkError."""
+    """GET ``url`` as a stream, retrying transient failures with exponential backoff; raises NetworkError.
+
+    ``headers`` go with this request only; httpx drops ``Authorization`` when a redirect leaves the origin.
+    """
     for attempt in range(1, attempts + 1):
         try:
-            with client.stream("GET", url) as response:
+            with client.stream("GET", url, headers=headers) as response:
                 if response.status_code in TRANSIENT_STATUS and attempt < attempts:
                     pass  # fall through to the retry below, after the body is released
                 else:
                     if response.status_code >= 400:
-                        raise NetworkError(describe_status(url, response.status_code))
+                        raise StatusError(url, response.status_code)
                     yield response
                     return
         except httpx.TimeoutException:
@@ -66,7 +85,9 @@ def open_stream(
                 raise NetworkError(f"{url}: timed out after {attempts} attempts") from None
         except httpx.TransportError as exc:
             if attempt == attempts:
-                raise NetworkError(f"{url}: cannot connect ({exc})", tip="check the network, proxy and CA settings") from None
+                raise NetworkError(
+                    f"{url}: cannot connect ({exc})", tip="check the network, proxy and CA settings"
+                ) from None
         time.sleep(backoff * 2 ** (attempt - 1))
     raise NetworkError(f"{url}: still failing after {attempts} attempts")
 
@@ -89,14 +110,31 @@ def download(
     sha256: str | None = None,
     size: int | None = None,
     progress: ProgressCallback | None = None,
+    headers: dict[str, str] | None = None,
+    magic: bytes | None = None,
+    attempts: int = 4,
+    backoff: float = 0.5,
 ) -> str:
-    """Stream ``url`` to ``dest`` atomically; check ``sha256``/``size`` when given; return the sha256."""
+    """Stream ``url`` to ``dest`` atomically; check ``sha256``/``size`` when given; return the sha256.
+
+    ``magic`` is how the file must start (``b"PK\\x03\\x04"`` for a zip): an HTML page or other body served
+    with status 200, such as a login or error page, is then refused before anything trusts it.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
     temp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
     digest = hashlib.sha256()
     received = 0
     try:
-        with open_stream(client, url) as response, temp.open("wb") as out:
+        with (
+            open_stream(client, url, attempts=attempts, backoff=backoff, headers=headers) as response,
+            temp.open("wb") as out,
+        ):
+            content_type = response.headers.get("Content-Type", "")
+            if magic is not None and content_type.startswith("text/html"):
+                raise NetworkError(
+                    f"{url}: answered with an HTML page, not the file (a login, error or landing page?)",
+                    tip="open the URL in a browser to see what it serves; use the direct download link",
+                )
             try:
                 for chunk in response.iter_bytes(1024 * 256):
                     out.write(chunk)
@@ -105,13 +143,29 @@ def download(
                     if progress:
                         progress(len(chunk))
             except httpx.HTTPError as exc:
-                raise NetworkError(f"{url}: download interrupted after {received} bytes ({exc})") from None
+                # h11 raises here too when the connection closes before Content-Length bytes arrived.
+                # Count bytes off the wire: ``received`` lags, since chunks are buffered before use.
+                done = response.num_bytes_downloaded
+                raise NetworkError(f"{url}: download interrupted after {done} bytes ({exc})") from None
+        if magic is not None:
+            _check_magic(url, temp, magic, content_type)
         if size is not None and received != size:
             raise NetworkError(f"{url}: got {received} bytes, the index says {size} (truncated download?)")
         actual = digest.hexdigest()
         if sha256 is not None and actual != sha256.lower():
             raise NetworkError(f"{url}: sha256 {actual} does not match the index's {sha256}")
-        os.replace(temp, dest)
+        temp.replace(dest)
         return actual
     finally:
         temp.unlink(missing_ok=True)
+
+
+def _check_magic(url: str, path: Path, magic: bytes, content_type: str) -> None:
+    with path.open("rb") as handle:
+        head = handle.read(max(len(magic), 60))
+    if not head.startswith(magic):
+        # The first bytes usually show what came instead: a JSON error, a proxy's notice, an empty body.
+        raise NetworkError(
+            f"{url}: the answer ({content_type or 'no Content-Type'}) is not the expected file; it starts {head!r}",
+            tip="the server sent something else, such as an error message; check the URL",
+        )

@@ -62,8 +62,8 @@ def read_manifest(root: Path, *, origin: str | None = None) -> Manifest:
     if not _VERSION.match(version):
         raise PackageError(f"{where}: manifest version {version!r} is not x.y.z")
 
-    meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
-    runner = meta.get("runner") if isinstance(meta.get("runner"), dict) else {}
+    meta: dict[str, Any] = data["meta"] if isinstance(data.get("meta"), dict) else {}
+    runner: dict[str, Any] = meta["runner"] if isinstance(meta.get("runner"), dict) else {}
     language = str(runner.get("language", "")).lower()
     if language != "python":
         raise PackageError(

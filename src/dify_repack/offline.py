@@ -26,7 +26,13 @@ HEADER = "# Written by dify-repack: installs only from the wheels in ./wheels/, 
 # The daemon's SDK patch looks for this spelling with a regex (DAEMON-FACTS §4 step 4).
 SDK_NAME = "dify_plugin"
 # Files the daemon must see; an ignore rule matching one of them would drop it from a rebuilt package.
-PROTECTED = (f"{WHEELS_DIR}/", f"{WHEELS_DIR}/x-1-py3-none-any.whl", "requirements.txt", "pyproject.toml", "uv.lock")
+PROTECTED = (
+    f"{WHEELS_DIR}/",
+    f"{WHEELS_DIR}/x-1-py3-none-any.whl",
+    "requirements.txt",
+    "pyproject.toml",
+    "uv.lock",
+)
 
 
 def requirements_lines(selected: Sequence[Selected], targets: Sequence[Target]) -> list[str]:
@@ -86,7 +92,7 @@ def edit_pyproject(
         notes.append("pyproject.toml declared no dependencies; copied requirements.txt's into it")
 
     if "dependency-groups" in document:
-        groups = ", ".join(document["dependency-groups"])  # type: ignore[arg-type]
+        groups = ", ".join(str(name) for name in document["dependency-groups"])
         del document["dependency-groups"]
         notes.append(f"removed [dependency-groups] ({groups}): not runtime dependencies, and uv sync resolves them")
 
@@ -105,7 +111,9 @@ def edit_pyproject(
 
 def _offline_uv_table(targets: Sequence[Target], *, package: bool | None) -> Table:
     table = tomlkit.table()
-    table.add(tomlkit.comment("Written by dify-repack: resolve and install only from ./wheels/, for the daemon's Linux"))
+    table.add(
+        tomlkit.comment("Written by dify-repack: resolve and install only from ./wheels/, for the daemon's Linux")
+    )
     table.add(tomlkit.comment("CPython only (no forks for other platforms or Pythons, whose wheels are not shipped)."))
     table["no-index"] = True
     table["find-links"] = [f"./{WHEELS_DIR}/"]
@@ -126,7 +134,10 @@ def regenerate_lock(root: Path, targets: Sequence[Target], *, uv_cache: Path) ->
     if interpreter is not None:
         argv += ["--offline", "--python", interpreter]
     else:
-        argv += ["--python", targets[0].python]  # uv may fetch a managed CPython; packages still come from ./wheels
+        argv += [
+            "--python",
+            targets[0].python,
+        ]  # uv may fetch a managed CPython; packages still come from ./wheels
     result = run(argv, cwd=root, env=clean_env({"UV_CACHE_DIR": str(uv_cache)}), timeout=600)
     if result.returncode != 0:
         raise DependencyError(f"uv lock against the shipped wheels failed: {result.tail(6)}")
@@ -163,7 +174,6 @@ def fix_ignore_files(root: Path) -> list[str]:
     return notes
 
 
-
 def _matches_protected(rule: str) -> bool:
-    spec = pathspec.PathSpec.from_lines("gitwildmatch", [rule])
+    spec = pathspec.GitIgnoreSpec.from_lines([rule])
     return any(spec.match_file(path) for path in PROTECTED)

@@ -117,7 +117,13 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
         shutil.rmtree(root / WHEELS_DIR, ignore_errors=True)
         (root / SIGNATURE_FILE).unlink(missing_ok=True)
 
-        arches = manifest.arches if options.arch is None else ("amd64", "arm64") if options.arch == "all" else (options.arch,)
+        arches = (
+            manifest.arches
+            if options.arch is None
+            else ("amd64", "arm64")
+            if options.arch == "all"
+            else (options.arch,)
+        )
         targets = make_targets(options.python, arches)
         declared = declared_dependencies(root)
         reporter.step(

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 import pathspec
 
@@ -48,8 +49,9 @@ def _check_member_name(name: str, source: Path) -> PurePosixPath:
     return posix
 
 
-def extract_package(source: Path, dest: Path, *, max_bytes: int = MAX_UNCOMPRESSED_BYTES) -> None:
+def extract_package(source: Path, dest: Path, *, max_bytes: int | None = None) -> None:
     """Extract a ``.difypkg`` into ``dest`` as the daemon would (files only), refusing unsafe entries."""
+    max_bytes = max_bytes or MAX_UNCOMPRESSED_BYTES
     try:
         archive = zipfile.ZipFile(source)
     except FileNotFoundError:
@@ -70,7 +72,9 @@ def extract_package(source: Path, dest: Path, *, max_bytes: int = MAX_UNCOMPRESS
         for info in members:
             posix = _check_member_name(info.filename, source)
             if stat.S_ISLNK(info.external_attr >> 16):
-                raise PackageError(f"{source}: entry {info.filename!r} is a symbolic link; Dify packages hold files only")
+                raise PackageError(
+                    f"{source}: entry {info.filename!r} is a symbolic link; Dify packages hold files only"
+                )
             target = dest.joinpath(*posix.parts)
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -81,25 +85,24 @@ def extract_package(source: Path, dest: Path, *, max_bytes: int = MAX_UNCOMPRESS
             target.chmod(0o644)
 
 
-def _copy_limited(src: zipfile.ZipExtFile, out: object, declared: int, name: str, source: Path) -> None:
+def _copy_limited(src: IO[bytes], out: IO[bytes], declared: int, name: str, source: Path) -> None:
     # The central directory's size may lie; stop at the declared size instead of trusting it.
     written = 0
-    write = out.write  # type: ignore[attr-defined]
     while chunk := src.read(_CHUNK):
         written += len(chunk)
         if written > declared:
             raise PackageError(f"{source}: entry {name!r} is larger than its header says (zip bomb?)")
-        write(chunk)
+        out.write(chunk)
 
 
-def ignore_spec(root: Path) -> pathspec.PathSpec:
+def ignore_spec(root: Path) -> pathspec.GitIgnoreSpec:
     """The rules the official packager applies: ``.difyignore``, else ``.gitignore`` (DAEMON-FACTS §8)."""
     for name in (".difyignore", ".gitignore"):
         rules = root / name
         if rules.is_file():
             lines = rules.read_text(encoding="utf-8", errors="replace").splitlines()
-            return pathspec.PathSpec.from_lines("gitwildmatch", [*ALWAYS_IGNORED, *lines])
-    return pathspec.PathSpec.from_lines("gitwildmatch", ALWAYS_IGNORED)
+            return pathspec.GitIgnoreSpec.from_lines([*ALWAYS_IGNORED, *lines])
+    return pathspec.GitIgnoreSpec.from_lines(ALWAYS_IGNORED)
 
 
 def copy_plugin_dir(source: Path, dest: Path) -> None:
@@ -120,7 +123,7 @@ def copy_plugin_dir(source: Path, dest: Path) -> None:
         target.chmod(0o644)
 
 
-def _walk_files(root: Path, spec: pathspec.PathSpec) -> Iterator[Path]:
+def _walk_files(root: Path, spec: pathspec.GitIgnoreSpec) -> Iterator[Path]:
     for dirpath, dirnames, filenames in os.walk(root):
         base = Path(dirpath)
         relative_dir = base.relative_to(root).as_posix()
@@ -151,7 +154,7 @@ def atomic_output(target: Path) -> Iterator[Path]:
     try:
         yield temp
         temp.chmod(0o644)
-        os.replace(temp, target)
+        temp.replace(target)
     finally:
         temp.unlink(missing_ok=True)
 
@@ -170,7 +173,10 @@ def write_package(root: Path, output: Path, *, names: Iterable[str] | None = Non
                 source = root / name
                 info.file_size = source.stat().st_size
                 uncompressed += info.file_size
-                with source.open("rb") as src, archive.open(info, "w", force_zip64=info.file_size > 2**31) as dst:
+                with (
+                    source.open("rb") as src,
+                    archive.open(info, "w", force_zip64=info.file_size > 2**31) as dst,
+                ):
                     shutil.copyfileobj(src, dst, _CHUNK)
             archive.comment = comment
         size = temp.stat().st_size

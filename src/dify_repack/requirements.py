@@ -15,14 +15,16 @@ from packaging.version import InvalidVersion, Version
 from .errors import DependencyError
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    import tomllib as tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 _INCLUDE = re.compile(r"^(-r|--requirement|-c|--constraint)(\s+|=)(?P<path>\S+)$")
 # Options that configure where pip looks: the package replaces them all with its own wheels.
-_IGNORED_OPTION = re.compile(r"^(-i|-f|--index-url|--extra-index-url|--find-links|--no-index|--trusted-host|--pre|"
-                             r"--prefer-binary|--only-binary|--no-binary|--use-feature|--no-build-isolation)\b")
+_IGNORED_OPTION = re.compile(
+    r"^(-i|-f|--index-url|--extra-index-url|--find-links|--no-index|--trusted-host|--pre|"
+    r"--prefer-binary|--only-binary|--no-binary|--use-feature|--no-build-isolation)\b"
+)
 _INLINE_OPTION = re.compile(r"\s+--(hash|config-settings|global-option|install-option)[=\s]\S+")
 
 
@@ -57,7 +59,10 @@ def read_requirements_file(path: Path, *, root: Path, _seen: frozenset[Path] = f
         if _IGNORED_OPTION.match(line):
             continue
         if line.startswith(("-e", "--editable")):
-            raise DependencyError(f"{where}: editable requirement {line!r} cannot be packaged", tip="list the package by name and version")
+            raise DependencyError(
+                f"{where}: editable requirement {line!r} cannot be packaged",
+                tip="list the package by name and version",
+            )
         if line.startswith("-"):
             raise DependencyError(f"{where}: unsupported requirements-file option {line.split()[0]!r}")
         requirements.append(parse_requirement(_INLINE_OPTION.sub("", line), where))
@@ -138,9 +143,7 @@ def declared_dependencies(root: Path) -> Declared:
             parse_requirement(str(text), f"pyproject.toml [project].dependencies[{index}]")
             for index, text in enumerate(project["dependencies"])
         ]
-    from_requirements = (
-        read_requirements_file(requirements_path, root=root) if requirements_path.is_file() else None
-    )
+    from_requirements = read_requirements_file(requirements_path, root=root) if requirements_path.is_file() else None
     lock = root / "uv.lock"
     pins = read_lock_pins(lock) if lock.is_file() else {}
     has_project = isinstance(project, dict)
@@ -167,7 +170,9 @@ def _disagreements(pyproject: list[Requirement], requirements: list[Requirement]
         if pinned and not other.specifier.contains(pinned[0], prereleases=True):
             notes.append(f"requirements.txt pins {req.name}=={pinned[0]} but pyproject.toml asks {other}")
     listed = {canonicalize_name(req.name) for req in requirements}
-    notes += [f"requirements.txt lacks {req}, which pyproject.toml asks" for name, req in wanted.items() if name not in listed]
+    notes += [
+        f"requirements.txt lacks {req}, which pyproject.toml asks" for name, req in wanted.items() if name not in listed
+    ]
     if notes:
         notes.append("resolved from pyproject.toml (what daemons 0.5.3+ read); both files now pin that one set")
     return notes

@@ -97,10 +97,25 @@ def _compile(
         # An interpreter of the target's version builds sdist metadata faithfully; any one will do otherwise,
         # and naming one stops uv from trying to download a managed Python.
         interpreter = find_python(target.python) or Path(sys.executable)
-        argv = [
-            uv_bin(), "pip", "compile", "requirements.in", "--constraints", "constraints.txt",
-            "--python", interpreter, "--python-version", target.python, "--python-platform", target.uv_platform,
-            "--format", "pylock.toml", "--output-file", "pylock.toml", "--no-header", "--quiet",
+        argv: list[str | Path] = [
+            uv_bin(),
+            "pip",
+            "compile",
+            "requirements.in",
+            "--constraints",
+            "constraints.txt",
+            "--python",
+            interpreter,
+            "--python-version",
+            target.python,
+            "--python-platform",
+            target.uv_platform,
+            "--format",
+            "pylock.toml",
+            "--output-file",
+            "pylock.toml",
+            "--no-header",
+            "--quiet",
             *indexes.uv_args(),
         ]
         env = clean_env({"UV_CACHE_DIR": str(uv_cache)} if uv_cache else None)
@@ -140,7 +155,8 @@ def _pin(package: dict[str, Any], target: Target) -> Pin:
     wheels = tuple(
         artifact
         for artifact in map(_artifact, package.get("wheels", []))
-        if target.wheel_rank(artifact.filename) is not None and canonicalize_name(parse_wheel_filename(artifact.filename)[0]) == name
+        if target.wheel_rank(artifact.filename) is not None
+        and canonicalize_name(parse_wheel_filename(artifact.filename)[0]) == name
     )
     sdist = _artifact(package["sdist"]) if package.get("sdist") else None
     return Pin(name, str(package["version"]), wheels, sdist)

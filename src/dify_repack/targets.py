@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from packaging.markers import Marker
-from packaging.tags import Tag, cpython_tags, compatible_tags
+from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import parse_wheel_filename
 
 from .errors import UsageError

@@ -61,6 +61,9 @@ def _uv_bin() -> str:
 
 def fetch_uv(version: str, cache_dir: Path) -> Path:
     """A uv binary of ``version`` ("latest" for the newest), installed once into ``cache_dir/uv/``."""
+    own = uv_bin()
+    if version == str(_version_of(own)):
+        return Path(own)
     if version != "latest":
         cached = cache_dir / "uv" / version / "bin" / "uv"
         if cached.is_file():
@@ -69,7 +72,7 @@ def fetch_uv(version: str, cache_dir: Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     spec = "uv" if version == "latest" else f"uv=={version}"
     result = run(
-        [uv_bin(), "pip", "install", "--quiet", "--target", staging, "--python-version", "3.12", spec],
+        [own, "pip", "install", "--quiet", "--target", staging, "--python-version", "3.12", spec],
         env=clean_env({"UV_CACHE_DIR": str(cache_dir / "uv-cache")}),
         timeout=300,
     )

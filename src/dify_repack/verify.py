@@ -115,7 +115,9 @@ def network_isolation() -> tuple[list[str], str]:
     return [], "none (uv offline mode)"
 
 
-def verify_package(package: Path, options: VerifyOptions | None = None, reporter: Reporter | None = None) -> VerifyReport:
+def verify_package(
+    package: Path, options: VerifyOptions | None = None, reporter: Reporter | None = None
+) -> VerifyReport:
     options = options or VerifyOptions()
     reporter = reporter or NullReporter()
     unknown = [profile for profile in options.profiles if profile not in PROFILES]
@@ -148,11 +150,24 @@ def verify_package(package: Path, options: VerifyOptions | None = None, reporter
         for target in live:
             assert interpreter is not None
             for profile in options.profiles:
-                for version in (["pip"] if profile == "pip" else list(uv_binaries)):
-                    reporter.step(f"replaying {profile} with {'pip' if version == 'pip' else 'uv ' + version} on {target}")
+                for version in ["pip"] if profile == "pip" else list(uv_binaries):
+                    reporter.step(
+                        f"replaying {profile} with {'pip' if version == 'pip' else 'uv ' + version} on {target}"
+                    )
                     uv = uv_binaries[version] if version != "pip" else None
                     checks.append(
-                        _replay(package, manifest, profile, uv, version, target, interpreter, work, prefix, options)
+                        _replay(
+                            package,
+                            manifest,
+                            profile,
+                            uv,
+                            version,
+                            target,
+                            interpreter,
+                            work,
+                            prefix,
+                            options,
+                        )
                     )
         for target in static:
             for profile in sorted({_static_profile(profile) for profile in options.profiles}):
@@ -200,10 +215,18 @@ def install_command(profile: str, root: Path, uv: Path | None) -> list[str]:
     return [*sync, "-i", UNREACHABLE_MIRROR, *(["--frozen"] if has_lock else [])]
 
 
-def _timed(name: str, argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float, fatal: bool = True) -> tuple[Step, Completed]:
+def _timed(
+    name: str, argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float, fatal: bool = True
+) -> tuple[Step, Completed]:
     started = time.monotonic()
     result = run(argv, cwd=cwd, env=env, timeout=timeout)
-    return Step(name, result.returncode == 0, time.monotonic() - started, explain(result) if result.returncode else "", fatal), result
+    return Step(
+        name,
+        result.returncode == 0,
+        time.monotonic() - started,
+        explain(result) if result.returncode else "",
+        fatal,
+    ), result
 
 
 def _replay(
@@ -231,7 +254,12 @@ def _replay(
     step, _ = _timed("venv", [*prefix, *venv_argv], cwd=root, env=daemon_env, timeout=120)
     steps.append(step)
     command = install_command(profile, root, uv)
-    if step.ok and profile in ("pip", "uv-pip", "mirror") and "requirements.txt" in command and not (root / "requirements.txt").is_file():
+    if (
+        step.ok
+        and profile in ("pip", "uv-pip", "mirror")
+        and "requirements.txt" in command
+        and not (root / "requirements.txt").is_file()
+    ):
         steps.append(Step("install", False, 0.0, "requirements.txt is missing; this daemon version requires it"))
     elif step.ok:
         env = daemon_env if uv is None else {**_uv_env(uv, root, cache), **offline_env}
@@ -240,8 +268,12 @@ def _replay(
     if all(s.ok for s in steps):
         python = str(root / ".venv" / "bin" / "python")
         step, _ = _timed(
-            "compile", [*prefix, python, "-m", "compileall", "-q", "-x", r"\.venv|\.uv-cache", "."],
-            cwd=root, env=daemon_env, timeout=300, fatal=False,
+            "compile",
+            [*prefix, python, "-m", "compileall", "-q", "-x", r"\.venv|\.uv-cache", "."],
+            cwd=root,
+            env=daemon_env,
+            timeout=300,
+            fatal=False,
         )
         steps.append(step)
         step, _ = _timed("import", [*prefix, python, "-c", "import dify_plugin"], cwd=root, env=daemon_env, timeout=120)
@@ -257,8 +289,12 @@ def _start(root: Path, manifest: Manifest, prefix: list[str], env: dict[str, str
     started = time.monotonic()
     argv = [*prefix, str(root / ".venv" / "bin" / "python"), "-m", manifest.entrypoint]
     process = subprocess.Popen(
-        argv, cwd=root, env={**env, "INSTALL_METHOD": "local"},
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        argv,
+        cwd=root,
+        env={**env, "INSTALL_METHOD": "local"},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     lines: queue.Queue[bytes | None] = queue.Queue()
 
@@ -286,7 +322,11 @@ def _start(root: Path, manifest: Manifest, prefix: list[str], env: dict[str, str
     finally:
         process.kill()
         _, stderr = process.communicate()
-    reason = "exited before its first heartbeat" if process.returncode is not None and time.monotonic() - started < timeout else f"no heartbeat within {timeout:.0f} s"
+    reason = (
+        "exited before its first heartbeat"
+        if process.returncode is not None and time.monotonic() - started < timeout
+        else f"no heartbeat within {timeout:.0f} s"
+    )
     tail = "\n".join([*seen[-3:], *stderr.decode(errors="replace").strip().splitlines()[-8:]])
     return Step("start", False, time.monotonic() - started, f"{reason}\n{tail}".strip())
 
@@ -310,8 +350,18 @@ def _static_check(package: Path, profile: str, target: Target, work: Path, prefi
     extract_package(package, root)
     uv = uv_bin()
     env = clean_env({"UV_CACHE_DIR": str(work / "uv-cache-static"), "UV_PYTHON_DOWNLOADS": "never", "UV_OFFLINE": "1"})
-    install = [uv, "pip", "install", "--dry-run", "--target", ".target", "--python-platform", target.uv_platform,
-               "--python-version", target.python]
+    install = [
+        uv,
+        "pip",
+        "install",
+        "--dry-run",
+        "--target",
+        ".target",
+        "--python-platform",
+        target.uv_platform,
+        "--python-version",
+        target.python,
+    ]
     steps: list[Step] = []
     if profile == "requirements" or not (root / "pyproject.toml").is_file():
         if not (root / "requirements.txt").is_file():
@@ -319,21 +369,58 @@ def _static_check(package: Path, profile: str, target: Target, work: Path, prefi
         else:
             step, _ = _timed("resolve", [*prefix, *install, "-r", "requirements.txt"], cwd=root, env=env, timeout=300)
             steps.append(step)
-        return Check(profile, f"uv {_own_uv_version()}", str(target), "static", "uv pip install --dry-run", tuple(steps))
+        return Check(
+            profile,
+            f"uv {_own_uv_version()}",
+            str(target),
+            "static",
+            "uv pip install --dry-run",
+            tuple(steps),
+        )
     frozen = profile == "uv-sync-frozen" and (root / "uv.lock").is_file()
     if frozen and (remote := _remote_lock_sources(root / "uv.lock")):
-        steps.append(Step("lock", False, 0.0, f"uv.lock points to a remote index ({remote}): --frozen installs go online"))
+        steps.append(
+            Step(
+                "lock",
+                False,
+                0.0,
+                f"uv.lock points to a remote index ({remote}): --frozen installs go online",
+            )
+        )
     else:
         # What `uv sync` would install, from the lock (frozen) or from resolving offline against ./wheels.
-        export = [uv, "export", "--no-dev", "--no-emit-project", "--no-hashes", "--format", "requirements-txt",
-                  "--output-file", ".static-requirements.txt", *(["--frozen"] if frozen else [])]
+        export = [
+            uv,
+            "export",
+            "--no-dev",
+            "--no-emit-project",
+            "--no-hashes",
+            "--format",
+            "requirements-txt",
+            "--output-file",
+            ".static-requirements.txt",
+            *(["--frozen"] if frozen else []),
+        ]
         step, _ = _timed("lock", [*prefix, *export], cwd=root, env=env, timeout=300)
         steps.append(step)
         if step.ok:
             wheels = ["--no-index", "--find-links", "wheels"]
-            step, _ = _timed("resolve", [*prefix, *install, *wheels, "-r", ".static-requirements.txt"], cwd=root, env=env, timeout=300)
+            step, _ = _timed(
+                "resolve",
+                [*prefix, *install, *wheels, "-r", ".static-requirements.txt"],
+                cwd=root,
+                env=env,
+                timeout=300,
+            )
             steps.append(step)
-    return Check(profile, f"uv {_own_uv_version()}", str(target), "static", "uv export + uv pip install --dry-run", tuple(steps))
+    return Check(
+        profile,
+        f"uv {_own_uv_version()}",
+        str(target),
+        "static",
+        "uv export + uv pip install --dry-run",
+        tuple(steps),
+    )
 
 
 def _remote_lock_sources(lock: Path) -> str:
@@ -345,8 +432,8 @@ def _remote_lock_sources(lock: Path) -> str:
         return "unreadable uv.lock"
     for package in packages:
         registry = package.get("source", {}).get("registry", "")
-        if "://" in registry:
-            return registry
+        if "://" in str(registry):
+            return str(registry)
     return ""
 
 
@@ -358,9 +445,28 @@ def explain(result: Completed) -> str:
     """The few lines of a failed tool's output that say why (errors and their causes, not -vvv noise)."""
     lines = result.output.splitlines()
     keep = [
-        line.rstrip() for line in lines
-        if line.lstrip().startswith(("error", "ERROR", "cause", "hint", "help", "×", "╰", "Because", "And because", "ModuleNotFoundError", "ImportError", "Traceback"))
-        or "No solution found" in line or "Failed to" in line or "has no wheels" in line or "not found" in line
+        line.rstrip()
+        for line in lines
+        if line.lstrip().startswith(
+            (
+                "error",
+                "ERROR",
+                "cause",
+                "hint",
+                "help",
+                "×",
+                "╰",
+                "Because",
+                "And because",
+                "ModuleNotFoundError",
+                "ImportError",
+                "Traceback",
+            )
+        )
+        or "No solution found" in line
+        or "Failed to" in line
+        or "has no wheels" in line
+        or "not found" in line
     ]
     chosen = keep[-12:] if keep else lines[-8:]
     return "\n".join(chosen)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -71,7 +72,7 @@ class WheelCache:
         """Move a verified file into the cache atomically (it may already be there from a parallel run)."""
         path = self.path_for(sha256, file.name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(file, path)
+        file.replace(path)
         return path
 
     def built_dir(self, sdist: Artifact, python: str) -> Path:
@@ -126,13 +127,13 @@ def fetch_all(
     missing_sdist = [pins[key] for key in needs_build if pins[key].sdist is None]
     if missing_sdist:
         pin = missing_sdist[0]
-        targets = ", ".join(str(target) for target in needs_build[(pin.name, pin.version)])
+        where = ", ".join(str(target) for target in needs_build[(pin.name, pin.version)])
         raise BuildError(
-            f"{pin.name} {pin.version} has no wheel for {targets} and no sdist to build one from",
+            f"{pin.name} {pin.version} has no wheel for {where} and no sdist to build one from",
             tip="pin a version that publishes a wheel for that platform, or drop that architecture with --arch",
         )
-    artifacts = list(wanted.values()) + [pins[key].sdist for key in needs_build]  # type: ignore[misc]
-    downloaded = _download_many([a for a in artifacts if a is not None], cache, reporter)
+    sdists = [sdist for key in needs_build if (sdist := pins[key].sdist) is not None]
+    downloaded = _download_many([*wanted.values(), *sdists], cache, reporter)
     built: dict[tuple[str, str], dict[Target, Path]] = {}
     for key, targets in needs_build.items():
         pin = pins[key]
@@ -162,11 +163,14 @@ def _download_many(artifacts: Sequence[Artifact], cache: WheelCache, reporter: R
         return result
     total = sum(artifact.size or 0 for artifact in todo)
     reporter.step(f"downloading {len(todo)} files ({total / 1e6:.1f} MB); {len(result)} already in the cache")
-    with make_client(timeout=120) as client, reporter.task("downloading", total or None, unit="bytes") as advance:
-        with ThreadPoolExecutor(PARALLEL_DOWNLOADS) as pool:
-            futures = {artifact.url: pool.submit(cache.fetch, client, artifact, advance) for artifact in todo}
-            for url, future in futures.items():
-                result[url] = future.result()
+    with (
+        make_client(timeout=120) as client,
+        reporter.task("downloading", total or None, unit="bytes") as advance,
+        ThreadPoolExecutor(PARALLEL_DOWNLOADS) as pool,
+    ):
+        futures = {artifact.url: pool.submit(cache.fetch, client, artifact, advance) for artifact in todo}
+        for url, future in futures.items():
+            result[url] = future.result()
     return result
 
 
@@ -223,11 +227,18 @@ def _build(pin: Pin, sdist: Path, python: Path, build_dir: Path, cache: WheelCac
         )
         wheels = sorted(out.glob("*.whl")) if out.is_dir() else []
         if result.returncode != 0 or not wheels:
+            # The backend's own error lines say why (a missing compiler or header); uv's wrapping does not.
+            reasons = [
+                line.strip()
+                for line in result.output.splitlines()
+                if re.search(r"\berror\b", line, re.IGNORECASE)
+                and not line.strip().startswith(("×", "cause", "hint", "╰"))
+            ]
             raise BuildError(
-                f"{pin.name} {pin.version}: building a wheel from its sdist failed: {result.tail(4)}",
+                f"{pin.name} {pin.version}: building a wheel from its sdist failed: {'; '.join(reasons[-3:]) or result.tail(3)}",
                 tip="it may need a C compiler or system headers on this host; or pin a version that publishes wheels",
             )
         build_dir.mkdir(parents=True, exist_ok=True)
         final = build_dir / wheels[0].name
-        os.replace(wheels[0], final)
+        wheels[0].replace(final)
         return final

@@ -1,0 +1,281 @@
+"""What ``pack`` takes as input: a local plugin, or a Marketplace id, GitHub release asset or URL to download.
+
+The forms, tried in this order:
+
+- ``http(s)://…``: any URL, GitHub release links included;
+- ``github:OWNER/REPO@TAG/ASSET.difypkg``: a release asset on GitHub, or GitHub Enterprise via ``GITHUB_URL``;
+- a path to a ``.difypkg`` file or to a plugin directory (one with manifest.yaml), used in place;
+- ``org/name:version[@checksum]``: a Marketplace identifier as Dify shows it (DAEMON-FACTS §7).
+
+Downloads go through ``http`` (proxies, CA bundles, retries, atomic files) and must be zips.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
+
+import httpx
+
+from .errors import NetworkError, PackageError, UsageError
+from .http import ProgressCallback, StatusError, download, make_client
+
+SourceKind = Literal["file", "directory", "marketplace", "github", "url"]
+
+DEFAULT_MARKETPLACE_URL = "https://marketplace.dify.ai"
+DEFAULT_GITHUB_URL = "https://github.com"
+ZIP_MAGIC = b"PK\x03\x04"
+
+# Author and name as manifest.yaml allows them; the checksum is the daemon's sha256 (DAEMON-FACTS §1).
+_PLUGIN_ID = re.compile(
+    r"(?P<org>[a-z0-9_-]{1,64})/(?P<name>[a-z0-9_-]{1,128})"
+    r":(?P<version>\d+\.\d+\.\d+(?:[.+-][0-9A-Za-z.+-]+)?)"
+    r"(?:@(?P<checksum>[0-9a-fA-F]{64}))?"
+)
+# The tag may hold slashes (``release/1.0``): the asset is whatever follows the last one.
+_GITHUB = re.compile(r"github:(?P<owner>[\w.-]+)/(?P<repo>[\w.-]+)@(?P<tag>\S+)/(?P<asset>[^/\s]+)")
+# As in pip requirement files: ``#`` starts a comment at a line start or after a space (URL fragments stay).
+_COMMENT = re.compile(r"(?:^|\s)#.*")
+_FORMS_TIP = (
+    "give a .difypkg file, a plugin directory, a Marketplace id (org/name:version[@checksum]), "
+    "github:OWNER/REPO@TAG/ASSET.difypkg or an http(s):// URL"
+)
+
+
+@dataclass(frozen=True)
+class PluginId:
+    """A Marketplace identifier: ``org/name:version``, with the package checksum when Dify showed one."""
+
+    org: str
+    name: str
+    version: str
+    checksum: str | None = None
+
+    def __str__(self) -> str:
+        suffix = f"@{self.checksum}" if self.checksum else ""
+        return f"{self.org}/{self.name}:{self.version}{suffix}"
+
+
+@dataclass(frozen=True)
+class ReleaseAsset:
+    """A file attached to a GitHub release."""
+
+    owner: str
+    repo: str
+    tag: str
+    asset: str
+
+    def url(self, github_url: str) -> str:
+        return f"{github_url}/{self.owner}/{self.repo}/releases/download/{quote(self.tag)}/{quote(self.asset)}"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input as typed (``text``) and what it names: ``path`` for local kinds, else what to download.
+
+    ``plugin`` is set for "marketplace", ``release`` for "github", ``url`` for "url"; ``filename`` is the
+    name a download gets in the destination folder.
+    """
+
+    text: str
+    kind: SourceKind
+    path: Path | None = None
+    plugin: PluginId | None = None
+    release: ReleaseAsset | None = None
+    url: str | None = None
+    filename: str | None = None
+
+
+def parse_source(text: str, *, base: Path | None = None) -> Source:
+    """Recognise one source; relative paths are taken from ``base`` (default: the working directory).
+
+    Raises UsageError naming the accepted forms when ``text`` is none of them, PackageError for a directory
+    without manifest.yaml.
+    """
+    text = text.strip()
+    if text.lower().startswith(("http://", "https://")):
+        return _parse_url(text)
+    if text.startswith("github:"):
+        return _parse_github(text)
+    path = Path(text) if base is None else base / text
+    if path.is_dir():
+        if not (path / "manifest.yaml").is_file():
+            raise PackageError(
+                f"{text}: directory has no manifest.yaml, so it is not a plugin",
+                tip="give the plugin's top folder (the one holding manifest.yaml) or its .difypkg",
+            )
+        return Source(text, "directory", path=path)
+    if path.is_file():
+        # Whatever the suffix: reading the package checks that it is a zip.
+        return Source(text, "file", path=path)
+    if match := _PLUGIN_ID.fullmatch(text):
+        checksum = match["checksum"]
+        plugin = PluginId(match["org"], match["name"], match["version"], checksum.lower() if checksum else None)
+        filename = f"{plugin.org}-{plugin.name}_{plugin.version}.difypkg"
+        return Source(text, "marketplace", plugin=plugin, filename=filename)
+    raise UsageError(
+        f"{text}: no such file or directory, and not a Marketplace id, github: asset or URL", tip=_FORMS_TIP
+    )
+
+
+def _parse_url(text: str) -> Source:
+    try:
+        url = httpx.URL(text)
+    except httpx.InvalidURL as exc:
+        raise UsageError(f"{text}: not a valid URL ({exc})", tip=_FORMS_TIP) from None
+    if not url.host:
+        raise UsageError(f"{text}: the URL names no host", tip=_FORMS_TIP)
+    # httpx decodes the path, so an encoded slash in the last segment cannot smuggle in a directory.
+    name = url.path.rsplit("/", 1)[-1]
+    return Source(text, "url", url=text, filename=_download_name(name, text))
+
+
+def _parse_github(text: str) -> Source:
+    match = _GITHUB.fullmatch(text)
+    if not match:
+        raise UsageError(f"{text}: not a GitHub release asset", tip="write it as github:OWNER/REPO@TAG/ASSET.difypkg")
+    release = ReleaseAsset(match["owner"], match["repo"], match["tag"], match["asset"])
+    return Source(text, "github", release=release, filename=_download_name(release.asset, text))
+
+
+def _download_name(name: str, text: str) -> str:
+    """The file name for a download: the URL's last segment, made a ``.difypkg``, never a path."""
+    if name in ("", ".", "..") or "\\" in name or "\0" in name:
+        raise UsageError(f"{text}: the URL does not end in a file name", tip="link the .difypkg file itself")
+    return name if name.endswith(".difypkg") else f"{name}.difypkg"
+
+
+def read_source_list(path: Path) -> list[Source]:
+    """The sources in a ``pack -r`` file: one a line, ``#`` comments, blank lines; paths relative to it.
+
+    Every line is checked before anything is downloaded; an error names the file and line.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read the source list ({exc})") from None
+    sources = []
+    for number, line in enumerate(lines, 1):
+        entry = _COMMENT.sub("", line).strip()
+        if not entry:
+            continue
+        try:
+            sources.append(parse_source(entry, base=path.parent))
+        except (UsageError, PackageError) as exc:
+            raise type(exc)(f"{path}:{number}: {exc.message}", tip=exc.tip) from None
+    if not sources:
+        raise UsageError(f"{path}: lists no sources", tip="write one source a line; # starts a comment")
+    return sources
+
+
+def fetch_source(
+    source: Source,
+    dest_dir: Path,
+    *,
+    client: httpx.Client | None = None,
+    marketplace_url: str | None = None,
+    github_url: str | None = None,
+    progress: ProgressCallback | None = None,
+    timeout: float = 60.0,
+    attempts: int = 4,
+    backoff: float = 0.5,
+) -> Path:
+    """The local ``.difypkg`` or directory for ``source``: a path as is, else a download into ``dest_dir``.
+
+    Bases come from the arguments, then ``DIFY_MARKETPLACE_URL``/``GITHUB_URL``, then the public sites.
+    ``GITHUB_TOKEN`` is sent to the GitHub host only. ``timeout`` applies when no ``client`` is given.
+    Raises NetworkError with a one-line message; no partial file is left behind. A download replaces a file
+    of the same name in ``dest_dir``, so give sources whose names may clash separate folders.
+    """
+    if source.path is not None:
+        return source.path
+    assert source.filename is not None, "parse_source names every download"
+    dest = dest_dir / source.filename
+    github = _base_url(github_url, "GITHUB_URL", DEFAULT_GITHUB_URL)
+    token = os.environ.get("GITHUB_TOKEN") or None
+    with ExitStack() as stack:
+        http_client = stack.enter_context(make_client(timeout=timeout)) if client is None else client
+
+        def get(url: str) -> Path:
+            # Authorization only ever starts on the GitHub host; httpx drops it when a redirect leaves it.
+            auth = {"Authorization": f"Bearer {token}"} if token and _same_origin(url, github) else None
+            download(
+                http_client,
+                url,
+                dest,
+                progress=progress,
+                headers=auth,
+                magic=ZIP_MAGIC,
+                attempts=attempts,
+                backoff=backoff,
+            )
+            return dest
+
+        if source.plugin is not None:
+            marketplace = _base_url(marketplace_url, "DIFY_MARKETPLACE_URL", DEFAULT_MARKETPLACE_URL)
+            return _fetch_marketplace(source.plugin, marketplace, get)
+        url = source.release.url(github) if source.release is not None else source.url
+        assert url is not None, f"a {source.kind} source has a path, plugin, release or url"
+        try:
+            return get(url)
+        except StatusError as exc:
+            if _same_origin(url, github) and exc.status in (401, 403, 404, 429):
+                raise NetworkError(exc.message, tip=_github_tip(exc.status, token)) from None
+            raise
+
+
+def _fetch_marketplace(plugin: PluginId, marketplace: str, get: Callable[[str], Path]) -> Path:
+    quoted = "/".join(quote(part, safe="") for part in (plugin.org, plugin.name, plugin.version))
+    try:
+        return get(f"{marketplace}/api/v1/plugins/{quoted}/download")
+    except StatusError as exc:
+        if exc.status != 404:
+            raise
+        if plugin.checksum is None:
+            raise _not_on_marketplace(plugin, marketplace) from None
+    # Older marketplaces serve a package only by its full identifier, which includes the checksum.
+    legacy = httpx.URL(f"{marketplace}/api/v1/plugins/download", params={"unique_identifier": str(plugin)})
+    try:
+        return get(str(legacy))
+    except StatusError as exc:
+        if exc.status != 404:
+            raise
+        raise _not_on_marketplace(plugin, marketplace) from None
+
+
+def _not_on_marketplace(plugin: PluginId, marketplace: str) -> NetworkError:
+    tip = "copy the identifier from the plugin's Marketplace page or from Dify's plugin list"
+    if plugin.checksum is None:
+        tip += "; a marketplace with only the older download API also needs its @checksum"
+    return NetworkError(
+        f"{plugin.org}/{plugin.name}:{plugin.version}: not on the Marketplace at {marketplace} (HTTP 404); "
+        f"no plugin {plugin.org}/{plugin.name}, or no version {plugin.version} of it",
+        tip=tip,
+    )
+
+
+def _github_tip(status: int, token: str | None) -> str:
+    if token is None:
+        return "set GITHUB_TOKEN for a private repository or to lift the anonymous rate limit"
+    if status == 404:
+        return "check the owner, repository, release tag and asset name on the release page"
+    return "check that GITHUB_TOKEN is valid and may read this repository"
+
+
+def _base_url(argument: str | None, variable: str, default: str) -> str:
+    value = argument or os.environ.get(variable) or default
+    if not value.lower().startswith(("http://", "https://")):
+        origin = "the base URL argument" if argument else variable
+        raise UsageError(f"{origin} is {value!r}, not an http(s):// URL")
+    return value.rstrip("/")
+
+
+def _same_origin(url: str, other: str) -> bool:
+    a, b = httpx.URL(url), httpx.URL(other)
+    return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)

@@ -1,0 +1,148 @@
+"""A small web server on 127.0.0.1 for download tests: canned replies by path, every request recorded.
+
+Tests start one (or several, for cross-host redirects) with ``serve()``; nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import ssl
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One canned answer. ``length`` overrides Content-Length (larger than the body: a truncated download)."""
+
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/octet-stream"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # seconds before the status line, to make a client time out
+    length: int | None = None
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A request as the server saw it: the target (path and query, or a full URL when sent to a proxy)."""
+
+    target: str
+    headers: Mapping[str, str]  # names in lower case
+
+
+class FakeWeb:
+    """Routes map a path (query ignored) to replies given in turn; the last one repeats. Others get 404."""
+
+    def __init__(self, url: str, stopping: threading.Event) -> None:
+        self.url = url
+        self.requests: list[Seen] = []
+        self._routes: dict[str, list[Reply]] = {}
+        self._lock = threading.Lock()
+        self._stopping = stopping
+
+    def route(self, path: str, *replies: Reply) -> None:
+        self._routes[path] = list(replies)
+
+    def redirect(self, path: str, location: str, status: int = 302) -> None:
+        self.route(path, Reply(status, headers={"Location": location}))
+
+    def seen(self, path: str) -> list[Seen]:
+        return [request for request in self.requests if request.target.split("?", 1)[0] == path]
+
+    def _answer(self, target: str, headers: Mapping[str, str]) -> Reply:
+        with self._lock:
+            self.requests.append(Seen(target, headers))
+            replies = self._routes.get(target.split("?", 1)[0])
+            if not replies:
+                return Reply(404, b"not found", "text/plain")
+            return replies.pop(0) if len(replies) > 1 else replies[0]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a handler still sleeping in a timeout test must not hold up the test's end
+    web: FakeWeb
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:
+        web = self.server.web
+        reply = web._answer(self.path, {name.lower(): value for name, value in self.headers.items()})
+        if reply.delay:
+            web._stopping.wait(reply.delay)
+        try:
+            self.send_response(reply.status)
+            self.send_header("Content-Type", reply.content_type)
+            self.send_header("Content-Length", str(len(reply.body) if reply.length is None else reply.length))
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(reply.body)
+        except OSError:
+            pass  # the client gave up first, as a timeout test intends
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # keep test output clean
+
+
+@contextmanager
+def serve(*, tls: tuple[Path, Path] | None = None) -> Iterator[FakeWeb]:
+    """A running server; ``tls`` is (certificate, key) for an https:// one."""
+    server = _Server(("127.0.0.1", 0), _Handler)
+    scheme = "http"
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
+    stopping = threading.Event()
+    server.web = FakeWeb(f"{scheme}://127.0.0.1:{server.server_address[1]}", stopping)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server.web
+    finally:
+        stopping.set()
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that is its own CA, so a test can trust it through SSL_CERT_FILE."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dify-repack test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    public = key.public_key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path

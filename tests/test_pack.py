@@ -1,0 +1,363 @@
+"""pack against a local index of tiny real wheels and sdists: what goes in the package, and bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from builders import LocalIndex, make_plugin, manifest_yaml
+from dify_repack.cli import main
+from dify_repack.errors import BuildError, DependencyError, NetworkError, PackageError
+from dify_repack.pack import PackOptions, pack
+from dify_repack.package import write_package
+from dify_repack.requirements import tomllib
+from dify_repack.resolve import Indexes
+
+
+def _options(index: LocalIndex, out: Path, cache: Path, **kwargs: object) -> PackOptions:
+    return PackOptions(output_dir=out, indexes=Indexes(index.url), cache_dir=cache, **kwargs)  # type: ignore[arg-type]
+
+
+def _names(package: Path) -> list[str]:
+    with zipfile.ZipFile(package) as archive:
+        return archive.namelist()
+
+
+def _read(package: Path, name: str) -> str:
+    with zipfile.ZipFile(package) as archive:
+        return archive.read(name).decode()
+
+
+def _wheels(package: Path) -> set[str]:
+    return {name.removeprefix("wheels/") for name in _names(package) if name.startswith("wheels/")}
+
+
+def test_markers_are_evaluated_for_each_target_not_the_host(tmp_path: Path, index: LocalIndex, cache_dir: Path) -> None:
+    plugin = make_plugin(
+        tmp_path / "src",
+        {
+            "manifest.yaml": manifest_yaml(arch=("amd64", "arm64")),
+            "requirements.txt": "dify_plugin==0.7.4\nmultiplatform\n",
+        },
+    )
+    result = pack(plugin, _options(index, tmp_path / "out", cache_dir))
+    wheels = _wheels(result.output)
+    assert "armonly-1.0.0-py3-none-any.whl" in wheels
+    assert not any(name.startswith(("winonly", "oldpy")) for name in wheels)
+    requirements = _read(result.output, "requirements.txt").splitlines()
+    assert requirements[1:3] == ["--no-index", "--find-links=./wheels/"]
+    assert "armonly==1.0.0 ; platform_machine == 'aarch64'" in requirements
+    assert "dify_plugin==0.7.4" in requirements
+    assert "multiplatform==1.0.0" in requirements
+
+
+def test_each_architecture_gets_its_newest_compatible_native_wheel(
+    tmp_path: Path, index: LocalIndex, cache_dir: Path
+) -> None:
+    plugin = make_plugin(
+        tmp_path / "src",
+        {
+            "manifest.yaml": manifest_yaml(arch=("amd64",)),
+            "requirements.txt": "dify_plugin==0.7.4\nfastmath\n",
+        },
+    )
+    result = pack(plugin, _options(index, tmp_path / "out", cache_dir, arch="all"))
+    wheels = _wheels(result.output)
+    # 3.0.0 has cp313 wheels only; 2.0.0 is published only as manylinux_2_28 and must still be found.
+    assert {name for name in wheels if name.startswith("fastmath")} == {
+        "fastmath-2.0.0-cp312-cp312-manylinux_2_28_x86_64.whl",
+        "fastmath-2.0.0-cp312-cp312-manylinux_2_28_aarch64.whl",
+    }
+    assert [str(target) for target in result.targets] == ["cp312-linux-amd64", "cp312-linux-arm64"]
+
+
+def test_pure_sdist_is_built_once_into_a_wheel_for_all_targets(
+    tmp_path: Path, index: LocalIndex, cache_dir: Path
+) -> None:
+    plugin = make_plugin(
+        tmp_path / "src",
+        {
+            "manifest.yaml": manifest_yaml(arch=("amd64", "arm64")),
+            "requirements.txt": "dify_plugin==0.7.4\npuresdist\n",
+        },
+    )
+    result = pack(plugin, _options(index, tmp_path / "out", cache_dir))
+    assert "puresdist-1.0.0-py3-none-any.whl" in _wheels(result.output)
+    assert not any(name.endswith((".tar.gz", ".zip")) for name in _names(result.output))
+    assert result.built == ("puresdist 1.0.0",)
+
+
+def test_native_sdist_builds_for_the_host_arch_with_target_python(
+    tmp_path: Path, index: LocalIndex, cache_dir: Path, python312: Path
+) -> None:
+    plugin = make_plugin(tmp_path / "src", {"requirements.txt": "dify_plugin==0.7.4\nnativesdist\n"})
+    result = pack(plugin, _options(index, tmp_path / "out", cache_dir, arch="amd64"))
+    assert "nativesdist-1.0.0-cp312-cp312-linux_x86_64.whl" in _wheels(result.output)
+
+
+def test_native_sdist_for_another_arch_fails_naming_package_and_target(
+    tmp_path: Path, index: LocalIndex, cache_dir: Path
+) -> None:
+    plugin = make_plugin(tmp_path / "src", {"requirements.txt": "dify_plugin==0.7.4\nnativesdist\n"})
+    with pytest.raises(BuildError, match=r"nativesdist 1\.0\.0 .*cp312-linux-arm64"):
+        pack(plugin, _options(index, tmp_path / "out", cache_dir, arch="all"))
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_sdist_needing_a_compiler_fails_with_the_build_output(
+    tmp_path: Path, index: LocalIndex, cache_dir: Path
+) -> None:
+    plugin = make_plugin(tmp_path / "src", {"requirements.txt": "dify_plugin==0.7.4\nneedscompiler\n"})
+    with pytest.raises(BuildError, match=r"needscompiler 1\.0\.0: building a wheel from its sdist failed.*gcc"):
+        pack(plugin, _options(index, tmp_path / "out", cache_dir))
+
+
+def test_no_wheel_for_a_target_names_package_version_and_target(
+    tmp_path: Path, index: LocalIndex, cache_dir: Path
+) -> None:
+    plugin = make_plugin(tmp_path / "src", {"requirements.txt": "dify_plugin==0.7.4\nx86only\n"})
+    with pytest.raises(DependencyError, match=r"cp312-linux-arm64.*x86only"):
+        pack(plugin, _options(index, tmp_path / "out", cache_dir, arch="arm64"))
+
+
+PYPROJECT = """\
+# The project's own comment stays.
+[project]
+name = "demo"
+version = "0.1.0"
+requires-python = ">=3.11"  # open on purpose
+dependencies = [
+    "dify_plugin==0.7.4",  # the SDK
+    "fastmath>=1",
+]
+
+[dependency-groups]
+dev = ["devtool"]
+
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[tool.uv]
+dev-dependencies = ["devtool"]
+required-environments = ["sys_platform == 'linux'"]
+
+[tool.ruff]
+line-length = 99
+"""
+
+
+def test_pyproject_is_made_offline_keeping_the_users_formatting(
+    tmp_path: Path, index: LocalIndex, cache_dir: Path
+) -> None:
+    plugin = make_plugin(
+        tmp_path / "src",
+        {
+            "manifest.yaml": manifest_yaml(arch=("amd64", "arm64")),
+            "pyproject.toml": PYPROJECT,
+            ".python-version": "3.11\n",
+            ".gitignore": "wheels/\n*.whl\n.venv\nuv.lock\n",
+        },
+    )
+    result = pack(plugin, _options(index, tmp_path / "out", cache_dir))
+    text = _read(result.output, "pyproject.toml")
+    assert "# The project's own comment stays." in text and "# the SDK" in text and "# open on purpose" in text
+    data = tomllib.loads(text)
+    assert "dependency-groups" not in data
+    assert set(data["tool"]["uv"]) == {"no-index", "find-links", "environments", "package"}
+    assert data["tool"]["uv"]["package"] is False
+    assert data["tool"]["ruff"] == {"line-length": 99}
+    environments = data["tool"]["uv"]["environments"]
+    assert len(environments) == 2 and all("python_full_version < '3.13'" in env for env in environments)
+    lock = tomllib.loads(_read(result.output, "uv.lock"))
+    sources = {package["source"].get("registry") for package in lock["package"] if "registry" in package["source"]}
+    assert sources == {"wheels"}
+    assert _read(result.output, ".python-version") == "3.12\n"
+    assert _read(result.output, ".gitignore") == ".venv\n"
+    assert not any(name.startswith("wheels/devtool") for name in _names(result.output))
+    # Both files pin the same set, from the same wheels.
+    pins = {line for line in _read(result.output, "requirements.txt").splitlines() if "==" in line}
+    locked = {f"{p['name']}=={p['version']}" for p in lock["package"] if "registry" in p["source"]}
+    assert {pin.replace("dify_plugin", "dify-plugin") for pin in pins} == locked
+
+
+def test_disagreeing_files_resolve_one_set_from_pyproject(tmp_path: Path, index: LocalIndex, cache_dir: Path) -> None:
+    plugin = make_plugin(
+        tmp_path / "src",
+        {
+            "pyproject.toml": '[project]\nname = "demo"\nversion = "0.1.0"\ndependencies = ["dify_plugin==0.7.4", "fastmath>=2"]\n',
+            "requirements.txt": "dify_plugin==0.7.4\nfastmath==1.0.0\n",
+        },
+    )
+    result = pack(plugin, _options(index, tmp_path / "out", cache_dir))
+    assert any(
+        "requirements.txt pins fastmath==1.0.0 but pyproject.toml asks fastmath>=2" in note for note in result.notes
+    )
+    assert "fastmath==2.0.0" in _read(result.output, "requirements.txt").splitlines()
+
+
+def test_uv_lock_pins_are_preferred(tmp_path: Path, index: LocalIndex, cache_dir: Path) -> None:
+    lock = (
+        'version = 1\nrevision = 3\nrequires-python = ">=3.12"\n\n'
+        '[[package]]\nname = "helper"\nversion = "1.0.0"\nsource = { registry = "https://index.invalid/simple" }\n'
+    )
+    plugin = make_plugin(
+        tmp_path / "src",
+        {
+            "pyproject.toml": '[project]\nname = "demo"\nversion = "0.1.0"\ndependencies = ["dify_plugin==0.7.4"]\n',
+            "uv.lock": lock,
+        },
+    )
+    result = pack(plugin, _options(index, tmp_path / "out", cache_dir))
+    assert "helper==1.0.0" in _read(result.output, "requirements.txt").splitlines()
+
+
+def test_output_is_deterministic_idempotent_and_leaves_the_input_alone(
+    tmp_path: Path, index: LocalIndex, cache_dir: Path
+) -> None:
+    plugin = make_plugin(tmp_path / "src", {"requirements.txt": "dify_plugin==0.7.4\nfastmath\n"})
+    source = tmp_path / "tester-demo_0.1.0.difypkg"
+    (plugin / "wheels").mkdir()
+    (plugin / "wheels" / "stale-0.1-py3-none-any.whl").write_bytes(b"stale")
+    write_package(plugin, source)
+    before = hashlib.sha256(source.read_bytes()).hexdigest()
+    first = pack(source, _options(index, tmp_path / "a", cache_dir))
+    second = pack(source, _options(index, tmp_path / "b", cache_dir))
+    assert hashlib.sha256(source.read_bytes()).hexdigest() == before
+    assert first.output.read_bytes() == second.output.read_bytes()
+    assert first.output.name == "tester-demo_0.1.0-offline.difypkg"
+    assert "stale-0.1-py3-none-any.whl" not in _wheels(first.output)
+    again = pack(first.output, _options(index, tmp_path / "c", cache_dir))
+    assert again.output.name == first.output.name
+    assert again.output.read_bytes() == first.output.read_bytes()
+    with zipfile.ZipFile(first.output) as archive:
+        infos = archive.infolist()
+    assert [info.filename for info in infos] == sorted(info.filename for info in infos)
+    assert not any(info.is_dir() for info in infos)
+    assert all(stat.S_IMODE(info.external_attr >> 16) == 0o644 for info in infos)
+    assert archive.comment == b""
+
+
+def test_second_run_makes_no_download_request(tmp_path: Path, index: LocalIndex, cache_dir: Path) -> None:
+    plugin = make_plugin(tmp_path / "src", {"requirements.txt": "dify_plugin==0.7.4\nfastmath\npuresdist\n"})
+    pack(plugin, _options(index, tmp_path / "a", cache_dir))
+    index.requests.clear()
+    pack(plugin, _options(index, tmp_path / "b", cache_dir))
+    assert not [path for path in index.requests if path.startswith("/files/")]
+
+
+def _zip(path: Path, entries: dict[str, bytes], *, symlink: str | None = None) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+        if symlink:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            archive.writestr(info, "/etc/passwd")
+    return path
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    good = {
+        "manifest.yaml": manifest_yaml().encode(),
+        "requirements.txt": b"dify_plugin==0.7.4\n",
+        "main.py": b"",
+    }
+    not_zip = tmp_path / "not-a-zip.difypkg"
+    not_zip.write_text("<html>Not Found</html>")
+    truncated = _zip(tmp_path / "truncated.difypkg", good)
+    truncated.write_bytes(truncated.read_bytes()[:-60])
+    return {
+        "not a zip": (not_zip, "not a readable .difypkg"),
+        "truncated": (truncated, "not a readable .difypkg"),
+        "dotdot": (_zip(tmp_path / "dotdot.difypkg", {**good, "../evil.py": b""}), "outside the package"),
+        "absolute": (_zip(tmp_path / "abs.difypkg", {**good, "/etc/evil": b""}), "absolute"),
+        "symlink": (_zip(tmp_path / "link.difypkg", good, symlink="link"), "symbolic link"),
+        "no manifest": (_zip(tmp_path / "nomanifest.difypkg", {"main.py": b""}), "no manifest.yaml"),
+        "not python": (
+            _zip(tmp_path / "go.difypkg", {**good, "manifest.yaml": manifest_yaml(language="go").encode()}),
+            "only Python plugins",
+        ),
+        "no dependency files": (
+            _zip(tmp_path / "nodeps.difypkg", {"manifest.yaml": good["manifest.yaml"], "main.py": b""}),
+            "neither requirements.txt nor pyproject.toml",
+        ),
+        "invalid requirement": (
+            _zip(tmp_path / "b65.difypkg", {**good, "requirements.txt": b"# SDK\ndify_plugin==b65\n"}),
+            "requirements.txt:2: invalid requirement 'dify_plugin==b65'",
+        ),
+        "missing file": (tmp_path / "does-not-exist.difypkg", "does-not-exist.difypkg"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "not a zip",
+        "truncated",
+        "dotdot",
+        "absolute",
+        "symlink",
+        "no manifest",
+        "not python",
+        "no dependency files",
+        "invalid requirement",
+        "missing file",
+    ],
+)
+def test_bad_input_is_one_line_error_and_no_output(
+    case: str, tmp_path: Path, index: LocalIndex, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, message = _bad_inputs(tmp_path)[case]
+    out = tmp_path / "out"
+    code = main(
+        [
+            "pack",
+            str(path),
+            "-o",
+            str(out),
+            "--index-url",
+            index.url,
+            "--cache-dir",
+            str(cache_dir),
+            "--no-verify",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code in (2, 3, 4)
+    assert message in captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert captured.err.startswith("error: ")
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_zip_bomb_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dify_repack.package as package_module
+
+    monkeypatch.setattr(package_module, "MAX_UNCOMPRESSED_BYTES", 1024 * 1024)
+    bomb = _zip(
+        tmp_path / "bomb.difypkg",
+        {"manifest.yaml": manifest_yaml().encode(), "zeros": bytes(8 * 1024 * 1024)},
+    )
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(PackageError, match="zip bomb"):
+        pack(bomb, PackOptions(output_dir=tmp_path / "out"))
+
+
+def test_unreachable_index_is_a_network_error(tmp_path: Path, cache_dir: Path) -> None:
+    plugin = make_plugin(tmp_path / "src", {"requirements.txt": "dify_plugin==0.7.4\n"})
+    with pytest.raises(NetworkError, match="cannot reach the package index"):
+        pack(
+            plugin,
+            PackOptions(output_dir=tmp_path / "out", indexes=Indexes("http://127.0.0.1:9/simple"), cache_dir=cache_dir),
+        )
+
+
+def test_unresolvable_requirement_names_the_package(tmp_path: Path, index: LocalIndex, cache_dir: Path) -> None:
+    plugin = make_plugin(tmp_path / "src", {"requirements.txt": "dify_plugin==0.7.4\nhelper==9.9\n"})
+    with pytest.raises(DependencyError, match=r"helper==9\.9"):
+        pack(plugin, _options(index, tmp_path / "out", cache_dir))
