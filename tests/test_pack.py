@@ -361,3 +361,77 @@ def test_unresolvable_requirement_names_the_package(tmp_path: Path, index: Local
     plugin = make_plugin(tmp_path / "src", {"requirements.txt": "dify_plugin==0.7.4\nhelper==9.9\n"})
     with pytest.raises(DependencyError, match=r"helper==9\.9"):
         pack(plugin, _options(index, tmp_path / "out", cache_dir))
+
+
+def test_sign_key_signs_the_package_and_drops_the_signature_setting(
+    tmp_path: Path, index: LocalIndex, cache_dir: Path
+) -> None:
+    from dify_repack.signing import generate_keypair, verify_signature
+
+    private, public = generate_keypair(tmp_path / "keys" / "test", bits=2048)
+    plugin = make_plugin(tmp_path / "src", {"requirements.txt": "dify_plugin==0.7.4\n"})
+    result = pack(plugin, _options(index, tmp_path / "out", cache_dir, sign_key=private))
+    assert result.signed and verify_signature(result.output, public).verified
+    assert not any(setting.startswith("FORCE_VERIFYING_SIGNATURE") for setting in result.dify_settings)
+    assert _names(result.output).count(".verification.dify.json") == 1
+    assert private.read_bytes() not in [zipfile.ZipFile(result.output).read(n) for n in _names(result.output)]
+
+
+def test_batch_goes_on_after_a_bad_plugin_and_reports_each(
+    tmp_path: Path, index: LocalIndex, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    good = make_plugin(tmp_path / "good", {"requirements.txt": "dify_plugin==0.7.4\n"})
+    bad = make_plugin(tmp_path / "bad", {"requirements.txt": "dify_plugin==b65\n"})
+    listing = tmp_path / "plugins.txt"
+    listing.write_text(f"# two plugins\n{bad}\n\n{good}  # the good one\n")
+    out = tmp_path / "out"
+    argv = ["pack", "-r", str(listing), "-o", str(out), "--index-url", index.url, "--cache-dir", str(cache_dir)]
+    code = main([*argv, "--no-verify", "--json"])
+    payload = json.loads(capsys.readouterr().out)
+    assert code == 10
+    assert payload["schema"] == 1 and payload["status"] == "partial"
+    assert [result["status"] for result in payload["results"]] == ["error", "success"]
+    assert "dify_plugin==b65" in payload["results"][0]["error"]
+    assert [path.name for path in out.iterdir()] == ["tester-demo_0.1.0-offline.difypkg"]
+
+
+def test_no_verify_is_said_in_the_summary(
+    tmp_path: Path, index: LocalIndex, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plugin = make_plugin(tmp_path / "src", {"requirements.txt": "dify_plugin==0.7.4\n"})
+    argv = ["pack", str(plugin), "-o", str(tmp_path / "out"), "--index-url", index.url, "--cache-dir", str(cache_dir)]
+    assert main([*argv, "--no-verify"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped (--no-verify)" in out and "FORCE_VERIFYING_SIGNATURE=false" in out
+
+
+def _own_uv_version() -> str:
+    import subprocess
+
+    from dify_repack.uvbin import uv_bin
+
+    return subprocess.run([uv_bin(), "--version"], capture_output=True, text=True, check=True).stdout.split()[1]
+
+
+def test_pack_verifies_and_leaves_nothing_when_the_plugin_cannot_start(
+    tmp_path: Path, index: LocalIndex, cache_dir: Path, python312: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["-o", str(tmp_path / "out"), "--index-url", index.url, "--cache-dir", str(cache_dir)]
+    argv += ["--uv", _own_uv_version()]
+    good = make_plugin(tmp_path / "good", {"requirements.txt": "dify_plugin==0.7.4\n"})
+    assert main(["pack", str(good), *argv]) == 0
+    assert "live replays" in capsys.readouterr().out
+    broken = make_plugin(
+        tmp_path / "broken",
+        {
+            "requirements.txt": "dify_plugin==0.7.4\n",
+            "main.py": "import missing_module\n",
+            "manifest.yaml": manifest_yaml(name="broken"),
+        },
+    )
+    assert main(["pack", str(broken), *argv]) == 7
+    err = capsys.readouterr().err
+    assert "failed at start" in err and "missing_module" in err
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["tester-demo_0.1.0-offline.difypkg"]

@@ -32,6 +32,7 @@ from .package import (
 from .report import NullReporter, Reporter
 from .requirements import declared_dependencies
 from .resolve import Indexes, resolve
+from .signing import load_private_key, sign_package
 from .targets import DEFAULT_PYTHON, Target, make_targets
 from .wheels import WheelCache, default_cache_dir, fetch_all
 
@@ -107,6 +108,9 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
     """Repackage ``source`` (a .difypkg or a plugin directory) so that it installs offline."""
     options = options or PackOptions()
     reporter = reporter or NullReporter()
+    if options.sign_key is not None:
+        # A wrong or SPKI key should fail in a second, not after every download and build.
+        load_private_key(options.sign_key)
     cache = WheelCache(options.cache_dir or default_cache_dir())
     with tempfile.TemporaryDirectory(prefix="dify-repack-") as temp:
         root = Path(temp) / "plugin"
@@ -178,8 +182,6 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             if options.check is not None:
                 options.check(staged, manifest, targets)
             if options.sign_key is not None:
-                from .signing import sign_package
-
                 sign_package(staged, options.sign_key, staged)
             stats = package_stats(staged)
         stats = ZipStats(output, stats.files, stats.compressed_bytes, stats.uncompressed_bytes)

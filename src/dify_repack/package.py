@@ -49,19 +49,26 @@ def _check_member_name(name: str, source: Path) -> PurePosixPath:
     return posix
 
 
-def extract_package(source: Path, dest: Path, *, max_bytes: int | None = None) -> None:
-    """Extract a ``.difypkg`` into ``dest`` as the daemon would (files only), refusing unsafe entries."""
-    max_bytes = max_bytes or MAX_UNCOMPRESSED_BYTES
+@contextmanager
+def open_package(package: Path) -> Iterator[zipfile.ZipFile]:
+    """Open a ``.difypkg`` for reading; an unreadable file is a PackageError naming it."""
     try:
-        archive = zipfile.ZipFile(source)
+        archive = zipfile.ZipFile(package)
     except FileNotFoundError:
-        raise PackageError(f"{source}: no such file") from None
+        raise PackageError(f"{package}: no such file") from None
     except (zipfile.BadZipFile, OSError) as exc:
         raise PackageError(
-            f"{source}: not a readable .difypkg (zip) file: {exc}",
+            f"{package}: not a readable .difypkg (zip) file: {exc}",
             tip="a .difypkg is a zip archive; a truncated download is the usual cause",
         ) from None
     with archive:
+        yield archive
+
+
+def extract_package(source: Path, dest: Path, *, max_bytes: int | None = None) -> None:
+    """Extract a ``.difypkg`` into ``dest`` as the daemon would (files only), refusing unsafe entries."""
+    max_bytes = max_bytes or MAX_UNCOMPRESSED_BYTES
+    with open_package(source) as archive:
         members = [info for info in archive.infolist() if not info.is_dir()]
         total = sum(info.file_size for info in members)
         if total > max_bytes:
@@ -184,7 +191,7 @@ def write_package(root: Path, output: Path, *, names: Iterable[str] | None = Non
 
 
 def package_stats(package: Path) -> ZipStats:
-    with zipfile.ZipFile(package) as archive:
+    with open_package(package) as archive:
         members = [info for info in archive.infolist() if not info.is_dir()]
     return ZipStats(package, len(members), package.stat().st_size, sum(info.file_size for info in members))
 
@@ -208,7 +215,7 @@ def plugin_checksum(entries: Iterable[tuple[str, str]]) -> str:
 
 def zip_checksum(package: Path) -> str:
     """The checksum part of the plugin identifier for a ``.difypkg``, computed as the daemon does."""
-    with zipfile.ZipFile(package) as archive:
+    with open_package(package) as archive:
         pairs = []
         for info in archive.infolist():
             if info.is_dir():

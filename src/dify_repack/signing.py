@@ -17,8 +17,6 @@ import re
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +24,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from .errors import PackageError, SignatureError, UsageError
-from .package import SIGNATURE_FILE, atomic_output, extract_package, file_sha256, iter_files, write_package
+from .errors import SignatureError, UsageError
+from .package import (
+    SIGNATURE_FILE,
+    atomic_output,
+    extract_package,
+    file_sha256,
+    iter_files,
+    open_package,
+    write_package,
+)
 
 # The daemon's ``authorized_category`` values; Dify's installation scopes (enterprise) filter on them.
 CATEGORIES = ("community", "partner", "langgenius")
@@ -246,7 +252,7 @@ def verify_signature(package: Path, public_key: Path) -> SignatureInfo:
 
 def read_signature(package: Path) -> SignatureInfo | None:
     """The package's signature, unverified (no key needed), or None when it is unsigned."""
-    with _open_package(package) as archive:
+    with open_package(package) as archive:
         claim = _read_claim(archive, package)
     if claim is None:
         return None
@@ -254,7 +260,7 @@ def read_signature(package: Path) -> SignatureInfo | None:
 
 
 def _verify(package: Path, key: rsa.RSAPublicKey, *, shown_as: Path) -> SignatureInfo:
-    with _open_package(package) as archive:
+    with open_package(package) as archive:
         claim = _read_claim(archive, shown_as)
         if claim is None:
             raise SignatureError(
@@ -271,21 +277,6 @@ def _verify(package: Path, key: rsa.RSAPublicKey, *, shown_as: Path) -> Signatur
             tip="sign it again with the private key that belongs to this public key (dify-repack sign)",
         ) from None
     return SignatureInfo(signed=True, verified=True, time=claim.time, category=claim.category)
-
-
-@contextmanager
-def _open_package(package: Path) -> Iterator[zipfile.ZipFile]:
-    try:
-        archive = zipfile.ZipFile(package)
-    except FileNotFoundError:
-        raise PackageError(f"{package}: no such file") from None
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise PackageError(
-            f"{package}: not a readable .difypkg (zip) file: {exc}",
-            tip="a .difypkg is a zip archive; a truncated download is the usual cause",
-        ) from None
-    with archive:
-        yield archive
 
 
 def _read_claim(archive: zipfile.ZipFile, package: Path) -> _Claim | None:

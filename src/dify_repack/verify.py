@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -145,7 +146,7 @@ def verify_package(
         if interpreter is None:
             notes.append(f"no CPython {options.python} on this host: static checks only (install one to replay live)")
             reporter.warn(notes[-1])
-        checks: list[Check] = []
+        checks: list[Check] = [_entries_check(package)] if _directory_entries(package) else []
         uv_binaries = {version: fetch_uv(version, cache_dir) for version in options.uv_versions} if live else {}
         for target in live:
             assert interpreter is not None
@@ -174,6 +175,21 @@ def verify_package(
                 reporter.step(f"static check {profile} for {target}")
                 checks.append(_static_check(package, profile, target, work, prefix))
     return VerifyReport(package, identifier, isolation, tuple(checks), tuple(notes))
+
+
+def _directory_entries(package: Path) -> list[str]:
+    with zipfile.ZipFile(package) as archive:
+        return [info.filename for info in archive.infolist() if info.is_dir()]
+
+
+def _entries_check(package: Path) -> Check:
+    """The daemon's checksum read fails on a directory entry, so it rejects the upload (DAEMON-FACTS §1)."""
+    names = _directory_entries(package)
+    detail = (
+        f"directory entries {', '.join(names)}: the daemon rejects the upload "
+        f'("read {names[0].rstrip("/")}: is a directory"); write file entries only (dify-repack pack does)'
+    )
+    return Check("package", "-", "-", "static", "zip entries", (Step("entries", False, 0.0, detail),))
 
 
 def _daemon_dir(work: Path, manifest: Manifest, label: str) -> Path:
@@ -369,14 +385,7 @@ def _static_check(package: Path, profile: str, target: Target, work: Path, prefi
         else:
             step, _ = _timed("resolve", [*prefix, *install, "-r", "requirements.txt"], cwd=root, env=env, timeout=300)
             steps.append(step)
-        return Check(
-            profile,
-            f"uv {_own_uv_version()}",
-            str(target),
-            "static",
-            "uv pip install --dry-run",
-            tuple(steps),
-        )
+        return _static_result(profile, target, "uv pip install --dry-run", steps)
     frozen = profile == "uv-sync-frozen" and (root / "uv.lock").is_file()
     if frozen and (remote := _remote_lock_sources(root / "uv.lock")):
         steps.append(
@@ -413,14 +422,11 @@ def _static_check(package: Path, profile: str, target: Target, work: Path, prefi
                 timeout=300,
             )
             steps.append(step)
-    return Check(
-        profile,
-        f"uv {_own_uv_version()}",
-        str(target),
-        "static",
-        "uv export + uv pip install --dry-run",
-        tuple(steps),
-    )
+    return _static_result(profile, target, "uv export + uv pip install --dry-run", steps)
+
+
+def _static_result(profile: str, target: Target, command: str, steps: list[Step]) -> Check:
+    return Check(profile, f"uv {_own_uv_version()}", str(target), "static", command, tuple(steps))
 
 
 def _remote_lock_sources(lock: Path) -> str:
@@ -477,9 +483,11 @@ def require_pass(report: VerifyReport) -> None:
     for check in report.checks:
         if not check.ok:
             failed = next(step for step in check.steps if not step.ok and step.fatal)
-            first = failed.detail.splitlines()[0] if failed.detail else ""
+            lines = failed.detail.splitlines()
+            # The first line says what went wrong, the last one usually why (the exception, uv's cause).
+            why = ": ".join(dict.fromkeys([lines[0], lines[-1]])) if lines else ""
             raise VerificationError(
-                f"{check.profile} ({check.uv}, {check.target}) failed at {failed.name}: {first}",
+                f"{check.profile} ({check.uv}, {check.target}) failed at {failed.name}: {why}",
                 tip="run `dify-repack verify` on the package for the full table; `--no-verify` skips this check",
             )
     if not report.checks:
