@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -230,7 +231,7 @@ def pack_command(
             except DifyRepackError as error:
                 if len(parsed) == 1:
                     raise
-                stderr.print(f"[bold red]error:[/] {text}: {error.message}")
+                stderr.print(f"[bold red]error:[/] {escape(text)}: {escape(_one_line(error.message))}")
                 outcomes.append((text, error, time.monotonic() - started))
                 continue
             report = next(iter(verified.values()), None)
@@ -451,9 +452,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = cli.main(args=args, prog_name="dify-repack", standalone_mode=False)
     except DifyRepackError as error:
-        stderr.print(f"[bold red]error:[/] {_one_line(error.message)}")
+        stderr.print(f"[bold red]error:[/] {escape(_one_line(error.message))}")
         if error.tip:
-            stderr.print(f"[bold]tip:[/] {error.tip}")
+            stderr.print(f"[bold]tip:[/] {escape(error.tip)}")
         return int(error.exit_code)
     except click.exceptions.Abort:
         stderr.print("[bold red]error:[/] interrupted")
@@ -466,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         if "-v" in args or "--verbose" in args:
             traceback.print_exc()
-        stderr.print(f"[bold red]error:[/] unexpected {type(error).__name__}: {error} (run with -v for the traceback)")
+        stderr.print(f"[bold red]error:[/] unexpected {type(error).__name__}: {escape(str(error))} (run with -v for the traceback)")
         return int(ExitCode.FAILURE)
     return code if isinstance(code, int) else int(ExitCode.OK)
 
@@ -572,3 +573,101 @@ def verify_signature_command(package: str, key: str) -> None:
     signed_at = datetime.fromtimestamp(info.time, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     category = info.category or "none"
     click.echo(f"verified: {package}  (signed {signed_at}, category {category}, key {key})")
+
+
+# Inspect: a static reading of any .difypkg. Imports stay inside the command, as for the commands above.
+
+
+@cli.command("inspect")
+@click.argument("package", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON (schema 1) on stdout instead.")
+def inspect_command(package: str, as_json: bool) -> None:
+    """Show what PACKAGE holds and predict, per daemon version, whether it installs offline.
+
+    \b
+    Reads any .difypkg, original or repackaged, without installing anything:
+      - its identifier author/name:version@checksum, with the checksum the daemon computes
+      - its signature, and its size against Dify's default upload limits (and what to raise)
+      - its dependency files, the wheels inside per target (CPython 3.12 on the manifest's
+        architectures) and the requirements.txt pins with no wheel for a target
+      - what the daemon rejects or trips on: directory entries, sdists, [tool.uv] keys older uv lacks
+
+    \b
+    Then a verdict per daemon profile, i.e. the file and command that daemon version uses:
+      pip             daemon <= 0.0.3    pip install -r requirements.txt
+      uv-pip          0.0.4 - 0.5.2      uv pip install -r requirements.txt (mandatory file)
+      uv-sync         0.5.3 - 0.5.4      uv sync --no-dev when pyproject.toml exists
+      uv-sync-frozen  0.5.5 - 0.6.x      adds --frozen when uv.lock exists
+      mirror          0.6.3+ with PIP_MIRROR_URL: requirements.txt wins when present
+
+    \b
+    A verdict is a prediction from the files alone. The proof is
+      dify-repack verify PACKAGE
+    which replays each install with the network cut off. Exits 0 whenever PACKAGE could be
+    read, whatever the verdicts; 3 when it is not a readable, safe Dify plugin package.
+    """
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from .inspect import inspect_package
+    from .pack import API_DEFAULT_LIMIT, DAEMON_DEFAULT_LIMIT
+    from .verify import PROFILES
+
+    result = inspect_package(Path(package))
+    if as_json:
+        _echo_json(result.to_json())
+        return
+    manifest = result.manifest
+    out = Console(highlight=False, soft_wrap=True)
+    out.print(f"[bold]{escape(result.identifier)}[/]")
+    out.print(
+        f"manifest    arch {', '.join(manifest.arches)}; runner python {escape(manifest.runner_version)} "
+        f"(the daemon always makes a 3.12 venv), entrypoint {escape(manifest.entrypoint)}"
+    )
+    if result.signed:
+        signed_at = datetime.fromtimestamp(result.signature_time or 0, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        out.print(
+            f"signature   signed {signed_at}, category {escape(result.category or 'none')} "
+            "(check it against a key: dify-repack verify-signature)"
+        )
+    else:
+        out.print("signature   unsigned")
+    out.print(
+        f"size        {result.files} files, {_mib(result.compressed_bytes)} zipped, "
+        f"{_mib(result.uncompressed_bytes)} unpacked (defaults: {_mib(API_DEFAULT_LIMIT)} zipped at the API, "
+        f"{_mib(DAEMON_DEFAULT_LIMIT)} zipped and unpacked at the daemon)"
+    )
+    out.print(f"dependency  {escape(', '.join(result.dependency_files) or 'none')}")
+    folders = ", ".join(f"{folder}/" for folder in result.wheel_dirs)
+    sdists = f", {len(result.sdists)} sdists" if result.sdists else ""
+    out.print(f"wheels      {len(result.wheels)} in {escape(folders)}{sdists}" if result.wheels else "wheels      none")
+    for target in result.targets:
+        if "requirements.txt" not in result.dependency_files:
+            status = "no requirements.txt pins to check"
+        elif target.missing:
+            status = f"[red]no wheel for {escape(', '.join(target.missing))}[/]"
+        else:
+            status = "every requirements.txt pin has one"
+        out.print(f"  {target.target}: {len(target.wheels)} wheels install; {status}")
+    if result.problems:
+        out.print("[bold yellow]problems[/]")
+        for problem in result.problems:
+            out.print(f"  - {escape(problem)}")
+    out.print("[bold]daemon profiles[/] (static prediction; `dify-repack verify PACKAGE` is the proof)")
+    explained: dict[tuple[str, ...], str] = {}
+    for verdict in result.verdicts:
+        mark = "[green]ok  [/]" if verdict.ok else "[bold red]FAIL[/]"
+        daemon = PROFILES[verdict.profile].split(":")[0]
+        out.print(f"  {mark}  {verdict.profile:<15} {escape(daemon)} runs: {escape(verdict.command)}")
+        if verdict.reasons and verdict.reasons in explained:
+            out.print(f"          same reasons as {explained[verdict.reasons]}")
+            continue
+        explained.setdefault(verdict.reasons, verdict.profile)
+        for reason in verdict.reasons:
+            out.print(f"          {escape(reason)}")
+    if result.settings:
+        out.print("[bold]Dify settings this upload needs[/]")
+        for line in result.settings:
+            out.print(f"  {escape(line)}")

@@ -73,21 +73,28 @@ class PackResult:
     @property
     def dify_settings(self) -> tuple[str, ...]:
         """The Dify settings this upload needs, as ``NAME=value  # why`` lines."""
-        settings = []
-        if not self.signed:
-            settings.append(
-                "FORCE_VERIFYING_SIGNATURE=false  # plugin daemon: the package is unsigned "
-                "(or sign it with --sign-key and trust that key instead)"
-            )
-        largest = max(self.stats.compressed_bytes, self.stats.uncompressed_bytes)
-        if self.stats.compressed_bytes > API_DEFAULT_LIMIT or self.stats.uncompressed_bytes > DAEMON_DEFAULT_LIMIT:
-            limit_mib = -(-largest // MIB) + 1
-            settings.append(
-                f"PLUGIN_MAX_PACKAGE_SIZE={limit_mib * MIB}  # api and plugin daemon (MAX_PLUGIN_PACKAGE_SIZE): "
-                f"{self.stats.compressed_bytes / MIB:.1f} MiB zipped, {self.stats.uncompressed_bytes / MIB:.1f} MiB unpacked"
-            )
-            settings.append(f"NGINX_CLIENT_MAX_BODY_SIZE={limit_mib}M  # nginx in front of Dify")
-        return tuple(settings)
+        return upload_settings(self.stats.compressed_bytes, self.stats.uncompressed_bytes, signed=self.signed)
+
+
+def upload_settings(compressed: int, uncompressed: int, *, signed: bool) -> tuple[str, ...]:
+    """The Dify settings an upload of this size and signature needs, as ``NAME=value  # why`` lines."""
+    settings = []
+    if not signed:
+        settings.append(
+            "FORCE_VERIFYING_SIGNATURE=false  # plugin daemon: the package is unsigned "
+            "(or sign it and make the daemon trust that key)"
+        )
+    largest = max(compressed, uncompressed)
+    if compressed > API_DEFAULT_LIMIT or largest > DAEMON_DEFAULT_LIMIT:
+        # The daemon checks the unpacked size too (DAEMON-FACTS §3), so the limit must cover the larger one.
+        mib = -(-largest // MIB) + 1
+        settings.append(
+            f"PLUGIN_MAX_PACKAGE_SIZE={mib * MIB}  # api and plugin daemon "
+            f"(MAX_PLUGIN_PACKAGE_SIZE): {compressed / MIB:.1f} MiB zipped, "
+            f"{uncompressed / MIB:.1f} MiB unpacked"
+        )
+        settings.append(f"NGINX_CLIENT_MAX_BODY_SIZE={mib}M  # nginx in front of Dify")
+    return tuple(settings)
 
 
 def output_path(manifest: Manifest, output_dir: Path | None) -> Path:
