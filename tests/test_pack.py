@@ -435,3 +435,49 @@ def test_pack_verifies_and_leaves_nothing_when_the_plugin_cannot_start(
     err = capsys.readouterr().err
     assert "failed at start" in err and "missing_module" in err
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["tester-demo_0.1.0-offline.difypkg"]
+
+
+def test_a_download_that_does_not_match_its_hash_never_enters_the_cache(tmp_path: Path, index: LocalIndex) -> None:
+    from dify_repack.http import make_client
+    from dify_repack.resolve import Artifact
+    from dify_repack.wheels import WheelCache
+
+    cache = WheelCache(tmp_path / "cache")
+    url = index.url.replace("/simple", "/files/helper-1.0.0-py3-none-any.whl")
+    wrong = Artifact(url, "helper-1.0.0-py3-none-any.whl", "0" * 64, None)
+    with make_client() as client, pytest.raises(NetworkError, match="does not match"):
+        cache.fetch(client, wrong)
+    assert not [path for path in (tmp_path / "cache").rglob("*") if path.is_file()]
+    real = hashlib.sha256((index.files / "helper-1.0.0-py3-none-any.whl").read_bytes()).hexdigest()
+    with make_client() as client:
+        stored = cache.fetch(client, Artifact(url, wrong.filename, real, None))
+    assert stored == cache.path_for(real, wrong.filename) and cache.lookup(Artifact(url, wrong.filename, real, None))
+
+
+def test_every_unbuildable_sdist_is_named_in_one_run(tmp_path: Path, index: LocalIndex, cache_dir: Path) -> None:
+    plugin = make_plugin(tmp_path / "src", {"requirements.txt": "dify_plugin==0.7.4\nneedscompiler\nnativesdist\n"})
+    with pytest.raises(BuildError) as failure:
+        pack(plugin, _options(index, tmp_path / "out", cache_dir, arch="arm64"))
+    assert "needscompiler 1.0.0" in failure.value.message and "nativesdist 1.0.0" in failure.value.message
+
+
+def test_pyproject_without_project_table_gets_one(tmp_path: Path, index: LocalIndex, cache_dir: Path) -> None:
+    plugin = make_plugin(
+        tmp_path / "src",
+        {"pyproject.toml": "[tool.ruff]\nline-length = 100\n", "requirements.txt": "dify_plugin==0.7.4\n"},
+    )
+    result = pack(plugin, _options(index, tmp_path / "out", cache_dir))
+    data = tomllib.loads(_read(result.output, "pyproject.toml"))
+    assert data["project"]["name"] == "demo" and data["project"]["dependencies"] == ["dify_plugin==0.7.4"]
+    assert data["project"]["requires-python"] == ">=3.12"
+    assert any("no [project] table" in note for note in result.notes)
+
+
+def test_cache_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cache = tmp_path / "cache"
+    (cache / "files" / "ab").mkdir(parents=True)
+    (cache / "files" / "ab" / "x.whl").write_bytes(b"x" * 1024)
+    assert main(["cache", "info", "--cache-dir", str(cache)]) == 0
+    assert "1 files" in capsys.readouterr().out
+    assert main(["cache", "clean", "--cache-dir", str(cache)]) == 0
+    assert not cache.exists()

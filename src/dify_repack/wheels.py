@@ -135,10 +135,18 @@ def fetch_all(
     sdists = [sdist for key in needs_build if (sdist := pins[key].sdist) is not None]
     downloaded = _download_many([*wanted.values(), *sdists], cache, reporter)
     built: dict[tuple[str, str], dict[Target, Path]] = {}
+    failures: list[BuildError] = []
     for key, targets in needs_build.items():
         pin = pins[key]
         assert pin.sdist is not None
-        built[key] = build_wheels(pin, downloaded[pin.sdist.url], targets, cache, indexes=indexes, reporter=reporter)
+        try:
+            built[key] = build_wheels(pin, downloaded[pin.sdist.url], targets, cache, indexes=indexes, reporter=reporter)
+        except BuildError as error:
+            failures.append(error)  # go on, so that one run names every package that needs attention
+    if len(failures) == 1:
+        raise failures[0]
+    if failures:
+        raise BuildError("; ".join(error.message for error in failures), tip=failures[0].tip)
     selected: dict[tuple[str, str], Selected] = {}
     for target, target_pins in plan.items():
         for pin in target_pins:
