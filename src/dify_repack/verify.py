@@ -473,6 +473,7 @@ def explain(result: Completed) -> str:
         or "Failed to" in line
         or "has no wheels" in line
         or "not found" in line
+        or "unknown field" in line  # why a uv ignored pyproject.toml's [tool.uv]
     ]
     chosen = keep[-12:] if keep else lines[-8:]
     return "\n".join(chosen)

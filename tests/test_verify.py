@@ -1,0 +1,347 @@
+"""verify against real installs with the network cut (``unshare -n``): each known way a package breaks offline
+(DAEMON-FACTS §4–§5, UV-PIP-FACTS) must fail at the profile and step that the daemon would fail at, and a package
+written by ``pack`` must pass every profile up to the plugin's first heartbeat.
+
+Good packages come from ``pack`` against the local index; broken ones are derived from them by rewriting files
+of the extracted package and zipping it again. Only our own uv is used (no download), except in the test
+marked ``network``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+import tomlkit
+from tomlkit.items import Table
+
+from builders import LocalIndex, make_plugin, make_sdist, make_wheel, manifest_yaml
+from dify_repack.cli import main
+from dify_repack.errors import VerificationError
+from dify_repack.pack import PackOptions, pack
+from dify_repack.package import extract_package, write_package
+from dify_repack.resolve import Indexes
+from dify_repack.runner import clean_env, run
+from dify_repack.uvbin import uv_bin
+from dify_repack.verify import PROFILES, Check, Step, VerifyOptions, VerifyReport, require_pass, verify_package
+
+PYPROJECT = """\
+[project]
+name = "demo"
+version = "0.1.0"
+requires-python = ">=3.11"
+dependencies = ["dify_plugin==0.7.4", "fastmath"]
+"""
+REQUIREMENTS = "dify_plugin==0.7.4\nfastmath\n"
+FASTMATH_X86 = "fastmath-2.0.0-cp312-cp312-manylinux_2_28_x86_64.whl"
+
+
+@pytest.fixture(scope="module")
+def own_uv() -> str:
+    """Our own uv's version: ``fetch_uv`` returns our binary for it, so no test downloads a uv."""
+    return run([uv_bin(), "--version"]).stdout.split()[1]
+
+
+@pytest.fixture(scope="module")
+def clean_environ() -> Iterator[None]:
+    """What the function-scoped conftest fixture does, for the module-scoped packs below."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key in list(os.environ):
+            if key.startswith(("PIP_", "UV_")) or key == "DIFY_REPACK_CACHE_DIR":
+                patch.delenv(key)
+        patch.setenv("PIP_CONFIG_FILE", os.devnull)
+        yield
+
+
+def _pack(index: LocalIndex, base: Path, files: dict[str, str]) -> Path:
+    plugin = make_plugin(base / "src", files)
+    return pack(
+        plugin, PackOptions(output_dir=base / "out", indexes=Indexes(index.url), cache_dir=base / "cache")
+    ).output
+
+
+@pytest.fixture(scope="module")
+def good(index: LocalIndex, tmp_path_factory: pytest.TempPathFactory, clean_environ: None) -> Path:
+    """requirements.txt + pyproject.toml + uv.lock, as pack writes them, for amd64."""
+    return _pack(
+        index,
+        tmp_path_factory.mktemp("good"),
+        {"requirements.txt": REQUIREMENTS, "pyproject.toml": PYPROJECT},
+    )
+
+
+def derive(package: Path, dest: Path, mutate: Callable[[Path], None]) -> Path:
+    """Extract ``package``, let ``mutate`` rewrite the files, and zip the result to ``dest`` as pack does."""
+    root = dest.parent / f"{dest.stem}.tree"
+    extract_package(package, root)
+    mutate(root)
+    write_package(root, dest)
+    return dest
+
+
+def edit_pyproject(root: Path, edit: Callable[[tomlkit.TOMLDocument], None]) -> None:
+    path = root / "pyproject.toml"
+    document = tomlkit.parse(path.read_text(encoding="utf-8"))
+    edit(document)
+    path.write_text(tomlkit.dumps(document), encoding="utf-8")
+
+
+def uv_table(document: tomlkit.TOMLDocument) -> Table:
+    tool = document["tool"]
+    assert isinstance(tool, Table)
+    table = tool["uv"]
+    assert isinstance(table, Table)
+    return table
+
+
+def verify(
+    package: Path,
+    cache: Path,
+    uv: str,
+    profiles: Sequence[str],
+    *,
+    start: bool = False,
+    arches: Sequence[str] = ("amd64",),
+) -> VerifyReport:
+    options = VerifyOptions(profiles=profiles, uv_versions=[uv], arches=list(arches), cache_dir=cache, start=start)
+    report = verify_package(package, options)
+    assert report.isolation.startswith("unshare"), report.isolation
+    assert report.isolated
+    return report
+
+
+def only_failure(report: VerifyReport, profile: str) -> tuple[Check, Step]:
+    """The one failing check, which must be ``profile``'s, and its failing step."""
+    failed = [check for check in report.checks if not check.ok]
+    assert [check.profile for check in failed] == [profile], report.to_json()
+    assert not report.ok
+    step = next(step for step in failed[0].steps if not step.ok and step.fatal)
+    with pytest.raises(VerificationError, match=f"^{re.escape(profile)} .* failed at {step.name}"):
+        require_pass(report)
+    return failed[0], step
+
+
+def test_correct_package_passes_every_profile_up_to_the_heartbeat(good: Path, cache_dir: Path, own_uv: str) -> None:
+    with zipfile.ZipFile(good) as archive:
+        assert {"requirements.txt", "pyproject.toml", "uv.lock"} <= set(archive.namelist())
+    report = verify(good, cache_dir, own_uv, list(PROFILES), start=True)
+    assert report.ok, report.to_json()
+    require_pass(report)
+    assert [(check.profile, check.uv, check.mode) for check in report.checks] == [
+        ("pip", "pip", "live"),
+        *[(profile, own_uv, "live") for profile in PROFILES if profile != "pip"],
+    ]
+    for check in report.checks:
+        assert [step.name for step in check.steps] == ["venv", "install", "compile", "import", "start"]
+        assert all(step.ok for step in check.steps), check
+    commands = {check.profile: check.command for check in report.checks}
+    assert commands["uv-sync"].startswith("uv sync --no-dev") and "--frozen" not in commands["uv-sync"]
+    assert commands["uv-sync-frozen"].endswith("--frozen")
+    assert "-r requirements.txt" in commands["mirror"] and "-i http://127.0.0.1:9/simple" in commands["mirror"]
+    payload = report.to_json()
+    assert payload["schema"] == 1 and payload["status"] == "success" and payload["isolated"] is True
+
+
+def test_lock_resolved_against_an_index_fails_frozen_sync(
+    good: Path, index: LocalIndex, tmp_path: Path, cache_dir: Path, own_uv: str, python312: Path
+) -> None:
+    def lock_online(root: Path) -> None:
+        # The lock a developer writes with network access: sources and wheel URLs on an index.
+        online = tmp_path / "online"
+        online.mkdir()
+        shutil.copy(root / "pyproject.toml", online)
+
+        def use_the_index(document: tomlkit.TOMLDocument) -> None:
+            del uv_table(document)["no-index"]
+            del uv_table(document)["find-links"]
+
+        edit_pyproject(online, use_the_index)
+        argv = [uv_bin(), "lock", "--index-url", index.url, "--python", str(python312)]
+        result = run(argv, cwd=online, env=clean_env({"UV_CACHE_DIR": str(cache_dir / "lock")}), timeout=120)
+        assert result.returncode == 0, result.output
+        lock = (online / "uv.lock").read_text()
+        assert f'registry = "{index.url}"' in lock and "url = " in lock
+        shutil.copy(online / "uv.lock", root / "uv.lock")
+
+    package = derive(good, tmp_path / "online-lock.difypkg", lock_online)
+    report = verify(package, cache_dir, own_uv, ["uv-sync-frozen"])
+    check, step = only_failure(report, "uv-sync-frozen")
+    assert check.command.endswith("--frozen")
+    assert step.name == "install"
+    assert "Failed to download `" in step.detail  # which wheel uv fetches first varies
+    assert "Network is unreachable" in step.detail  # it went online, and the namespace cut it
+
+
+def test_no_environments_needs_windows_only_wheels(index: LocalIndex, tmp_path: Path, own_uv: str) -> None:
+    # Packed for both architectures, so the Windows-only dependency is the only wheel not shipped.
+    packed = _pack(
+        index,
+        tmp_path,
+        {
+            "manifest.yaml": manifest_yaml(arch=("amd64", "arm64")),
+            "pyproject.toml": '[project]\nname = "demo"\nversion = "0.1.0"\n'
+            'dependencies = ["dify_plugin==0.7.4", "multiplatform"]\n',
+        },
+    )
+
+    def universal(root: Path) -> None:
+        (root / "uv.lock").unlink()
+        edit_pyproject(root, lambda document: uv_table(document).pop("environments"))
+
+    package = derive(packed, tmp_path / "universal.difypkg", universal)
+    report = verify(package, tmp_path / "cache", own_uv, ["uv-sync"])
+    _, step = only_failure(report, "uv-sync")
+    assert step.name == "install"
+    assert "no versions of winonly{sys_platform == 'win32'}" in step.detail
+
+
+def test_environments_without_python_bound_fork_for_newer_pythons(
+    good: Path, tmp_path: Path, cache_dir: Path, own_uv: str
+) -> None:
+    # uv forks a universal resolution only where requirements differ by Python version, as pandas' do on
+    # numpy; ``tablekit`` stands in for such a dependency of the plugin, ``fastmath`` (cp312 wheels only) for numpy.
+    def relocked(*, with_tablekit: bool, environments: list[str] | None) -> Callable[[Path], None]:
+        def mutate(root: Path) -> None:
+            (root / "uv.lock").unlink()
+            if with_tablekit:
+                requires = ("fastmath>=1; python_version < '3.13'", "fastmath>=2; python_version >= '3.13'")
+                make_wheel(root / "wheels", "tablekit", "1.0.0", requires=requires)
+
+            def edit(document: tomlkit.TOMLDocument) -> None:
+                project = document["project"]
+                assert isinstance(project, Table)
+                if with_tablekit:
+                    project["dependencies"] = ["dify_plugin==0.7.4", "tablekit"]
+                if environments is not None:
+                    uv_table(document)["environments"] = environments
+
+            edit_pyproject(root, edit)
+
+        return mutate
+
+    def uv_sync(name: str, mutate: Callable[[Path], None]) -> VerifyReport:
+        return verify(derive(good, tmp_path / f"{name}.difypkg", mutate), cache_dir, own_uv, ["uv-sync"])
+
+    linux_only = ["sys_platform == 'linux'"]
+    report = uv_sync("forks", relocked(with_tablekit=True, environments=linux_only))
+    _, step = only_failure(report, "uv-sync")
+    assert step.name == "install"
+    assert "split (markers: python_full_version >= '3.13'" in step.detail
+    assert "fastmath" in step.detail and "has no Linux-compatible wheels" in step.detail
+    # The same package with the environments pack writes (bounded to 3.12) installs.
+    assert uv_sync("bounded", relocked(with_tablekit=True, environments=None)).ok
+    # Without a dependency that makes uv fork, the open bound alone does not break it (uv 0.13.9).
+    assert uv_sync("no-fork", relocked(with_tablekit=False, environments=linux_only)).ok
+
+
+def test_dependency_group_without_its_wheel_fails_even_with_no_dev(
+    good: Path, tmp_path: Path, cache_dir: Path, own_uv: str
+) -> None:
+    def add_dev_group(root: Path) -> None:
+        (root / "uv.lock").unlink()
+
+        def edit(document: tomlkit.TOMLDocument) -> None:
+            groups = tomlkit.table()
+            groups["dev"] = ["devtool"]
+            document["dependency-groups"] = groups
+
+        edit_pyproject(root, edit)
+
+    package = derive(good, tmp_path / "dev-group.difypkg", add_dev_group)
+    report = verify(package, cache_dir, own_uv, ["uv-sync"])
+    check, step = only_failure(report, "uv-sync")
+    assert "--no-dev" in check.command
+    assert step.name == "install"
+    assert "devtool was not found" in step.detail and "demo:dev" in step.detail
+
+
+def test_wheels_for_another_python_fail_uv_pip(good: Path, tmp_path: Path, cache_dir: Path, own_uv: str) -> None:
+    def cp313_only(root: Path) -> None:
+        (root / "wheels" / FASTMATH_X86).unlink()
+        make_wheel(root / "wheels", "fastmath", "2.0.0", tag="cp313-cp313-manylinux_2_28_x86_64")
+        assert "fastmath==2.0.0" in (root / "requirements.txt").read_text().splitlines()
+
+    package = derive(good, tmp_path / "cp313.difypkg", cp313_only)
+    report = verify(package, cache_dir, own_uv, ["uv-pip"])
+    _, step = only_failure(report, "uv-pip")
+    assert step.name == "install"
+    assert "fastmath==2.0.0 has no wheels with a matching Python" in step.detail and "cp313" in step.detail
+
+
+def test_x86_64_wheels_only_fail_the_static_arm64_check(good: Path, cache_dir: Path, own_uv: str) -> None:
+    report = verify(good, cache_dir, own_uv, ["uv-pip"], arches=["arm64"])
+    check, step = only_failure(report, "requirements")
+    assert (check.mode, check.target) == ("static", "cp312-linux-arm64")
+    assert step.name == "resolve"
+    assert "fastmath==2.0.0 has no wheels with a matching platform tag" in step.detail
+    assert "manylinux_2_28_aarch64" in step.detail
+
+
+def test_sdist_needing_a_compiler_fails_uv_pip(good: Path, tmp_path: Path, cache_dir: Path, own_uv: str) -> None:
+    def ship_an_sdist(root: Path) -> None:
+        make_sdist(root / "wheels", "needscompiler", "1.0.0", mode="broken")
+        requirements = root / "requirements.txt"
+        requirements.write_text(requirements.read_text() + "needscompiler==1.0.0\n")
+
+    package = derive(good, tmp_path / "sdist.difypkg", ship_an_sdist)
+    report = verify(package, cache_dir, own_uv, ["uv-pip"])
+    _, step = only_failure(report, "uv-pip")
+    assert step.name == "install"
+    assert "Failed to build `needscompiler==1.0.0`" in step.detail
+    assert "gcc" in step.detail
+
+
+def test_directory_entry_is_reported(good: Path, tmp_path: Path, cache_dir: Path, own_uv: str) -> None:
+    package = tmp_path / "with-dir.difypkg"
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(package, "w") as target:
+        target.writestr(zipfile.ZipInfo("wheels/"), b"")
+        for info in source.infolist():
+            target.writestr(info, source.read(info))
+    report = verify(package, cache_dir, own_uv, ["uv-pip"])
+    _, step = only_failure(report, "package")
+    assert step.name == "entries"
+    assert "wheels/" in step.detail and "is a directory" in step.detail
+    # The install itself works: extraction skips directory entries, only the upload is rejected.
+    assert [c.ok for c in report.checks if c.profile == "uv-pip"] == [True]
+
+
+@pytest.mark.network
+def test_unknown_uv_key_makes_an_old_uv_go_online(good: Path, tmp_path: Path, cache_dir: Path) -> None:
+    def newer_key(root: Path) -> None:
+        (root / "uv.lock").unlink()
+        edit_pyproject(root, lambda document: uv_table(document).update({"required-environments": []}))
+
+    package = derive(good, tmp_path / "required-environments.difypkg", newer_key)
+    report = verify(package, cache_dir, "0.5.31", ["uv-sync"])
+    check, step = only_failure(report, "uv-sync")
+    assert check.uv == "0.5.31"
+    assert step.name == "install"
+    # uv 0.5.31 drops the whole [tool.uv] table (no-index, find-links too) and asks the public index.
+    assert "Failed to parse `pyproject.toml` during settings discovery" in step.detail
+    assert "unknown field `required-environments`" in step.detail
+    assert "https://pypi.org/simple/" in step.detail
+
+
+def test_cli_verify_json_success_and_failure(
+    good: Path, tmp_path: Path, cache_dir: Path, own_uv: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--uv", own_uv, "--profile", "uv-pip", "--json", "--cache-dir", str(cache_dir)]
+    assert main(["verify", str(good), *base]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert (payload["schema"], payload["status"], payload["isolated"]) == (1, "success", True)
+    assert [check["profile"] for check in payload["checks"]] == ["uv-pip"]
+
+    def drop_a_wheel(root: Path) -> None:
+        (root / "wheels" / FASTMATH_X86).unlink()
+
+    broken = derive(good, tmp_path / "missing-wheel.difypkg", drop_a_wheel)
+    assert main(["verify", str(broken), *base]) == 7
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["status"] == "error"
+    assert [check["ok"] for check in payload["checks"]] == [False]
