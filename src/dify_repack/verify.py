@@ -27,6 +27,7 @@ from .report import NullReporter, Reporter
 from .runner import Completed, clean_env, run
 from .targets import DEFAULT_PYTHON, Target, make_targets
 from .uvbin import fetch_uv, find_python, uv_bin
+from .wheels import default_cache_dir
 
 PROFILES = {
     "pip": "daemon ≤0.0.3: python -m venv + pip install -r requirements.txt",
@@ -124,8 +125,6 @@ def verify_package(
     unknown = [profile for profile in options.profiles if profile not in PROFILES]
     if unknown:
         raise UsageError(f"unknown profile {unknown[0]!r}; choose from {', '.join(PROFILES)}")
-    from .wheels import default_cache_dir
-
     cache_dir = options.cache_dir or default_cache_dir()
     prefix, isolation = network_isolation()
     notes = list(options.extra_notes)
@@ -150,26 +149,14 @@ def verify_package(
         uv_binaries = {version: fetch_uv(version, cache_dir) for version in options.uv_versions} if live else {}
         for target in live:
             assert interpreter is not None
+            context = _Replay(package, manifest, interpreter, work, prefix, options)
             for profile in options.profiles:
                 for version in ["pip"] if profile == "pip" else list(uv_binaries):
                     reporter.step(
                         f"replaying {profile} with {'pip' if version == 'pip' else 'uv ' + version} on {target}"
                     )
                     uv = uv_binaries[version] if version != "pip" else None
-                    checks.append(
-                        _replay(
-                            package,
-                            manifest,
-                            profile,
-                            uv,
-                            version,
-                            target,
-                            interpreter,
-                            work,
-                            prefix,
-                            options,
-                        )
-                    )
+                    checks.append(_replay(context, profile, uv, version, target))
         for target in static:
             for profile in sorted({_static_profile(profile) for profile in options.profiles}):
                 reporter.step(f"static check {profile} for {target}")
@@ -231,32 +218,29 @@ def install_command(profile: str, root: Path, uv: Path | None) -> list[str]:
     return [*sync, "-i", UNREACHABLE_MIRROR, *(["--frozen"] if has_lock else [])]
 
 
-def _timed(
-    name: str, argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float, fatal: bool = True
-) -> tuple[Step, Completed]:
+def _timed(name: str, argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float, fatal: bool = True) -> Step:
     started = time.monotonic()
     result = run(argv, cwd=cwd, env=env, timeout=timeout)
     return Step(
-        name,
-        result.returncode == 0,
-        time.monotonic() - started,
-        explain(result) if result.returncode else "",
-        fatal,
-    ), result
+        name, result.returncode == 0, time.monotonic() - started, explain(result) if result.returncode else "", fatal
+    )
 
 
-def _replay(
-    package: Path,
-    manifest: Manifest,
-    profile: str,
-    uv: Path | None,
-    version: str,
-    target: Target,
-    interpreter: Path,
-    work: Path,
-    prefix: list[str],
-    options: VerifyOptions,
-) -> Check:
+@dataclass(frozen=True)
+class _Replay:
+    """What every live replay of one package shares."""
+
+    package: Path
+    manifest: Manifest
+    interpreter: Path
+    work: Path
+    prefix: list[str]  # the network-isolation argv prefix
+    options: VerifyOptions
+
+
+def _replay(context: _Replay, profile: str, uv: Path | None, version: str, target: Target) -> Check:
+    package, manifest, interpreter, work = context.package, context.manifest, context.interpreter, context.work
+    prefix, options = context.prefix, context.options
     root = _daemon_dir(work, manifest, f"{profile}-{version}")
     extract_package(package, root)
     cache = work / f"uv-cache-{profile}-{version}"
@@ -267,7 +251,7 @@ def _replay(
         venv_argv = [str(interpreter), "-m", "venv", ".venv"]
     else:
         venv_argv = [str(uv), "venv", ".venv", "--python", str(interpreter)]
-    step, _ = _timed("venv", [*prefix, *venv_argv], cwd=root, env=daemon_env, timeout=120)
+    step = _timed("venv", [*prefix, *venv_argv], cwd=root, env=daemon_env, timeout=120)
     steps.append(step)
     command = install_command(profile, root, uv)
     if (
@@ -279,11 +263,11 @@ def _replay(
         steps.append(Step("install", False, 0.0, "requirements.txt is missing; this daemon version requires it"))
     elif step.ok:
         env = daemon_env if uv is None else {**_uv_env(uv, root, cache), **offline_env}
-        step, _ = _timed("install", [*prefix, *command], cwd=root, env=env, timeout=INSTALL_TIMEOUT)
+        step = _timed("install", [*prefix, *command], cwd=root, env=env, timeout=INSTALL_TIMEOUT)
         steps.append(step)
     if all(s.ok for s in steps):
         python = str(root / ".venv" / "bin" / "python")
-        step, _ = _timed(
+        step = _timed(
             "compile",
             [*prefix, python, "-m", "compileall", "-q", "-x", r"\.venv|\.uv-cache", "."],
             cwd=root,
@@ -292,7 +276,7 @@ def _replay(
             fatal=False,
         )
         steps.append(step)
-        step, _ = _timed("import", [*prefix, python, "-c", "import dify_plugin"], cwd=root, env=daemon_env, timeout=120)
+        step = _timed("import", [*prefix, python, "-c", "import dify_plugin"], cwd=root, env=daemon_env, timeout=120)
         steps.append(step)
         if step.ok and options.start:
             steps.append(_start(root, manifest, prefix, daemon_env, options.start_timeout))
@@ -383,7 +367,7 @@ def _static_check(package: Path, profile: str, target: Target, work: Path, prefi
         if not (root / "requirements.txt").is_file():
             steps.append(Step("resolve", False, 0.0, "requirements.txt is missing"))
         else:
-            step, _ = _timed("resolve", [*prefix, *install, "-r", "requirements.txt"], cwd=root, env=env, timeout=300)
+            step = _timed("resolve", [*prefix, *install, "-r", "requirements.txt"], cwd=root, env=env, timeout=300)
             steps.append(step)
         return _static_result(profile, target, "uv pip install --dry-run", steps)
     frozen = profile == "uv-sync-frozen" and (root / "uv.lock").is_file()
@@ -410,11 +394,11 @@ def _static_check(package: Path, profile: str, target: Target, work: Path, prefi
             ".static-requirements.txt",
             *(["--frozen"] if frozen else []),
         ]
-        step, _ = _timed("lock", [*prefix, *export], cwd=root, env=env, timeout=300)
+        step = _timed("lock", [*prefix, *export], cwd=root, env=env, timeout=300)
         steps.append(step)
         if step.ok:
             wheels = ["--no-index", "--find-links", "wheels"]
-            step, _ = _timed(
+            step = _timed(
                 "resolve",
                 [*prefix, *install, *wheels, "-r", ".static-requirements.txt"],
                 cwd=root,
