@@ -9,20 +9,23 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from . import __version__
 from .errors import DifyRepackError, ExitCode, UsageError
+from .inspect import inspect_package
 from .manifest import Manifest
 from .pack import PackOptions, PackResult, pack
+from .render import mib, pack_json, print_batch_table, print_inspection, print_pack_result, print_verify_report
 from .report import ConsoleReporter
 from .resolve import DEFAULT_INDEX, Indexes
+from .signing import generate_keypair, sign_package, trust_instructions, verify_signature
 from .sources import fetch_source, parse_source, read_source_list
 from .targets import DEFAULT_PYTHON, Target
 from .verify import DEFAULT_UV_VERSIONS, PROFILES, VerifyOptions, VerifyReport, require_pass, verify_package
@@ -57,10 +60,6 @@ def _echo_json(payload: dict[str, object]) -> None:
 
 def _reporter(quiet: bool) -> ConsoleReporter:
     return ConsoleReporter(stderr, quiet=quiet)
-
-
-def _mib(size: int) -> str:
-    return f"{size / 1024**2:.1f} MiB"
 
 
 _index_options = [
@@ -237,93 +236,21 @@ def pack_command(
             report = next(iter(verified.values()), None)
             outcomes.append((text, result, time.monotonic() - started))
             if not as_json:
-                _print_pack_result(result, report, verify)
+                print_pack_result(result, report, verify)
     failures = [outcome for _, outcome, _ in outcomes if isinstance(outcome, DifyRepackError)]
     if as_json:
         _echo_json(
             {
                 "schema": 1,
                 "status": "error" if len(failures) == len(outcomes) else "partial" if failures else "success",
-                "results": [_pack_json(text, outcome, seconds) for text, outcome, seconds in outcomes],
+                "results": [pack_json(text, outcome, seconds) for text, outcome, seconds in outcomes],
             }
         )
     elif len(outcomes) > 1:
-        _print_batch_table(outcomes)
+        print_batch_table(outcomes)
     if not failures:
         return int(ExitCode.OK)
     return int(failures[0].exit_code) if len(outcomes) == 1 else int(ExitCode.PARTIAL)
-
-
-def _pack_json(text: str, outcome: PackResult | DifyRepackError, seconds: float) -> dict[str, object]:
-    if isinstance(outcome, DifyRepackError):
-        return {
-            "source": text,
-            "status": "error",
-            "error": outcome.message,
-            "exit_code": int(outcome.exit_code),
-        }
-    return {
-        "source": text,
-        "status": "success",
-        "output": str(outcome.output),
-        "plugin": outcome.manifest.plugin_id,
-        "version": outcome.manifest.version,
-        "targets": [str(target) for target in outcome.targets],
-        "dependency_source": outcome.dependency_source,
-        "packages": outcome.packages,
-        "wheels": outcome.wheels,
-        "built_from_sdist": list(outcome.built),
-        "compressed_bytes": outcome.stats.compressed_bytes,
-        "uncompressed_bytes": outcome.stats.uncompressed_bytes,
-        "signed": outcome.signed,
-        "notes": list(outcome.notes),
-        "dify_settings": list(outcome.dify_settings),
-        "seconds": round(seconds, 2),
-    }
-
-
-def _print_pack_result(result: PackResult, report: VerifyReport | None, verify: bool) -> None:
-    out = Console(highlight=False, soft_wrap=True)
-    out.print(f"[bold green]wrote[/] {result.output}")
-    out.print(f"  plugin    {result.manifest.plugin_id} {result.manifest.version}")
-    out.print(f"  targets   {', '.join(map(str, result.targets))}")
-    built = f"; built from sdists: {', '.join(result.built)}" if result.built else ""
-    out.print(f"  deps      {result.packages} packages from {result.dependency_source}, {result.wheels} wheels{built}")
-    out.print(
-        f"  size      {_mib(result.stats.compressed_bytes)} zipped, {_mib(result.stats.uncompressed_bytes)} unpacked"
-    )
-    out.print(f"  signed    {'yes' if result.signed else 'no'}")
-    if report is not None:
-        live = sum(check.mode == "live" for check in report.checks)
-        static = len(report.checks) - live
-        out.print(
-            f"  verified  {live} live replays + {static} static checks passed (network cut by {report.isolation})"
-        )
-    elif not verify:
-        out.print("  verified  [yellow]skipped (--no-verify)[/]: run `dify-repack verify` before carrying it across")
-    for note in result.notes:
-        out.print(f"  note      {note}", markup=False)
-    out.print("Dify settings for this upload:" if result.dify_settings else "Dify settings: the defaults accept it.")
-    for setting in result.dify_settings:
-        out.print(f"  {setting}", markup=False)
-
-
-def _print_batch_table(outcomes: list[tuple[str, PackResult | DifyRepackError, float]]) -> None:
-    table = Table(title="dify-repack pack")
-    for column in ("plugin", "result", "size", "wheels", "time"):
-        table.add_column(column)
-    for text, outcome, seconds in outcomes:
-        if isinstance(outcome, DifyRepackError):
-            table.add_row(text, f"[red]failed[/]: {outcome.message}", "", "", f"{seconds:.1f} s")
-        else:
-            table.add_row(
-                text,
-                f"[green]ok[/] {outcome.output.name}",
-                _mib(outcome.stats.compressed_bytes),
-                str(outcome.wheels),
-                f"{seconds:.1f} s",
-            )
-    Console(highlight=False).print(table)
 
 
 @cli.command("verify")
@@ -384,39 +311,8 @@ def verify_command(
     if as_json:
         _echo_json(report.to_json())
     else:
-        _print_verify_report(report)
+        print_verify_report(report)
     return int(ExitCode.OK if report.ok else ExitCode.VERIFY)
-
-
-def _print_verify_report(report: VerifyReport) -> None:
-    out = Console(highlight=False, soft_wrap=True)
-    out.print(f"{report.identifier}  (network cut by: {report.isolation})")
-    table = Table(show_lines=False)
-    for column in ("profile", "uv", "target", "mode", "steps", "result"):
-        table.add_column(column)
-    for check in report.checks:
-        steps = "  ".join(
-            f"{step.name} {'ok' if step.ok else 'FAIL' if step.fatal else 'warn'} {step.seconds:.1f}s"
-            for step in check.steps
-        )
-        table.add_row(
-            check.profile,
-            check.uv,
-            check.target,
-            check.mode,
-            steps,
-            "[green]ok[/]" if check.ok else "[bold red]FAIL[/]",
-        )
-    out.print(table)
-    for check in report.checks:
-        for step in check.steps:
-            if not step.ok and step.detail:
-                out.print(f"[bold]{check.profile} / {check.uv} / {check.target} — {step.name}:[/] `{check.command}`")
-                out.print(step.detail, markup=False)
-    for note in report.notes:
-        out.print(f"[bold yellow]note:[/] {note}")
-    verdict = "every check passed" if report.ok else "some checks FAILED: this package would not install offline"
-    out.print(("[bold green]" if report.ok else "[bold red]") + verdict + "[/]")
 
 
 @cli.group("cache")
@@ -430,7 +326,7 @@ def cache_info(cache_dir: Path | None) -> None:
     """Show where the cache is and how much it holds."""
     cache = WheelCache(cache_dir or default_cache_dir())
     files, size = cache.size()
-    click.echo(f"{cache.root}: {files} files, {_mib(size)}")
+    click.echo(f"{cache.root}: {files} files, {mib(size)}")
 
 
 @cache_group.command("clean")
@@ -467,12 +363,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         if "-v" in args or "--verbose" in args:
             traceback.print_exc()
-        stderr.print(f"[bold red]error:[/] unexpected {type(error).__name__}: {escape(str(error))} (run with -v for the traceback)")
+        stderr.print(
+            f"[bold red]error:[/] unexpected {type(error).__name__}: {escape(str(error))} (run with -v for the traceback)"
+        )
         return int(ExitCode.FAILURE)
     return code if isinstance(code, int) else int(ExitCode.OK)
 
 
-# Signing (issue 5). Imports stay inside the commands: cryptography is only loaded when a key is used.
+# Signing: keys, signatures and their verification as the daemon does it.
 
 
 @cli.command("keygen")
@@ -492,8 +390,6 @@ def keygen_command(name: str, bits: int) -> None:
       dify-repack keygen keys/offline
       dify-repack sign plugin-offline.difypkg --key keys/offline.private.pem
     """
-    from .signing import generate_keypair, trust_instructions
-
     private, public = generate_keypair(Path(name), bits=bits)
     click.echo(f"private key: {private}  (mode 0600: signs packages; never copy it to Dify or into a plugin)")
     click.echo(f"public key:  {public}")
@@ -534,10 +430,6 @@ def sign_command(package: str, key: str, category: str, output: str | None) -> N
       dify-repack sign plugin-offline.difypkg --key keys/offline.private.pem
       # writes plugin-offline.signed.difypkg
     """
-    from datetime import datetime, timezone
-
-    from .signing import sign_package
-
     source = Path(package)
     target = Path(output) if output else source.with_name(source.stem + ".signed.difypkg")
     info = sign_package(source, Path(key), target, category=category)
@@ -565,17 +457,13 @@ def verify_signature_command(package: str, key: str) -> None:
     'BEGIN PUBLIC KEY', or anything after the END line): one refused key file makes the daemon
     verify no package at all, so check the exact file you mount into the daemon.
     """
-    from datetime import datetime, timezone
-
-    from .signing import verify_signature
-
     info = verify_signature(Path(package), Path(key))
     signed_at = datetime.fromtimestamp(info.time, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     category = info.category or "none"
     click.echo(f"verified: {package}  (signed {signed_at}, category {category}, key {key})")
 
 
-# Inspect: a static reading of any .difypkg. Imports stay inside the command, as for the commands above.
+# Inspect: a static reading of any .difypkg.
 
 
 @cli.command("inspect")
@@ -606,68 +494,8 @@ def inspect_command(package: str, as_json: bool) -> None:
     which replays each install with the network cut off. Exits 0 whenever PACKAGE could be
     read, whatever the verdicts; 3 when it is not a readable, safe Dify plugin package.
     """
-    from datetime import datetime, timezone
-    from pathlib import Path
-
-    from rich.console import Console
-
-    from .inspect import inspect_package
-    from .pack import API_DEFAULT_LIMIT, DAEMON_DEFAULT_LIMIT
-    from .verify import PROFILES
-
     result = inspect_package(Path(package))
     if as_json:
         _echo_json(result.to_json())
         return
-    manifest = result.manifest
-    out = Console(highlight=False, soft_wrap=True)
-    out.print(f"[bold]{escape(result.identifier)}[/]")
-    out.print(
-        f"manifest    arch {', '.join(manifest.arches)}; runner python {escape(manifest.runner_version)} "
-        f"(the daemon always makes a 3.12 venv), entrypoint {escape(manifest.entrypoint)}"
-    )
-    if result.signed:
-        signed_at = datetime.fromtimestamp(result.signature_time or 0, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        out.print(
-            f"signature   signed {signed_at}, category {escape(result.category or 'none')} "
-            "(check it against a key: dify-repack verify-signature)"
-        )
-    else:
-        out.print("signature   unsigned")
-    out.print(
-        f"size        {result.files} files, {_mib(result.compressed_bytes)} zipped, "
-        f"{_mib(result.uncompressed_bytes)} unpacked (defaults: {_mib(API_DEFAULT_LIMIT)} zipped at the API, "
-        f"{_mib(DAEMON_DEFAULT_LIMIT)} zipped and unpacked at the daemon)"
-    )
-    out.print(f"dependency  {escape(', '.join(result.dependency_files) or 'none')}")
-    folders = ", ".join(f"{folder}/" for folder in result.wheel_dirs)
-    sdists = f", {len(result.sdists)} sdists" if result.sdists else ""
-    out.print(f"wheels      {len(result.wheels)} in {escape(folders)}{sdists}" if result.wheels else "wheels      none")
-    for target in result.targets:
-        if "requirements.txt" not in result.dependency_files:
-            status = "no requirements.txt pins to check"
-        elif target.missing:
-            status = f"[red]no wheel for {escape(', '.join(target.missing))}[/]"
-        else:
-            status = "every requirements.txt pin has one"
-        out.print(f"  {target.target}: {len(target.wheels)} wheels install; {status}")
-    if result.problems:
-        out.print("[bold yellow]problems[/]")
-        for problem in result.problems:
-            out.print(f"  - {escape(problem)}")
-    out.print("[bold]daemon profiles[/] (static prediction; `dify-repack verify PACKAGE` is the proof)")
-    explained: dict[tuple[str, ...], str] = {}
-    for verdict in result.verdicts:
-        mark = "[green]ok  [/]" if verdict.ok else "[bold red]FAIL[/]"
-        daemon = PROFILES[verdict.profile].split(":")[0]
-        out.print(f"  {mark}  {verdict.profile:<15} {escape(daemon)} runs: {escape(verdict.command)}")
-        if verdict.reasons and verdict.reasons in explained:
-            out.print(f"          same reasons as {explained[verdict.reasons]}")
-            continue
-        explained.setdefault(verdict.reasons, verdict.profile)
-        for reason in verdict.reasons:
-            out.print(f"          {escape(reason)}")
-    if result.settings:
-        out.print("[bold]Dify settings this upload needs[/]")
-        for line in result.settings:
-            out.print(f"  {escape(line)}")
+    print_inspection(result)

@@ -12,6 +12,7 @@ import platform
 import queue
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -382,9 +383,13 @@ def _static_check(package: Path, profile: str, target: Target, work: Path, prefi
         )
     else:
         # What `uv sync` would install, from the lock (frozen) or from resolving offline against ./wheels.
+        # Locking needs an interpreter that satisfies requires-python; never a pyenv shim or a download.
+        interpreter = str(find_python(target.python) or sys.executable)
         export = [
             uv,
             "export",
+            "--python",
+            interpreter,
             "--no-dev",
             "--no-emit-project",
             "--no-hashes",
@@ -410,7 +415,7 @@ def _static_check(package: Path, profile: str, target: Target, work: Path, prefi
 
 
 def _static_result(profile: str, target: Target, command: str, steps: list[Step]) -> Check:
-    return Check(profile, f"uv {_own_uv_version()}", str(target), "static", command, tuple(steps))
+    return Check(profile, _own_uv_version(), str(target), "static", command, tuple(steps))
 
 
 def _remote_lock_sources(lock: Path) -> str:

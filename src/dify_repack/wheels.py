@@ -140,7 +140,9 @@ def fetch_all(
         pin = pins[key]
         assert pin.sdist is not None
         try:
-            built[key] = build_wheels(pin, downloaded[pin.sdist.url], targets, cache, indexes=indexes, reporter=reporter)
+            built[key] = build_wheels(
+                pin, downloaded[pin.sdist.url], targets, cache, indexes=indexes, reporter=reporter
+            )
         except BuildError as error:
             failures.append(error)  # go on, so that one run names every package that needs attention
     if len(failures) == 1:
