@@ -242,12 +242,14 @@ def test_output_is_deterministic_idempotent_and_leaves_the_input_alone(
     assert archive.comment == b""
 
 
-def test_second_run_makes_no_download_request(tmp_path: Path, index: LocalIndex, cache_dir: Path) -> None:
+def test_second_run_makes_no_network_request(tmp_path: Path, index: LocalIndex, cache_dir: Path) -> None:
     plugin = make_plugin(tmp_path / "src", {"requirements.txt": "dify_plugin==0.7.4\nfastmath\npuresdist\n"})
     pack(plugin, _options(index, tmp_path / "a", cache_dir))
     index.requests.clear()
     pack(plugin, _options(index, tmp_path / "b", cache_dir))
-    assert not [path for path in index.requests if path.startswith("/files/")]
+    assert index.requests == []  # no resolution, no download, no build: everything came from the cache
+    pack(plugin, _options(index, tmp_path / "c", cache_dir, refresh=True))
+    assert any(path.startswith("/simple/") for path in index.requests)  # --refresh asks the index again
 
 
 def _zip(path: Path, entries: dict[str, bytes], *, symlink: str | None = None) -> Path:

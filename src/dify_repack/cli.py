@@ -152,6 +152,11 @@ def _with(options: list[Callable[[F], F]]) -> Callable[[F], F]:
     envvar="DIFY_MARKETPLACE_URL",
     help="Marketplace for NAME:VERSION sources.",
 )
+@click.option(
+    "--refresh",
+    is_flag=True,
+    help="Resolve again now; by default a resolution of the same input from the last 24 hours is reused.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result (schema 1) on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print the result and errors.")
 def pack_command(
@@ -167,6 +172,7 @@ def pack_command(
     uv_versions: tuple[str, ...],
     sign_key: Path | None,
     marketplace_url: str | None,
+    refresh: bool,
     as_json: bool,
     quiet: bool,
 ) -> int:
@@ -217,6 +223,7 @@ def pack_command(
         cache_dir=cache,
         sign_key=sign_key,
         check=check if verify else None,
+        refresh=refresh,
     )
     outcomes: list[tuple[str, PackResult | DifyRepackError, float]] = []
     with tempfile.TemporaryDirectory(prefix="dify-repack-sources-") as downloads:

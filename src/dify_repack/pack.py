@@ -31,7 +31,7 @@ from .package import (
 )
 from .report import NullReporter, Reporter
 from .requirements import declared_dependencies
-from .resolve import Indexes, resolve
+from .resolve import Indexes, ResolutionCache, resolve
 from .signing import load_private_key, sign_package
 from .targets import DEFAULT_PYTHON, Target, make_targets
 from .wheels import WheelCache, default_cache_dir, fetch_all
@@ -54,6 +54,7 @@ class PackOptions:
     cache_dir: Path | None = None
     sign_key: Path | None = None
     check: Check | None = None
+    refresh: bool = False  # resolve again even when a recent resolution of the same input is cached
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,7 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             reporter.warn(note)
 
         reporter.step("resolving for each target")
+        resolutions = ResolutionCache(cache.root / "resolutions", refresh=options.refresh)
         with ThreadPoolExecutor(len(targets)) as pool:
             futures = {
                 target: pool.submit(
@@ -155,6 +157,7 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
                     indexes=options.indexes,
                     preferences=declared.lock_pins,
                     uv_cache=cache.uv_cache,
+                    cache=resolutions,
                 )
                 for target in targets
             }

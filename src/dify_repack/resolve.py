@@ -6,11 +6,16 @@ uv evaluates markers for the target and lists only target-compatible wheels with
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +65,52 @@ class Indexes:
         return args
 
 
+# A resolution is reused for a day: a second run of the same plugin then needs no index at all, while a
+# run a day later still picks up new releases. --refresh resolves again at once.
+RESOLUTION_MAX_AGE = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class ResolutionCache:
+    """Resolutions stored as JSON under ``root``, keyed by everything that decides their outcome."""
+
+    root: Path
+    max_age: float = RESOLUTION_MAX_AGE
+    refresh: bool = False
+
+    def key(
+        self, requirements: Sequence[Requirement], target: Target, indexes: Indexes, preferences: dict[str, str]
+    ) -> str:
+        material = {
+            "requirements": sorted(str(requirement) for requirement in requirements),
+            "preferences": sorted(preferences.items()),
+            "target": [target.python, target.arch, list(target.glibc)],
+            "indexes": [indexes.url, *indexes.extra],
+            "uv": uv_bin(),
+        }
+        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+    def load(self, key: str) -> list[Pin] | None:
+        path = self.root / f"{key}.json"
+        if self.refresh or not path.is_file() or time.time() - path.stat().st_mtime > self.max_age:
+            return None
+        try:
+            return [_pin_from_json(entry) for entry in json.loads(path.read_text(encoding="utf-8"))]
+        except (ValueError, KeyError, TypeError):
+            return None  # a damaged entry is only a cache miss
+
+    def store(self, key: str, pins: list[Pin]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        temp = self.root / f".{key}.{os.getpid()}.part"
+        temp.write_text(json.dumps([asdict(pin) for pin in pins]), encoding="utf-8")
+        temp.replace(self.root / f"{key}.json")
+
+
+def _pin_from_json(entry: dict[str, Any]) -> Pin:
+    sdist = Artifact(**entry["sdist"]) if entry["sdist"] else None
+    return Pin(entry["name"], entry["version"], tuple(Artifact(**wheel) for wheel in entry["wheels"]), sdist)
+
+
 def resolve(
     requirements: Sequence[Requirement],
     target: Target,
@@ -67,18 +118,27 @@ def resolve(
     indexes: Indexes,
     preferences: dict[str, str] | None = None,
     uv_cache: Path | None = None,
+    cache: ResolutionCache | None = None,
 ) -> list[Pin]:
     """Pin every package ``requirements`` need on ``target``, preferring ``preferences`` (e.g. uv.lock pins).
 
     Preferences are tried as constraints first; when they conflict with the declared ranges, the set is
     resolved afresh (a stale lock must not make a valid plugin fail).
     """
+    preferences = preferences or {}
+    refresh = cache is not None and cache.refresh
+    key = cache.key(requirements, target, indexes, preferences) if cache else ""
+    if cache and (cached := cache.load(key)) is not None:
+        return cached
+    pins: list[Pin] | None = None
     if preferences:
-        try:
-            return _compile(requirements, target, indexes, preferences, uv_cache)
-        except DependencyError:
-            pass
-    return _compile(requirements, target, indexes, {}, uv_cache)
+        with contextlib.suppress(DependencyError):  # the preferences conflict: resolve without them
+            pins = _compile(requirements, target, indexes, preferences, uv_cache, refresh)
+    if pins is None:
+        pins = _compile(requirements, target, indexes, {}, uv_cache, refresh)
+    if cache:
+        cache.store(key, pins)
+    return pins
 
 
 def _compile(
@@ -87,6 +147,7 @@ def _compile(
     indexes: Indexes,
     constraints: dict[str, str],
     uv_cache: Path | None,
+    refresh: bool = False,
 ) -> list[Pin]:
     with tempfile.TemporaryDirectory(prefix="dify-repack-resolve-") as temp:
         work = Path(temp)
@@ -117,6 +178,7 @@ def _compile(
             "--no-header",
             "--quiet",
             *indexes.uv_args(),
+            *(["--refresh"] if refresh else []),  # uv's own HTTP cache must not answer for the index either
         ]
         env = clean_env({"UV_CACHE_DIR": str(uv_cache)} if uv_cache else None)
         result = run(argv, cwd=work, env=env, timeout=900)
