@@ -483,3 +483,11 @@ def test_cache_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "1 files" in capsys.readouterr().out
     assert main(["cache", "clean", "--cache-dir", str(cache)]) == 0
     assert not cache.exists()
+
+
+def test_direct_url_requirement_fails_clearly(tmp_path: Path, index: LocalIndex, cache_dir: Path) -> None:
+    plugin = make_plugin(
+        tmp_path / "src", {"requirements.txt": "dify_plugin==0.7.4\ntool @ git+https://example.invalid/tool.git\n"}
+    )
+    with pytest.raises(DependencyError, match=r"requirements.txt:2: tool is a direct URL requirement"):
+        pack(plugin, _options(index, tmp_path / "out", cache_dir))

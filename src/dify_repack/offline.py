@@ -14,7 +14,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from tomlkit.items import Table
 
-from .errors import DependencyError
+from .errors import DependencyError, EnvironmentProblem
 from .manifest import Manifest
 from .runner import clean_env, run
 from .targets import Target
@@ -139,6 +139,11 @@ def regenerate_lock(root: Path, targets: Sequence[Target], *, uv_cache: Path) ->
             targets[0].python,
         ]  # uv may fetch a managed CPython; packages still come from ./wheels
     result = run(argv, cwd=root, env=clean_env({"UV_CACHE_DIR": str(uv_cache)}), timeout=600)
+    if result.returncode != 0 and interpreter is None:
+        raise EnvironmentProblem(
+            f"writing uv.lock needs CPython {targets[0].python}, which this host lacks and uv could not fetch",
+            tip=f"install CPython {targets[0].python} (uv python install {targets[0].python}, pyenv, or the OS package)",
+        )
     if result.returncode != 0:
         raise DependencyError(f"uv lock against the shipped wheels failed: {result.tail(6)}")
 
