@@ -82,6 +82,10 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalIndex]:
         make_sdist(files, "needscompiler", "1.0.0", mode="broken")
         # x86_64 only: arm64 targets must fail with the package, version and target named.
         make_wheel(files, "x86only", "1.0.0", tag="cp312-cp312-manylinux_2_17_x86_64")
+        # The newest version has an x86_64 wheel only: each architecture gets a different version.
+        make_wheel(files, "divergent", "1.0.0", tag="cp312-cp312-manylinux_2_17_x86_64")
+        make_wheel(files, "divergent", "1.0.0", tag="cp312-cp312-manylinux_2_17_aarch64")
+        make_wheel(files, "divergent", "2.0.0", tag="cp312-cp312-manylinux_2_17_x86_64")
         # Development tools, to show they are not needed offline.
         make_wheel(files, "devtool", "1.0.0")
         served.publish()

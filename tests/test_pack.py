@@ -491,3 +491,29 @@ def test_direct_url_requirement_fails_clearly(tmp_path: Path, index: LocalIndex,
     )
     with pytest.raises(DependencyError, match=r"requirements.txt:2: tool is a direct URL requirement"):
         pack(plugin, _options(index, tmp_path / "out", cache_dir))
+
+
+def test_versions_that_differ_by_architecture_install_on_each(
+    tmp_path: Path, index: LocalIndex, cache_dir: Path, python312: Path
+) -> None:
+    from dify_repack.verify import VerifyOptions, verify_package
+
+    plugin = make_plugin(
+        tmp_path / "src",
+        {
+            "manifest.yaml": manifest_yaml(arch=("amd64", "arm64")),
+            "pyproject.toml": '[project]\nname = "demo"\nversion = "0.1.0"\n'
+            'dependencies = ["dify_plugin==0.7.4", "divergent"]\n',
+        },
+    )
+    result = pack(plugin, _options(index, tmp_path / "out", cache_dir))
+    requirements = _read(result.output, "requirements.txt").splitlines()
+    assert "divergent==2.0.0 ; platform_machine == 'x86_64'" in requirements
+    assert "divergent==1.0.0 ; platform_machine == 'aarch64'" in requirements
+    report = verify_package(
+        result.output,
+        VerifyOptions(
+            profiles=["uv-sync", "uv-sync-frozen"], uv_versions=[_own_uv_version()], cache_dir=cache_dir, start=False
+        ),
+    )
+    assert report.ok, report.to_json()
