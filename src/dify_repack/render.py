@@ -161,7 +161,10 @@ def print_inspection(result: Inspection) -> None:
         if "requirements.txt" not in result.dependency_files:
             status = "no requirements.txt pins to check"
         elif target.missing:
-            status = f"[red]no wheel for {escape(', '.join(target.missing))}[/]"
+            shown = ", ".join(target.missing[:5]) + (
+                f" and {len(target.missing) - 5} more" if len(target.missing) > 5 else ""
+            )
+            status = f"[red]no wheel for {escape(shown)}[/]"
         else:
             status = "every requirements.txt pin has one"
         out.print(f"  {target.target}: {len(target.wheels)} wheels install; {status}")
