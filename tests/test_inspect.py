@@ -19,8 +19,8 @@ from builders import make_plugin, manifest_yaml
 from dify_repack.cli import main
 from dify_repack.errors import ExitCode, PackageError
 from dify_repack.inspect import OLD_UV, SCHEMA, Inspection, Verdict, inspect_package, upload_settings
-from dify_repack.pack import MIB
 from dify_repack.package import write_package
+from dify_repack.packing import MIB
 from dify_repack.targets import Target
 
 ARCHES = ("amd64", "arm64")

@@ -12,8 +12,8 @@ import pytest
 from builders import LocalIndex, make_plugin, manifest_yaml
 from dify_repack.cli import main
 from dify_repack.errors import BuildError, DependencyError, NetworkError, PackageError
-from dify_repack.pack import PackOptions, pack
 from dify_repack.package import write_package
+from dify_repack.packing import PackOptions, pack
 from dify_repack.requirements import tomllib
 from dify_repack.resolve import Indexes
 

@@ -24,8 +24,8 @@ from tomlkit.items import Table
 from builders import LocalIndex, make_plugin, make_sdist, make_wheel, manifest_yaml
 from dify_repack.cli import main
 from dify_repack.errors import VerificationError
-from dify_repack.pack import PackOptions, pack
 from dify_repack.package import extract_package, write_package
+from dify_repack.packing import PackOptions, pack
 from dify_repack.resolve import Indexes
 from dify_repack.runner import clean_env, run
 from dify_repack.uvbin import uv_bin

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .errors import DifyRepackError, ExitCode
 from .inspect import Inspection, inspect_package
-from .pack import PackOptions, PackResult, pack
+from .packing import PackOptions, PackResult, pack
 from .resolve import Indexes
 from .signing import generate_keypair, sign_package, verify_signature
 from .targets import Target

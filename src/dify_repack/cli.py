@@ -21,7 +21,7 @@ from . import __version__
 from .errors import DifyRepackError, ExitCode, UsageError
 from .inspect import inspect_package
 from .manifest import Manifest
-from .pack import PackOptions, PackResult, pack
+from .packing import PackOptions, PackResult, pack
 from .render import mib, pack_json, print_batch_table, print_inspection, print_pack_result, print_verify_report
 from .report import ConsoleReporter
 from .resolve import DEFAULT_INDEX, Indexes

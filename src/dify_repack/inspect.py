@@ -22,8 +22,8 @@ from packaging.version import Version
 from .errors import DependencyError, SignatureError
 from .manifest import Manifest, read_manifest
 from .offline import WHEELS_DIR
-from .pack import API_DEFAULT_LIMIT, DAEMON_DEFAULT_LIMIT, upload_settings
 from .package import extract_package, open_package, zip_checksum
+from .packing import API_DEFAULT_LIMIT, DAEMON_DEFAULT_LIMIT, upload_settings
 from .requirements import _logical_lines, parse_requirement, read_pyproject, read_requirements_file
 from .signing import read_signature
 from .targets import DEFAULT_PYTHON, Target, make_targets

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from .errors import DifyRepackError
 from .inspect import Inspection
-from .pack import API_DEFAULT_LIMIT, DAEMON_DEFAULT_LIMIT, PackResult
+from .packing import API_DEFAULT_LIMIT, DAEMON_DEFAULT_LIMIT, PackResult
 from .verify import PROFILES, Step, VerifyReport
 
 Outcome = tuple[str, "PackResult | DifyRepackError", float]
