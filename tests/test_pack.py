@@ -517,3 +517,22 @@ def test_versions_that_differ_by_architecture_install_on_each(
         ),
     )
     assert report.ok, report.to_json()
+
+
+def test_sdk_only_in_a_dependency_group_is_made_a_runtime_dependency(
+    tmp_path: Path, index: LocalIndex, cache_dir: Path
+) -> None:
+    plugin = make_plugin(
+        tmp_path / "src",
+        {
+            "pyproject.toml": '[project]\nname = "demo"\nversion = "0.1.0"\ndependencies = ["fastmath~=2.0"]\n\n'
+            '[dependency-groups]\ndev = ["devtool"]\ndify = ["dify_plugin~=0.7.1"]\n',
+            "requirements.txt": "dify_plugin~=0.7.1\nfastmath~=1.0\n",
+        },
+    )
+    result = pack(plugin, _options(index, tmp_path / "out", cache_dir))
+    assert any(name.startswith("wheels/dify_plugin-0.7.4") for name in _names(result.output))
+    data = tomllib.loads(_read(result.output, "pyproject.toml"))
+    assert data["project"]["dependencies"] == ["fastmath~=2.0", "dify_plugin~=0.7.1"]
+    assert any("only in dependency group 'dify'" in note for note in result.notes)
+    assert any("requirements.txt asks fastmath~=1.0 but pyproject.toml asks fastmath~=2.0" in n for n in result.notes)

@@ -62,6 +62,7 @@ def edit_pyproject(
     *,
     declared: Sequence[Requirement],
     declared_in_pyproject: bool,
+    added: Sequence[Requirement] = (),
 ) -> list[str]:
     """Make pyproject.toml install offline with ``uv sync``, keeping the user's formatting; returns notes."""
     path = root / "pyproject.toml"
@@ -85,6 +86,8 @@ def edit_pyproject(
             )
     else:
         project["requires-python"] = f">={python}"
+    if declared_in_pyproject and added:
+        project["dependencies"].extend(str(requirement) for requirement in added)
     if not declared_in_pyproject:
         dependencies = tomlkit.array()
         dependencies.extend(str(requirement) for requirement in declared)

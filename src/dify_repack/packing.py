@@ -179,6 +179,7 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
                 targets,
                 declared=declared.requirements,
                 declared_in_pyproject=declared.source == "pyproject.toml",
+                added=declared.added_to_pyproject,
             )
             regenerate_lock(root, targets, uv_cache=cache.uv_cache)
         notes += fix_ignore_files(root)

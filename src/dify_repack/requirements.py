@@ -19,6 +19,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
+SDK = "dify-plugin"
 _INCLUDE = re.compile(r"^(-r|--requirement|-c|--constraint)(\s+|=)(?P<path>\S+)$")
 # Options that configure where pip looks: the package replaces them all with its own wheels.
 _IGNORED_OPTION = re.compile(
@@ -37,6 +38,7 @@ class Declared:
     notes: tuple[str, ...] = ()  # what the user should know (files that disagree, ignored options)
     lock_pins: dict[str, str] = field(default_factory=dict)  # canonical name -> version in an existing uv.lock
     has_pyproject_project: bool = False
+    added_to_pyproject: tuple[Requirement, ...] = ()  # requirements pyproject.toml must gain to match the set
 
 
 def read_requirements_file(path: Path, *, root: Path, _seen: frozenset[Path] = frozenset()) -> list[Requirement]:
@@ -134,9 +136,8 @@ def read_lock_pins(path: Path) -> dict[str, str]:
 def declared_dependencies(root: Path) -> Declared:
     """The one dependency set to resolve: pyproject.toml's when it declares any, else requirements.txt's."""
     pyproject_path, requirements_path = root / "pyproject.toml", root / "requirements.txt"
-    project: dict[str, Any] | None = None
-    if pyproject_path.is_file():
-        project = read_pyproject(pyproject_path).get("project")
+    pyproject = read_pyproject(pyproject_path) if pyproject_path.is_file() else {}
+    project = pyproject.get("project")
     from_pyproject: list[Requirement] | None = None
     if isinstance(project, dict) and project.get("dependencies"):
         from_pyproject = [
@@ -149,13 +150,50 @@ def declared_dependencies(root: Path) -> Declared:
     has_project = isinstance(project, dict)
     if from_pyproject is not None:
         notes = _disagreements(from_pyproject, from_requirements) if from_requirements is not None else []
-        return Declared(tuple(from_pyproject), "pyproject.toml", tuple(notes), pins, has_project)
+        added: tuple[Requirement, ...] = ()
+        found = _sdk_from_elsewhere(from_pyproject, pyproject, from_requirements or [])
+        if found is not None:
+            requirement, where = found
+            added = (requirement,)
+            from_pyproject.append(requirement)
+            notes.append(
+                f"{requirement.name} is only in {where}, not in [project].dependencies: added {requirement} there, "
+                "since `uv sync` installs only [project].dependencies and the daemon imports dify_plugin"
+            )
+        notes += _missing_sdk(from_pyproject)
+        return Declared(tuple(from_pyproject), "pyproject.toml", tuple(notes), pins, has_project, added)
     if from_requirements is not None:
-        return Declared(tuple(from_requirements), "requirements.txt", (), pins, has_project)
+        notes = _missing_sdk(from_requirements)
+        return Declared(tuple(from_requirements), "requirements.txt", tuple(notes), pins, has_project)
     raise DependencyError(
         f"{root}: neither requirements.txt nor pyproject.toml [project].dependencies declares the dependencies",
         tip="a Python plugin lists at least dify_plugin in requirements.txt or pyproject.toml",
     )
+
+
+def _missing_sdk(requirements: list[Requirement]) -> list[str]:
+    if any(canonicalize_name(requirement.name) == SDK for requirement in requirements):
+        return []
+    return ["no dify_plugin requirement: the daemon's `import dify_plugin` check will fail"]
+
+
+def _sdk_from_elsewhere(
+    dependencies: list[Requirement], pyproject: dict[str, Any], requirements: list[Requirement]
+) -> tuple[Requirement, str] | None:
+    """The SDK requirement when a plugin declares it in a dependency group or requirements.txt only."""
+    if any(canonicalize_name(requirement.name) == SDK for requirement in dependencies):
+        return None
+    groups = pyproject.get("dependency-groups")
+    for group, entries in groups.items() if isinstance(groups, dict) else []:
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, str) and re.match(r"dify[-_.]plugin\b", entry, re.IGNORECASE):
+                return parse_requirement(
+                    entry, f"pyproject.toml [dependency-groups].{group}"
+                ), f"dependency group {group!r}"
+    for requirement in requirements:
+        if canonicalize_name(requirement.name) == SDK:
+            return requirement, "requirements.txt"
+    return None
 
 
 def _disagreements(pyproject: list[Requirement], requirements: list[Requirement]) -> list[str]:
@@ -167,8 +205,11 @@ def _disagreements(pyproject: list[Requirement], requirements: list[Requirement]
         if other is None:
             continue
         pinned = [spec.version for spec in req.specifier if spec.operator == "=="]
+        # An exact pin within pyproject's range is a lock-style file agreeing; other ranges must match exactly.
         if pinned and not other.specifier.contains(pinned[0], prereleases=True):
             notes.append(f"requirements.txt pins {req.name}=={pinned[0]} but pyproject.toml asks {other}")
+        elif not pinned and req.specifier != other.specifier:
+            notes.append(f"requirements.txt asks {req} but pyproject.toml asks {other}")
     listed = {canonicalize_name(req.name) for req in requirements}
     notes += [
         f"requirements.txt lacks {req}, which pyproject.toml asks" for name, req in wanted.items() if name not in listed
