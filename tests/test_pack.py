@@ -148,6 +148,12 @@ required-environments = ["sys_platform == 'linux'"]
 
 [tool.ruff]
 line-length = 99
+
+[tool.uv.build-backend]
+module-name = "demo"
+
+[project.urls]
+Homepage = "https://example.invalid/demo"
 """
 
 
@@ -171,6 +177,8 @@ def test_pyproject_is_made_offline_keeping_the_users_formatting(
     assert set(data["tool"]["uv"]) == {"no-index", "find-links", "environments", "package"}
     assert data["tool"]["uv"]["package"] is False
     assert data["tool"]["ruff"] == {"line-length": 99}
+    assert data["project"]["urls"] == {"Homepage": "https://example.invalid/demo"}
+    assert data["project"]["dependencies"] == ["dify_plugin==0.7.4", "fastmath>=1"]
     environments = data["tool"]["uv"]["environments"]
     assert len(environments) == 2 and all("python_full_version < '3.13'" in env for env in environments)
     lock = tomllib.loads(_read(result.output, "uv.lock"))

@@ -12,6 +12,7 @@ import pathspec
 import tomlkit
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+from tomlkit.container import OutOfOrderTableProxy
 from tomlkit.items import Table
 
 from .errors import DependencyError, EnvironmentProblem
@@ -70,7 +71,8 @@ def edit_pyproject(
     notes: list[str] = []
 
     project = document.get("project")
-    if not isinstance(project, Table):
+    # [project] split by other tables ([project.urls] further down) comes back as a proxy, not a Table.
+    if not isinstance(project, (Table, OutOfOrderTableProxy)):
         project = tomlkit.table()
         project["name"] = manifest.name.replace("_", "-")
         project["version"] = manifest.version
@@ -100,7 +102,7 @@ def edit_pyproject(
         notes.append(f"removed [dependency-groups] ({groups}): not runtime dependencies, and uv sync resolves them")
 
     tool = document.get("tool")
-    if not isinstance(tool, Table):
+    if not isinstance(tool, (Table, OutOfOrderTableProxy)):
         tool = tomlkit.table(is_super_table=True)
         document["tool"] = tool
     old = tool.get("uv")
@@ -126,6 +128,7 @@ def _offline_uv_table(targets: Sequence[Target], *, package: bool | None) -> Tab
     if package is not None:
         # Building the project itself would need its build backend offline; the daemon runs it from source.
         table["package"] = package
+    table.add(tomlkit.nl())  # keep a blank line before whatever table follows in the user's file
     return table
 
 

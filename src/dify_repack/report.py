@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Protocol
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 Advance = Callable[[int], None]
@@ -48,10 +49,10 @@ class ConsoleReporter:
 
     def step(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(f"[bold blue]•[/] {message}", highlight=False)
+            self.console.print(f"[bold blue]•[/] {escape(message)}", highlight=False)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[bold yellow]warning:[/] {message}", highlight=False)
+        self.console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False)
 
     @contextmanager
     def task(self, description: str, total: int | None = None, *, unit: str = "") -> Iterator[Advance]:
