@@ -345,3 +345,17 @@ def test_cli_verify_json_success_and_failure(
     payload = json.loads(capsys.readouterr().out)
     assert payload["status"] == "error"
     assert [check["ok"] for check in payload["checks"]] == [False]
+
+
+def test_start_failure_names_the_exception_not_the_shutdown_noise() -> None:
+    from dify_repack.verify import python_error
+
+    stderr = (
+        'Traceback (most recent call last):\n  File "main.py", line 3\n'
+        "pydantic_core.ValidationError: 2 validation errors\n\nThe above exception was the direct cause:\n\n"
+        'Traceback (most recent call last):\n  File "main.py", line 3\n'
+        "ValueError: Error loading plugin configuration\n"
+        "Exception ignored in: <function _removeHandlerRef at 0x1>\nTraceback (most recent call last):\n"
+        '  File "gevent/thread.py", line 76\nRuntimeError: greenlet is being finalized\n'
+    )
+    assert python_error(stderr) == "ValueError: Error loading plugin configuration"

@@ -142,6 +142,11 @@ def _with(options: list[Callable[[F], F]]) -> Callable[[F], F]:
 )
 @_uv_option
 @click.option(
+    "--no-start",
+    is_flag=True,
+    help="Verify install and `import dify_plugin` only, without starting the plugin to wait for its heartbeat.",
+)
+@click.option(
     "--sign-key",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Sign the package with this private key (see `dify-repack keygen`).",
@@ -170,6 +175,7 @@ def pack_command(
     cache_dir: Path | None,
     verify: bool,
     uv_versions: tuple[str, ...],
+    no_start: bool,
     sign_key: Path | None,
     marketplace_url: str | None,
     refresh: bool,
@@ -208,6 +214,7 @@ def pack_command(
                 arches=[target.arch for target in targets],
                 python=python_version,
                 cache_dir=cache,
+                start=not no_start,
             ),
             reporter,
         )

@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import queue
+import re
 import shutil
 import subprocess
 import sys
@@ -328,8 +329,28 @@ def _start(root: Path, manifest: Manifest, prefix: list[str], env: dict[str, str
         if process.returncode is not None and time.monotonic() - started < timeout
         else f"no heartbeat within {timeout:.0f} s"
     )
-    tail = "\n".join([*seen[-3:], *stderr.decode(errors="replace").strip().splitlines()[-8:]])
+    errors = stderr.decode(errors="replace").strip()
+    if error := python_error(errors):
+        reason += f": {error}"
+    tail = "\n".join([*seen[-3:], *errors.splitlines()[-8:]])
     return Step("start", False, time.monotonic() - started, f"{reason}\n{tail}".strip())
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b")
+
+
+def python_error(stderr: str) -> str:
+    """The exception that stopped a Python program, skipping what it printed while shutting down."""
+    found, ignoring, previous = "", False, ""
+    for line in stderr.splitlines():
+        if line.startswith("Exception ignored"):
+            ignoring = True  # interpreter-shutdown noise (e.g. gevent's "greenlet is being finalized")
+        elif line.startswith("Traceback") and not previous.startswith("Exception ignored"):
+            ignoring = False
+        elif not ignoring and _EXCEPTION_LINE.match(line):
+            found = line.strip()
+        previous = line
+    return found
 
 
 def _is_heartbeat(text: str) -> bool:

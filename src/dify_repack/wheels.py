@@ -132,19 +132,24 @@ def fetch_all(
             f"{pin.name} {pin.version} has no wheel for {where} and no sdist to build one from",
             tip="pin a version that publishes a wheel for that platform, or drop that architecture with --arch",
         )
-    sdists = [sdist for key in needs_build if (sdist := pins[key].sdist) is not None]
-    downloaded = _download_many([*wanted.values(), *sdists], cache, reporter)
-    built: dict[tuple[str, str], dict[Target, Path]] = {}
-    failures: list[BuildError] = []
-    for key, targets in needs_build.items():
-        pin = pins[key]
-        assert pin.sdist is not None
-        try:
-            built[key] = build_wheels(
-                pin, downloaded[pin.sdist.url], targets, cache, indexes=indexes, reporter=reporter
+    # sdists first: they are few and small, and building them overlaps with the wheel downloads.
+    sdist_of = {key: sdist for key in needs_build if (sdist := pins[key].sdist) is not None}
+    sdists = _download_many(list(sdist_of.values()), cache, reporter)
+    with ThreadPoolExecutor(1) as builder:
+        builds = {
+            key: builder.submit(
+                build_wheels, pins[key], sdists[sdist.url], needs_build[key], cache, indexes=indexes, reporter=reporter
             )
-        except BuildError as error:
-            failures.append(error)  # go on, so that one run names every package that needs attention
+            for key, sdist in sdist_of.items()
+        }
+        downloaded = _download_many(list(wanted.values()), cache, reporter)
+        built: dict[tuple[str, str], dict[Target, Path]] = {}
+        failures: list[BuildError] = []
+        for key, future in builds.items():
+            try:
+                built[key] = future.result()
+            except BuildError as error:
+                failures.append(error)  # go on, so that one run names every package that needs attention
     if len(failures) == 1:
         raise failures[0]
     if failures:
