@@ -215,6 +215,7 @@ def pack_command(
                 python=python_version,
                 cache_dir=cache,
                 start=not no_start,
+                index_args=Indexes(index_url, extra_index_urls).uv_args(),
             ),
             reporter,
         )
@@ -291,6 +292,7 @@ def pack_command(
     help="CPython of the daemon's venv.",
 )
 @click.option("--no-start", is_flag=True, help="Skip starting the plugin and waiting for its heartbeat.")
+@_with(_index_options)
 @_cache_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (schema 1) on stdout.")
 def verify_command(
@@ -300,6 +302,8 @@ def verify_command(
     arch: str | None,
     python_version: str,
     no_start: bool,
+    index_url: str,
+    extra_index_urls: tuple[str, ...],
     cache_dir: Path | None,
     as_json: bool,
 ) -> int:
@@ -320,6 +324,7 @@ def verify_command(
         python=python_version,
         cache_dir=cache_dir,
         start=not no_start,
+        index_args=Indexes(index_url, extra_index_urls).uv_args(),
     )
     report = verify_package(package, options, _reporter(as_json))
     if as_json:

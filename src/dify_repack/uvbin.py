@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
@@ -59,8 +60,11 @@ def _uv_bin() -> str:
     )
 
 
-def fetch_uv(version: str, cache_dir: Path) -> Path:
-    """A uv binary of ``version`` ("latest" for the newest), installed once into ``cache_dir/uv/``."""
+def fetch_uv(version: str, cache_dir: Path, index_args: Sequence[str] = ()) -> Path:
+    """A uv binary of ``version`` ("latest" for the newest), installed once into ``cache_dir/uv/``.
+
+    ``index_args`` (``--index-url ...``) point at a private mirror where the public index is out of reach.
+    """
     own = uv_bin()
     if version == str(_version_of(own)):
         return Path(own)
@@ -72,7 +76,7 @@ def fetch_uv(version: str, cache_dir: Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     spec = "uv" if version == "latest" else f"uv=={version}"
     result = run(
-        [own, "pip", "install", "--quiet", "--target", staging, "--python-version", "3.12", spec],
+        [own, "pip", "install", "--quiet", "--target", staging, "--python-version", "3.12", spec, *index_args],
         env=clean_env({"UV_CACHE_DIR": str(cache_dir / "uv-cache")}),
         timeout=300,
     )

@@ -107,6 +107,7 @@ class VerifyOptions:
     cache_dir: Path | None = None
     start_timeout: float = START_TIMEOUT
     start: bool = True  # start the plugin and wait for its heartbeat
+    index_args: Sequence[str] = ()  # where to fetch uv versions from (``--index-url URL ...``)
     extra_notes: list[str] = field(default_factory=list)
 
 
@@ -148,7 +149,11 @@ def verify_package(
             notes.append(f"no CPython {options.python} on this host: static checks only (install one to replay live)")
             reporter.warn(notes[-1])
         checks: list[Check] = [_entries_check(package)] if _directory_entries(package) else []
-        uv_binaries = {version: fetch_uv(version, cache_dir) for version in options.uv_versions} if live else {}
+        uv_binaries = (
+            {version: fetch_uv(version, cache_dir, options.index_args) for version in options.uv_versions}
+            if live
+            else {}
+        )
         for target in live:
             assert interpreter is not None
             context = _Replay(package, manifest, interpreter, work, prefix, options)
