@@ -27,7 +27,7 @@ from .report import ConsoleReporter
 from .resolve import DEFAULT_INDEX, Indexes
 from .signing import generate_keypair, sign_package, trust_instructions, verify_signature
 from .sources import fetch_source, parse_source, read_source_list
-from .targets import DEFAULT_PYTHON, Target
+from .targets import ARCH_CHOICES, DEFAULT_PYTHON, Target, chosen_arches
 from .verify import DEFAULT_UV_VERSIONS, PROFILES, VerifyOptions, VerifyReport, require_pass, verify_package
 from .wheels import WheelCache, default_cache_dir
 
@@ -97,6 +97,20 @@ _uv_option = click.option(
 )
 
 
+_arch_option = click.option(
+    "--arch",
+    type=click.Choice(ARCH_CHOICES),
+    help="CPU architectures: amd64, arm64 or all (default: the manifest's meta.arch).",
+)
+_python_option = click.option(
+    "--python",
+    "python_version",
+    default=DEFAULT_PYTHON,
+    show_default=True,
+    help="CPython version of the daemon's venv (always 3.12 today, whatever the manifest says).",
+)
+
+
 def _with(options: list[Callable[[F], F]]) -> Callable[[F], F]:
     def decorate(function: F) -> F:
         for option in reversed(options):
@@ -120,18 +134,8 @@ def _with(options: list[Callable[[F], F]]) -> Callable[[F], F]:
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for the NAME-offline.difypkg files (default: the current directory).",
 )
-@click.option(
-    "--arch",
-    type=click.Choice(["amd64", "arm64", "all"]),
-    help="CPU architectures to ship wheels for (default: the manifest's meta.arch).",
-)
-@click.option(
-    "--python",
-    "python_version",
-    default=DEFAULT_PYTHON,
-    show_default=True,
-    help="CPython version of the daemon's venv (it is always 3.12 today, whatever the manifest says).",
-)
+@_arch_option
+@_python_option
 @_with(_index_options)
 @_cache_option
 @click.option(
@@ -279,18 +283,8 @@ def pack_command(
     + "; ".join(f"{name} = {text}" for name, text in PROFILES.items()),
 )
 @_uv_option
-@click.option(
-    "--arch",
-    type=click.Choice(["amd64", "arm64", "all"]),
-    help="Architectures to check (default: the manifest's).",
-)
-@click.option(
-    "--python",
-    "python_version",
-    default=DEFAULT_PYTHON,
-    show_default=True,
-    help="CPython of the daemon's venv.",
-)
+@_arch_option
+@_python_option
 @click.option("--no-start", is_flag=True, help="Skip starting the plugin and waiting for its heartbeat.")
 @_with(_index_options)
 @_cache_option
@@ -316,7 +310,7 @@ def verify_command(
     wait for its first heartbeat. Architectures this host cannot run get a static offline resolution
     for their platform. Exit code 0 only when every check passed.
     """
-    arches = None if arch is None else ["amd64", "arm64"] if arch == "all" else [arch]
+    arches = chosen_arches(arch, ()) or None
     options = VerifyOptions(
         profiles=profiles or tuple(PROFILES),
         uv_versions=uv_versions or DEFAULT_UV_VERSIONS,

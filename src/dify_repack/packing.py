@@ -33,7 +33,7 @@ from .report import NullReporter, Reporter
 from .requirements import declared_dependencies
 from .resolve import Indexes, ResolutionCache, resolve
 from .signing import load_private_key, sign_package
-from .targets import DEFAULT_PYTHON, Target, make_targets
+from .targets import DEFAULT_PYTHON, Target, chosen_arches, make_targets
 from .wheels import WheelCache, default_cache_dir, fetch_all
 
 MIB = 1024 * 1024
@@ -129,14 +129,7 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
         shutil.rmtree(root / WHEELS_DIR, ignore_errors=True)
         (root / SIGNATURE_FILE).unlink(missing_ok=True)
 
-        arches = (
-            manifest.arches
-            if options.arch is None
-            else ("amd64", "arm64")
-            if options.arch == "all"
-            else (options.arch,)
-        )
-        targets = make_targets(options.python, arches)
+        targets = make_targets(options.python, chosen_arches(options.arch, manifest.arches))
         declared = declared_dependencies(root)
         reporter.step(
             f"{manifest.plugin_id} {manifest.version}: {len(declared.requirements)} requirements from "

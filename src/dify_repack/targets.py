@@ -111,6 +111,16 @@ class Target:
         return any(marker.evaluate(environment) for environment in environments)
 
 
+ARCH_CHOICES = (*MACHINES, "all")
+
+
+def chosen_arches(choice: str | None, manifest_arches: tuple[str, ...]) -> tuple[str, ...]:
+    """``--arch``: one architecture, "all", or (None) what the manifest lists."""
+    if choice is None:
+        return manifest_arches
+    return tuple(MACHINES) if choice == "all" else (choice,)
+
+
 def make_targets(python: str, arches: list[str] | tuple[str, ...]) -> tuple[Target, ...]:
     parts = python.split(".")
     if len(parts) != 2 or not all(part.isdigit() for part in parts) or parts[0] != "3":
