@@ -21,8 +21,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from builders import make_plugin
 from dify_repack.cli import main
 from dify_repack.errors import ExitCode, SignatureError, UsageError
+from dify_repack.inspect import inspect_package
 from dify_repack.package import SIGNATURE_FILE, write_package
 from dify_repack.signing import (
     SignatureInfo,
@@ -419,3 +421,18 @@ def test_cli_verify_signature_exit_codes(
     )
     assert main(["verify-signature", str(signed), "--key", str(spki)]) == ExitCode.SIGNATURE
     assert "RSAPublicKey_out" in capsys.readouterr().err
+
+
+def test_inspect_shows_signed_unsigned_and_verified(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    private, public = generate_keypair(tmp_path / "k", bits=2048)
+    _, other = generate_keypair(tmp_path / "other", bits=2048)
+    package = tmp_path / "p.difypkg"
+    write_package(make_plugin(tmp_path / "src", {"requirements.txt": "dify_plugin==0.7.4\n"}), package)
+    assert inspect_package(package).signed is False
+    signed = tmp_path / "signed.difypkg"
+    sign_package(package, private, signed)
+    assert inspect_package(signed).verified is None
+    assert inspect_package(signed, public_key=public).verified is True
+    assert inspect_package(signed, public_key=other).verified is False
+    assert main(["inspect", str(signed), "--key", str(public)]) == 0
+    assert "verified with the given key" in capsys.readouterr().out

@@ -481,8 +481,13 @@ def verify_signature_command(package: str, key: str) -> None:
 
 @cli.command("inspect")
 @click.argument("package", type=click.Path(dir_okay=False))
+@click.option(
+    "--key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A public key (PEM PKCS#1) to verify the signature with, as the daemon would.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON (schema 1) on stdout instead.")
-def inspect_command(package: str, as_json: bool) -> None:
+def inspect_command(package: str, key: Path | None, as_json: bool) -> None:
     """Show what PACKAGE holds and predict, per daemon version, whether it installs offline.
 
     \b
@@ -507,7 +512,7 @@ def inspect_command(package: str, as_json: bool) -> None:
     which replays each install with the network cut off. Exits 0 whenever PACKAGE could be
     read, whatever the verdicts; 3 when it is not a readable, safe Dify plugin package.
     """
-    result = inspect_package(Path(package))
+    result = inspect_package(Path(package), public_key=key)
     if as_json:
         _echo_json(result.to_json())
         return

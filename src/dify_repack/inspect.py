@@ -25,7 +25,7 @@ from .offline import WHEELS_DIR
 from .package import extract_package, open_package, zip_checksum
 from .packing import API_DEFAULT_LIMIT, DAEMON_DEFAULT_LIMIT, upload_settings
 from .requirements import _logical_lines, parse_requirement, read_pyproject, read_requirements_file
-from .signing import read_signature
+from .signing import read_signature, verify_signature
 from .targets import DEFAULT_PYTHON, Target, make_targets
 from .verify import PROFILES
 
@@ -87,6 +87,7 @@ class Inspection:
     signed: bool
     signature_time: int | None
     category: str | None  # authorized_category of .verification.dify.json, when signed
+    verified: bool | None  # against the public key given; None when no key was given
     files: int
     directory_entries: tuple[str, ...]
     dependency_files: tuple[str, ...]  # which of DEPENDENCY_FILES the package has
@@ -122,7 +123,12 @@ class Inspection:
                 "runner_version": m.runner_version,
                 "entrypoint": m.entrypoint,
             },
-            "signature": {"signed": self.signed, "time": self.signature_time, "category": self.category},
+            "signature": {
+                "signed": self.signed,
+                "verified": self.verified,
+                "time": self.signature_time,
+                "category": self.category,
+            },
             "entries": {"files": self.files, "directories": list(self.directory_entries)},
             "dependency_files": {name: name in self.dependency_files for name in DEPENDENCY_FILES},
             "wheels": {
@@ -216,8 +222,11 @@ class _Scan:
         return [wheel for wheel in self.wheels if wheel.folder in folders], reasons
 
 
-def inspect_package(package: Path) -> Inspection:
-    """Read ``package`` (original or offline) and judge each daemon profile; PackageError if unreadable."""
+def inspect_package(package: Path, *, public_key: Path | None = None) -> Inspection:
+    """Read ``package`` (original or offline) and judge each daemon profile; PackageError if unreadable.
+
+    With ``public_key``, the signature is also verified against it, as the daemon would.
+    """
     with tempfile.TemporaryDirectory(prefix="dify-repack-inspect-") as temp:
         root = Path(temp)
         extract_package(package, root)  # the safety checks, and PackageError for a bad zip
@@ -239,6 +248,13 @@ def inspect_package(package: Path) -> Inspection:
         else:
             if signature is not None:
                 signed, signed_at, category = True, signature.time, signature.category
+        verified: bool | None = None
+        if public_key is not None:
+            try:
+                verified = verify_signature(package, public_key).verified
+            except SignatureError as error:
+                verified = False
+                problems.append(f"signature not verified with {public_key}: {error.message}")
 
         wheels = []
         for path in (PurePosixPath(name) for name in names if name.endswith(".whl")):
@@ -284,6 +300,7 @@ def inspect_package(package: Path) -> Inspection:
         manifest=manifest,
         checksum=checksum,
         signed=signed,
+        verified=verified,
         signature_time=signed_at,
         category=category,
         files=len(names),

@@ -142,10 +142,12 @@ def print_inspection(result: Inspection) -> None:
     )
     if result.signed:
         signed_at = datetime.fromtimestamp(result.signature_time or 0, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        out.print(
-            f"signature   signed {signed_at}, category {escape(result.category or 'none')} "
-            "(check it against a key: dify-repack verify-signature)"
-        )
+        key_check = {
+            None: "not checked (give --key PUBLIC.pem)",
+            True: "[green]verified[/] with the given key",
+            False: "[bold red]NOT verified[/] with the given key",
+        }[result.verified]
+        out.print(f"signature   signed {signed_at}, category {escape(result.category or 'none')}; {key_check}")
     else:
         out.print("signature   unsigned")
     out.print(
