@@ -86,6 +86,8 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalIndex]:
         make_wheel(files, "divergent", "1.0.0", tag="cp312-cp312-manylinux_2_17_x86_64")
         make_wheel(files, "divergent", "1.0.0", tag="cp312-cp312-manylinux_2_17_aarch64")
         make_wheel(files, "divergent", "2.0.0", tag="cp312-cp312-manylinux_2_17_x86_64")
+        # Published only for a newer glibc than the default target's.
+        make_wheel(files, "newglibc", "1.0.0", tag="cp312-cp312-manylinux_2_34_x86_64")
         # Development tools, to show they are not needed offline.
         make_wheel(files, "devtool", "1.0.0")
         served.publish()

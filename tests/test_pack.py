@@ -544,3 +544,16 @@ def test_sdk_only_in_a_dependency_group_is_made_a_runtime_dependency(
     assert data["project"]["dependencies"] == ["fastmath~=2.0", "dify_plugin~=0.7.1"]
     assert any("only in dependency group 'dify'" in note for note in result.notes)
     assert any("requirements.txt asks fastmath~=1.0 but pyproject.toml asks fastmath~=2.0" in n for n in result.notes)
+
+
+def test_glibc_option_admits_wheels_for_a_newer_glibc(
+    tmp_path: Path, index: LocalIndex, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plugin = make_plugin(tmp_path / "src", {"requirements.txt": "dify_plugin==0.7.4\nnewglibc\n"})
+    argv = ["pack", str(plugin), "-o", str(tmp_path / "out"), "--index-url", index.url, "--cache-dir", str(cache_dir)]
+    assert main([*argv, "--no-verify"]) == 4
+    assert "newglibc" in capsys.readouterr().err
+    assert main([*argv, "--no-verify", "--glibc", "2.34"]) == 0
+    assert main([*argv, "--no-verify", "--glibc", "3.1"]) == 2
+    package = tmp_path / "out" / "tester-demo_0.1.0-offline.difypkg"
+    assert "wheels/newglibc-1.0.0-cp312-cp312-manylinux_2_34_x86_64.whl" in _names(package)

@@ -27,7 +27,7 @@ from .report import ConsoleReporter
 from .resolve import DEFAULT_INDEX, Indexes
 from .signing import generate_keypair, sign_package, trust_instructions, verify_signature
 from .sources import fetch_source, parse_source, read_source_list
-from .targets import ARCH_CHOICES, DEFAULT_PYTHON, Target, chosen_arches
+from .targets import ARCH_CHOICES, DEFAULT_PYTHON, Target, chosen_arches, parse_glibc
 from .verify import DEFAULT_UV_VERSIONS, PROFILES, VerifyOptions, VerifyReport, require_pass, verify_package
 from .wheels import WheelCache, default_cache_dir
 
@@ -102,6 +102,13 @@ _arch_option = click.option(
     type=click.Choice(ARCH_CHOICES),
     help="CPU architectures: amd64, arm64 or all (default: the manifest's meta.arch).",
 )
+_glibc_option = click.option(
+    "--glibc",
+    default="2.28",
+    show_default=True,
+    metavar="2.N",
+    help="Newest glibc of the Dify daemon's host: wheels for up to manylinux_2_N are accepted.",
+)
 _python_option = click.option(
     "--python",
     "python_version",
@@ -136,6 +143,7 @@ def _with(options: list[Callable[[F], F]]) -> Callable[[F], F]:
 )
 @_arch_option
 @_python_option
+@_glibc_option
 @_with(_index_options)
 @_cache_option
 @click.option(
@@ -174,6 +182,7 @@ def pack_command(
     output_dir: Path | None,
     arch: str | None,
     python_version: str,
+    glibc: str,
     index_url: str,
     extra_index_urls: tuple[str, ...],
     cache_dir: Path | None,
@@ -205,6 +214,7 @@ def pack_command(
     parsed = [parse_source(text) for text in sources] + (read_source_list(sources_file) if sources_file else [])
     if not parsed:
         raise UsageError("give at least one SOURCE (a .difypkg, a plugin folder, NAME:VERSION or a URL)")
+    glibc_version = parse_glibc(glibc)
     reporter = _reporter(quiet or as_json)
     cache = cache_dir or default_cache_dir()
     verify_uv = uv_versions or DEFAULT_UV_VERSIONS
@@ -220,6 +230,7 @@ def pack_command(
                 cache_dir=cache,
                 start=not no_start,
                 index_args=Indexes(index_url, extra_index_urls).uv_args(),
+                glibc=glibc_version,
             ),
             reporter,
         )
@@ -236,6 +247,7 @@ def pack_command(
         sign_key=sign_key,
         check=check if verify else None,
         refresh=refresh,
+        glibc=glibc_version,
     )
     outcomes: list[tuple[str, PackResult | DifyRepackError, float]] = []
     with tempfile.TemporaryDirectory(prefix="dify-repack-sources-") as downloads:
@@ -285,6 +297,7 @@ def pack_command(
 @_uv_option
 @_arch_option
 @_python_option
+@_glibc_option
 @click.option("--no-start", is_flag=True, help="Skip starting the plugin and waiting for its heartbeat.")
 @_with(_index_options)
 @_cache_option
@@ -295,6 +308,7 @@ def verify_command(
     uv_versions: tuple[str, ...],
     arch: str | None,
     python_version: str,
+    glibc: str,
     no_start: bool,
     index_url: str,
     extra_index_urls: tuple[str, ...],
@@ -319,6 +333,7 @@ def verify_command(
         cache_dir=cache_dir,
         start=not no_start,
         index_args=Indexes(index_url, extra_index_urls).uv_args(),
+        glibc=parse_glibc(glibc),
     )
     report = verify_package(package, options, _reporter(as_json))
     if as_json:

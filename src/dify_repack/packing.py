@@ -33,7 +33,7 @@ from .report import NullReporter, Reporter
 from .requirements import declared_dependencies
 from .resolve import Indexes, ResolutionCache, resolve
 from .signing import load_private_key, sign_package
-from .targets import DEFAULT_PYTHON, Target, chosen_arches, make_targets
+from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, chosen_arches, make_targets
 from .wheels import WheelCache, default_cache_dir, fetch_all
 
 MIB = 1024 * 1024
@@ -55,6 +55,7 @@ class PackOptions:
     sign_key: Path | None = None
     check: Check | None = None
     refresh: bool = False  # resolve again even when a recent resolution of the same input is cached
+    glibc: tuple[int, int] = DEFAULT_GLIBC  # the newest manylinux level the daemon's host can run
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
         shutil.rmtree(root / WHEELS_DIR, ignore_errors=True)
         (root / SIGNATURE_FILE).unlink(missing_ok=True)
 
-        targets = make_targets(options.python, chosen_arches(options.arch, manifest.arches))
+        targets = make_targets(options.python, chosen_arches(options.arch, manifest.arches), options.glibc)
         declared = declared_dependencies(root)
         reporter.step(
             f"{manifest.plugin_id} {manifest.version}: {len(declared.requirements)} requirements from "

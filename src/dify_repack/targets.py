@@ -6,6 +6,7 @@ explicit values, never from the host, so any host produces the same package.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -16,7 +17,8 @@ from packaging.utils import parse_wheel_filename
 from .errors import UsageError
 
 MACHINES = {"amd64": "x86_64", "arm64": "aarch64"}
-# Oldest glibc the daemon's images run on is well above 2.28; 2.28 keeps packages portable to older hosts.
+# glibc 2.28 (RHEL 8, Debian 10 and newer) runs nearly every manylinux wheel published today; --glibc raises it
+# for a daemon host known to be newer, so that wheels built only for a newer glibc are found.
 DEFAULT_GLIBC = (2, 28)
 DEFAULT_PYTHON = "3.12"
 
@@ -121,7 +123,17 @@ def chosen_arches(choice: str | None, manifest_arches: tuple[str, ...]) -> tuple
     return tuple(MACHINES) if choice == "all" else (choice,)
 
 
-def make_targets(python: str, arches: list[str] | tuple[str, ...]) -> tuple[Target, ...]:
+def parse_glibc(text: str) -> tuple[int, int]:
+    """``--glibc 2.28`` as a version tuple; uv knows manylinux levels 2.17 to 2.40."""
+    match = re.fullmatch(r"2\.(\d+)", text.strip())
+    if not match or not 17 <= int(match.group(1)) <= 40:
+        raise UsageError(f"--glibc {text!r}: give the daemon host's glibc as 2.17 ... 2.40 (e.g. 2.28)")
+    return 2, int(match.group(1))
+
+
+def make_targets(
+    python: str, arches: list[str] | tuple[str, ...], glibc: tuple[int, int] = DEFAULT_GLIBC
+) -> tuple[Target, ...]:
     parts = python.split(".")
     if len(parts) != 2 or not all(part.isdigit() for part in parts) or parts[0] != "3":
         raise UsageError(f"--python {python!r}: give a CPython version such as 3.12")
@@ -129,7 +141,7 @@ def make_targets(python: str, arches: list[str] | tuple[str, ...]) -> tuple[Targ
     if unknown:
         raise UsageError(f"unknown architecture {unknown[0]!r}: choose amd64, arm64 or all")
     ordered = sorted(set(arches), key=list(MACHINES).index)
-    return tuple(Target(python, arch) for arch in ordered)
+    return tuple(Target(python, arch, glibc) for arch in ordered)
 
 
 def is_pure_wheel(filename: str) -> bool:

@@ -27,7 +27,7 @@ from .manifest import Manifest, read_manifest
 from .package import extract_package, zip_checksum
 from .report import NullReporter, Reporter
 from .runner import Completed, clean_env, run
-from .targets import DEFAULT_PYTHON, Target, make_targets
+from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, make_targets
 from .uvbin import fetch_uv, find_python, uv_bin
 from .wheels import default_cache_dir
 
@@ -108,6 +108,7 @@ class VerifyOptions:
     start_timeout: float = START_TIMEOUT
     start: bool = True  # start the plugin and wait for its heartbeat
     index_args: Sequence[str] = ()  # where to fetch uv versions from (``--index-url URL ...``)
+    glibc: tuple[int, int] = DEFAULT_GLIBC  # for the static checks of other architectures
     extra_notes: list[str] = field(default_factory=list)
 
 
@@ -140,7 +141,7 @@ def verify_package(
         extract_package(package, probe)
         manifest = read_manifest(probe, origin=str(package))
         identifier = f"{manifest.plugin_id}:{manifest.version}@{zip_checksum(package)}"
-        targets = make_targets(options.python, list(options.arches or manifest.arches))
+        targets = make_targets(options.python, list(options.arches or manifest.arches), options.glibc)
         host_machine = platform.machine()
         interpreter = find_python(options.python)
         live = [target for target in targets if target.machine == host_machine and interpreter is not None]
