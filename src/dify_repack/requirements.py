@@ -91,11 +91,27 @@ def _logical_lines(text: str) -> list[tuple[int, str]]:
     return result
 
 
+_VERSION_AFTER_OPERATOR = re.compile(r"(===|==|~=|!=|<=|>=|<|>)\s*(?P<version>[^\s,;]+)")
+
+
+def _is_version(text: str) -> bool:
+    try:
+        Version(text.removesuffix(".*"))
+    except InvalidVersion:
+        return False
+    return True
+
+
 def parse_requirement(text: str, where: str) -> Requirement:
     try:
         requirement = Requirement(text)
     except InvalidRequirement as exc:
         reason = str(exc).splitlines()[0]
+        # packaging's parser error for a bad version ("Expected semicolon ...") hides the actual mistake.
+        versions = (match.group("version") for match in _VERSION_AFTER_OPERATOR.finditer(text))
+        bad = next((version for version in versions if not _is_version(version)), None)
+        if bad is not None:
+            reason = f"{bad!r} is not a valid version"
         raise DependencyError(
             f"{where}: invalid requirement {text!r}: {reason}",
             tip="fix the line (a version looks like 1.2.3, e.g. dify_plugin==0.7.4)",
