@@ -16,10 +16,15 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "text_toolkit"
 
 
 @pytest.fixture(scope="module")
-def offline_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the module, so that nothing comes from (or goes to) the user's own cache."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def offline_package(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> Path:
     """The example packed with the CLI's defaults, its own verification included."""
     out = tmp_path_factory.mktemp("out")
-    cache = tmp_path_factory.mktemp("cache")
     code = main(["pack", str(EXAMPLE), "-o", str(out), "--cache-dir", str(cache), "--json", "-q"])
     assert code == 0
     return out / "dify-repack-text_toolkit_0.1.0-offline.difypkg"
@@ -40,10 +45,8 @@ def test_example_packs_with_native_pure_and_sdist_only_dependencies(offline_pack
 
 
 @pytest.mark.parametrize("uv_version", ["0.9.26", "latest"])
-def test_every_daemon_profile_installs_offline_and_starts(
-    offline_package: Path, uv_version: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    report = verify_package(offline_package, VerifyOptions(uv_versions=[uv_version], arches=["amd64"]))
+def test_every_daemon_profile_installs_offline_and_starts(offline_package: Path, uv_version: str, cache: Path) -> None:
+    report = verify_package(offline_package, VerifyOptions(uv_versions=[uv_version], arches=["amd64"], cache_dir=cache))
     assert report.isolation.startswith("unshare")
     assert report.ok, json.dumps(report.to_json(), indent=1)
     replayed = {check.profile for check in report.checks if check.mode == "live"}
@@ -55,7 +58,7 @@ def test_every_daemon_profile_installs_offline_and_starts(
     assert "-i http://127.0.0.1:9/simple" in commands["mirror"]
 
 
-def test_arm64_is_checked_statically_on_an_x86_host(offline_package: Path) -> None:
-    report = verify_package(offline_package, VerifyOptions(arches=["arm64"], uv_versions=["latest"]))
+def test_arm64_is_checked_statically_on_an_x86_host(offline_package: Path, cache: Path) -> None:
+    report = verify_package(offline_package, VerifyOptions(arches=["arm64"], uv_versions=["latest"], cache_dir=cache))
     assert report.ok, json.dumps(report.to_json(), indent=1)
     assert {check.mode for check in report.checks} == {"static"}
