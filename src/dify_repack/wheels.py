@@ -21,7 +21,7 @@ import httpx
 import platformdirs
 
 from .errors import BuildError
-from .http import download, make_client
+from .http import ProgressCallback, download, make_client
 from .report import NullReporter, Reporter
 from .resolve import Artifact, Indexes, Pin
 from .runner import clean_env, run
@@ -54,7 +54,7 @@ class WheelCache:
         path = self.path_for(artifact.sha256, artifact.filename)
         return path if path.is_file() else None
 
-    def fetch(self, client: httpx.Client, artifact: Artifact, advance: object = None) -> Path:
+    def fetch(self, client: httpx.Client, artifact: Artifact, advance: ProgressCallback | None = None) -> Path:
         cached = self.lookup(artifact)
         if cached is not None:
             return cached
@@ -62,10 +62,10 @@ class WheelCache:
             # No hash from the index: download to learn it, then file it under the real one.
             with tempfile.TemporaryDirectory(dir=self.scratch()) as temp:
                 loose = Path(temp) / artifact.filename
-                digest = download(client, artifact.url, loose, size=artifact.size, progress=advance)  # type: ignore[arg-type]
+                digest = download(client, artifact.url, loose, size=artifact.size, progress=advance)
                 return self.store(loose, digest)
         path = self.path_for(artifact.sha256, artifact.filename)
-        download(client, artifact.url, path, sha256=artifact.sha256, size=artifact.size, progress=advance)  # type: ignore[arg-type]
+        download(client, artifact.url, path, sha256=artifact.sha256, size=artifact.size, progress=advance)
         return path
 
     def store(self, file: Path, sha256: str) -> Path:
