@@ -63,6 +63,15 @@ class NetworkError(DifyRepackError):
     exit_code = ExitCode.NETWORK
 
 
+class StatusError(NetworkError):
+    """A server answered with an HTTP error; ``status`` lets a caller word a 404 for what it asked for."""
+
+    def __init__(self, message: str, *, url: str, status: int) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status
+
+
 class VerificationError(DifyRepackError):
     """A replayed daemon install failed: the package would not install offline."""
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from .errors import NetworkError
+from .errors import NetworkError, StatusError
 
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 USER_AGENT = "dify-repack"
@@ -48,15 +48,6 @@ def make_client(*, timeout: float = 60.0, headers: dict[str, str] | None = None)
     )
 
 
-class StatusError(NetworkError):
-    """The server answered with an HTTP error; ``status`` lets a caller word a 404 for what it asked for."""
-
-    def __init__(self, url: str, status: int) -> None:
-        super().__init__(describe_status(url, status))
-        self.url = url
-        self.status = status
-
-
 @contextmanager
 def open_stream(
     client: httpx.Client,
@@ -77,7 +68,9 @@ def open_stream(
                     pass  # fall through to the retry below, after the body is released
                 else:
                     if response.status_code >= 400:
-                        raise StatusError(url, response.status_code)
+                        raise StatusError(
+                            describe_status(url, response.status_code), url=url, status=response.status_code
+                        )
                     yield response
                     return
         except httpx.TimeoutException:

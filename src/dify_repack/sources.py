@@ -23,8 +23,8 @@ from urllib.parse import quote
 
 import httpx
 
-from .errors import NetworkError, PackageError, UsageError
-from .http import ProgressCallback, StatusError, download, make_client
+from .errors import NetworkError, PackageError, StatusError, UsageError
+from .http import ProgressCallback, download, make_client
 
 SourceKind = Literal["file", "directory", "marketplace", "github", "url"]
 
