@@ -25,7 +25,7 @@ from .packing import PackOptions, PackResult, pack
 from .render import mib, pack_json, print_batch_table, print_inspection, print_pack_result, print_verify_report
 from .report import ConsoleReporter
 from .resolve import DEFAULT_INDEX, Indexes
-from .signing import generate_keypair, sign_package, trust_instructions, verify_signature
+from .signing import CATEGORIES, generate_keypair, sign_package, trust_instructions, verify_signature
 from .sources import fetch_source, parse_source, read_source_list
 from .targets import ARCH_CHOICES, DEFAULT_PYTHON, Target, chosen_arches, parse_glibc
 from .verify import DEFAULT_UV_VERSIONS, PROFILES, VerifyOptions, VerifyReport, require_pass, verify_package
@@ -435,7 +435,7 @@ def keygen_command(name: str, bits: int) -> None:
 )
 @click.option(
     "--category",
-    type=click.Choice(["community", "partner", "langgenius"]),
+    type=click.Choice(CATEGORIES),
     default="community",
     show_default=True,
     help="The authorized_category written into the package; Dify's installation scopes filter on it.",
