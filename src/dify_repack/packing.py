@@ -6,7 +6,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,10 +31,10 @@ from .package import (
 )
 from .report import NullReporter, Reporter
 from .requirements import declared_dependencies
-from .resolve import Indexes, ResolutionCache, resolve
+from .resolve import Indexes, Pin, ResolutionCache, resolve
 from .signing import load_private_key, sign_package
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, chosen_arches, make_targets
-from .wheels import WheelCache, default_cache_dir, fetch_all
+from .wheels import WheelCache, default_cache_dir, fetch_all, prefetch
 
 MIB = 1024 * 1024
 # Upload limits with Dify's defaults (DAEMON-FACTS §3): the API's in code, the daemon's (also on unpacked size).
@@ -142,9 +142,11 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
 
         reporter.step("resolving for each target")
         resolutions = ResolutionCache(cache.root / "resolutions", refresh=options.refresh)
-        with ThreadPoolExecutor(len(targets)) as pool:
+        # One thread per target resolves; the first target to finish starts its downloads and builds at once,
+        # while the others are still resolving (fetch_all then finds those files in the cache).
+        with ThreadPoolExecutor(len(targets) + 1) as pool:
             futures = {
-                target: pool.submit(
+                pool.submit(
                     resolve,
                     declared.requirements,
                     target,
@@ -152,10 +154,19 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
                     preferences=declared.lock_pins,
                     uv_cache=cache.uv_cache,
                     cache=resolutions,
-                )
+                ): target
                 for target in targets
             }
-            plan = {target: future.result() for target, future in futures.items()}
+            resolved: dict[Target, list[Pin]] = {}
+            prefetching = None
+            for future in as_completed(futures):
+                resolved[futures[future]] = future.result()
+                if prefetching is None and len(targets) > 1:
+                    target = futures[future]
+                    prefetching = pool.submit(prefetch, resolved[target], target, cache, indexes=options.indexes)
+            plan = {target: resolved[target] for target in targets}
+            if prefetching is not None:
+                prefetching.result()
         selected = fetch_all(plan, cache, indexes=options.indexes, reporter=reporter)
 
         wheel_dir = root / WHEELS_DIR

@@ -6,6 +6,7 @@ Offline, an sdist needs its build backend and often a compiler, so the package s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -20,7 +21,7 @@ from pathlib import Path
 import httpx
 import platformdirs
 
-from .errors import BuildError
+from .errors import BuildError, DifyRepackError
 from .http import ProgressCallback, download, make_client
 from .report import NullReporter, Reporter
 from .resolve import Artifact, Indexes, Pin
@@ -163,6 +164,12 @@ def fetch_all(
             entry = selected.setdefault(key, Selected(pin, {}, key in built))
             entry.files[target] = path
     return sorted(selected.values(), key=lambda item: (item.pin.name, item.pin.version))
+
+
+def prefetch(pins: list[Pin], target: Target, cache: WheelCache, *, indexes: Indexes) -> None:
+    """Fetch and build what one target needs into the cache, quietly; fetch_all reports any failure later."""
+    with contextlib.suppress(DifyRepackError):
+        fetch_all({target: pins}, cache, indexes=indexes)
 
 
 def _download_many(artifacts: Sequence[Artifact], cache: WheelCache, reporter: Reporter) -> dict[str, Path]:
