@@ -226,7 +226,7 @@ def build_wheels(
             raise BuildError(
                 f"{pin.name} {pin.version} is published only as an sdist with native code; it cannot be built for "
                 f"{target} on this {host_machine} host",
-                tip=f"run dify-repack on a {target.arch} machine, or leave {target.arch} out with --arch "
+                tip=f"run dify-repack on an {target.arch} machine, or leave {target.arch} out with --arch "
                 f"{next((arch for arch, m in MACHINES.items() if m == host_machine), 'amd64')}",
             )
         if target.wheel_rank(wheel.name) is None:
