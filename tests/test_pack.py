@@ -557,3 +557,16 @@ def test_glibc_option_admits_wheels_for_a_newer_glibc(
     assert main([*argv, "--no-verify", "--glibc", "3.1"]) == 2
     package = tmp_path / "out" / "tester-demo_0.1.0-offline.difypkg"
     assert "wheels/newglibc-1.0.0-cp312-cp312-manylinux_2_34_x86_64.whl" in _names(package)
+
+
+def test_incompressible_files_are_stored_and_text_is_deflated(tmp_path: Path) -> None:
+    import os
+
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "model.bin").write_bytes(os.urandom(300_000))
+    (root / "main.py").write_text("print('hello')\n" * 1000)
+    write_package(root, tmp_path / "out.difypkg")
+    with zipfile.ZipFile(tmp_path / "out.difypkg") as archive:
+        methods = {info.filename: info.compress_type for info in archive.infolist()}
+    assert methods == {"main.py": zipfile.ZIP_DEFLATED, "model.bin": zipfile.ZIP_STORED}

@@ -12,6 +12,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -146,9 +147,22 @@ def iter_files(root: Path) -> list[str]:
     return sorted(path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file())
 
 
-def _compression(name: str) -> int:
-    # Wheels are zips already: deflating them again saves about 1% and costs most of the write time.
-    return zipfile.ZIP_STORED if name.endswith(".whl") else zipfile.ZIP_DEFLATED
+_SAMPLE = 256 * 1024
+
+
+def _compression(name: str, path: Path) -> int:
+    """Deflate what deflates; store wheels and other already-compressed data (models, archives, images).
+
+    Deflating such data saves about 1% and costs most of the write time; a sample of the file's start decides,
+    so the choice depends on the content alone and the output stays deterministic.
+    """
+    if name.endswith(".whl"):
+        return zipfile.ZIP_STORED
+    with path.open("rb") as handle:
+        sample = handle.read(_SAMPLE)
+    if len(sample) >= 4096 and len(zlib.compress(sample, 1)) > 0.95 * len(sample):
+        return zipfile.ZIP_STORED
+    return zipfile.ZIP_DEFLATED
 
 
 @contextmanager
@@ -176,8 +190,8 @@ def write_package(root: Path, output: Path, *, names: Iterable[str] | None = Non
                 info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
                 info.external_attr = (stat.S_IFREG | 0o644) << 16
                 info.create_system = 3  # unix, so the mode above is read
-                info.compress_type = _compression(name)
                 source = root / name
+                info.compress_type = _compression(name, source)
                 info.file_size = source.stat().st_size
                 uncompressed += info.file_size
                 with (
