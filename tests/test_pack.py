@@ -541,7 +541,8 @@ def test_sdk_only_in_a_dependency_group_is_made_a_runtime_dependency(
     result = pack(plugin, _options(index, tmp_path / "out", cache_dir))
     assert any(name.startswith("wheels/dify_plugin-0.7.4") for name in _names(result.output))
     data = tomllib.loads(_read(result.output, "pyproject.toml"))
-    assert data["project"]["dependencies"] == ["fastmath~=2.0", "dify_plugin~=0.7.1"]
+    # Added where uv sync reads it, and pinned to what ships: the daemon's SDK patch reads that line.
+    assert data["project"]["dependencies"] == ["fastmath~=2.0", "dify_plugin==0.7.4"]
     assert any("only in dependency group 'dify'" in note for note in result.notes)
     assert any("requirements.txt asks fastmath~=1.0 but pyproject.toml asks fastmath~=2.0" in n for n in result.notes)
 

@@ -12,11 +12,13 @@ import pathspec
 import tomlkit
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 from tomlkit.container import OutOfOrderTableProxy
-from tomlkit.items import Table
+from tomlkit.items import Array, Table
 
 from .errors import DependencyError, EnvironmentProblem
 from .manifest import Manifest
+from .requirements import SDK
 from .runner import clean_env, run
 from .targets import Target
 from .uvbin import find_python, uv_bin
@@ -64,6 +66,7 @@ def edit_pyproject(
     declared: Sequence[Requirement],
     declared_in_pyproject: bool,
     added: Sequence[Requirement] = (),
+    sdk_version: str | None = None,
 ) -> list[str]:
     """Make pyproject.toml install offline with ``uv sync``, keeping the user's formatting; returns notes."""
     path = root / "pyproject.toml"
@@ -91,10 +94,14 @@ def edit_pyproject(
     if declared_in_pyproject and added:
         project["dependencies"].extend(str(requirement) for requirement in added)
     if not declared_in_pyproject:
-        dependencies = tomlkit.array()
-        dependencies.extend(str(requirement) for requirement in declared)
-        project["dependencies"] = dependencies.multiline(True)
+        copied = tomlkit.array()
+        copied.extend(str(requirement) for requirement in declared)
+        project["dependencies"] = copied.multiline(True)
         notes.append("pyproject.toml declared no dependencies; copied requirements.txt's into it")
+
+    dependencies = project.get("dependencies")
+    if sdk_version is not None and isinstance(dependencies, Array):
+        notes += _pin_sdk(dependencies, sdk_version)
 
     if "dependency-groups" in document:
         groups = ", ".join(str(name) for name in document["dependency-groups"])
@@ -111,6 +118,19 @@ def edit_pyproject(
         notes.append(f"replaced [tool.uv] keys {', '.join(dropped)}: only keys every daemon's uv reads are shipped")
     tool["uv"] = _offline_uv_table(targets, package=False if "build-system" in document else None)
     path.write_text(tomlkit.dumps(document), encoding="utf-8")
+    return notes
+
+
+def _pin_sdk(dependencies: Array, version: str) -> list[str]:
+    """Pin the SDK exactly: for old SDKs the daemon patches, it reads the version from this line."""
+    notes = []
+    for index, text in enumerate(list(dependencies)):
+        requirement = Requirement(str(text))
+        if canonicalize_name(requirement.name) != SDK or str(requirement.specifier) == f"=={version}":
+            continue
+        marker = f"; {requirement.marker}" if requirement.marker else ""
+        dependencies[index] = f"{SDK_NAME}=={version}{marker}"
+        notes.append(f"pyproject.toml: {text} is now {SDK_NAME}=={version}, the version shipped")
     return notes
 
 

@@ -30,11 +30,11 @@ from .package import (
     write_package,
 )
 from .report import NullReporter, Reporter
-from .requirements import declared_dependencies
+from .requirements import SDK, declared_dependencies
 from .resolve import Indexes, Pin, ResolutionCache, resolve
 from .signing import load_private_key, sign_package
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, chosen_arches, make_targets
-from .wheels import WheelCache, default_cache_dir, fetch_all, prefetch
+from .wheels import Selected, WheelCache, default_cache_dir, fetch_all, prefetch
 
 MIB = 1024 * 1024
 # Upload limits with Dify's defaults (DAEMON-FACTS §3): the API's in code, the daemon's (also on unpacked size).
@@ -185,6 +185,7 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
                 declared=declared.requirements,
                 declared_in_pyproject=declared.source == "pyproject.toml",
                 added=declared.added_to_pyproject,
+                sdk_version=_single_version(selected, SDK),
             )
             regenerate_lock(root, targets, uv_cache=cache.uv_cache)
         notes += fix_ignore_files(root)
@@ -215,6 +216,11 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
         notes=tuple(notes),
         signed=options.sign_key is not None,
     )
+
+
+def _single_version(selected: list[Selected], name: str) -> str | None:
+    versions = {item.pin.version for item in selected if item.pin.name == name}
+    return versions.pop() if len(versions) == 1 else None
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
