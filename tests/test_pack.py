@@ -571,3 +571,14 @@ def test_incompressible_files_are_stored_and_text_is_deflated(tmp_path: Path) ->
     with zipfile.ZipFile(tmp_path / "out.difypkg") as archive:
         methods = {info.filename: info.compress_type for info in archive.infolist()}
     assert methods == {"main.py": zipfile.ZIP_DEFLATED, "model.bin": zipfile.ZIP_STORED}
+
+
+def test_repacking_in_place_is_refused_and_the_input_kept(tmp_path: Path, index: LocalIndex, cache_dir: Path) -> None:
+    from dify_repack.errors import UsageError
+
+    plugin = make_plugin(tmp_path / "src", {"requirements.txt": "dify_plugin==0.7.4\n"})
+    first = pack(plugin, _options(index, tmp_path / "out", cache_dir))
+    before = first.output.read_bytes()
+    with pytest.raises(UsageError, match="would replace its own input"):
+        pack(first.output, _options(index, tmp_path / "out", cache_dir))
+    assert first.output.read_bytes() == before

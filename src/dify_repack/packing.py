@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import PackageError
+from .errors import PackageError, UsageError
 from .manifest import Manifest, read_manifest
 from .offline import (
     WHEELS_DIR,
@@ -126,6 +126,12 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
         root.mkdir()
         load_plugin(source, root)
         manifest = read_manifest(root, origin=str(source))
+        output = output_path(manifest, options.output_dir)
+        if source.is_file() and output.resolve() == source.resolve():
+            raise UsageError(
+                f"{source}: the offline package would replace its own input",
+                tip="write it elsewhere with -o DIR (the input is never modified)",
+            )
         # Stale wheels and an old signature never carry over: the package is rebuilt from its declarations.
         shutil.rmtree(root / WHEELS_DIR, ignore_errors=True)
         (root / SIGNATURE_FILE).unlink(missing_ok=True)
@@ -193,7 +199,6 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
         if python_note:
             notes.append(python_note)
 
-        output = output_path(manifest, options.output_dir)
         with atomic_output(output) as staged:
             stats = write_package(root, staged)
             if options.check is not None:
