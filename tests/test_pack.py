@@ -582,3 +582,28 @@ def test_repacking_in_place_is_refused_and_the_input_kept(tmp_path: Path, index:
     with pytest.raises(UsageError, match="would replace its own input"):
         pack(first.output, _options(index, tmp_path / "out", cache_dir))
     assert first.output.read_bytes() == before
+
+
+def test_requirements_file_forms(tmp_path: Path) -> None:
+    from dify_repack.requirements import declared_dependencies
+
+    make_plugin(
+        tmp_path,
+        {
+            "requirements.txt": "# comment\n--index-url https://mirror.invalid/simple\n-r base.txt\n"
+            "fastmath==2.0.0 \\\n    --hash=sha256:abc  # pinned\nhelper>=1 ; python_version >= '3.8'\n"
+            "dify_plugin~=0.0.1b76\n",
+            "base.txt": "multiplatform[extra]\n",
+        },
+    )
+    declared = declared_dependencies(tmp_path)
+    assert [str(req) for req in declared.requirements] == [
+        "multiplatform[extra]",
+        "fastmath==2.0.0",
+        'helper>=1; python_version >= "3.8"',
+        "dify_plugin~=0.0.1b76",
+    ]
+    assert declared.notes == (
+        "requirements.txt:2: --index-url https://mirror.invalid/simple is not used to resolve; "
+        "give it to dify-repack as --index-url",
+    )

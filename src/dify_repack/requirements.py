@@ -26,6 +26,7 @@ _IGNORED_OPTION = re.compile(
     r"^(-i|-f|--index-url|--extra-index-url|--find-links|--no-index|--trusted-host|--pre|"
     r"--prefer-binary|--only-binary|--no-binary|--use-feature|--no-build-isolation)\b"
 )
+_INDEX_OPTION = re.compile(r"^(-i|--index-url|--extra-index-url)\b")
 _INLINE_OPTION = re.compile(r"\s+--(hash|config-settings|global-option|install-option)[=\s]\S+")
 
 
@@ -41,8 +42,13 @@ class Declared:
     added_to_pyproject: tuple[Requirement, ...] = ()  # requirements pyproject.toml must gain to match the set
 
 
-def read_requirements_file(path: Path, *, root: Path, _seen: frozenset[Path] = frozenset()) -> list[Requirement]:
-    """Parse a pip requirements file; invalid lines raise DependencyError naming file and line."""
+def read_requirements_file(
+    path: Path, *, root: Path, notes: list[str] | None = None, _seen: frozenset[Path] = frozenset()
+) -> list[Requirement]:
+    """Parse a pip requirements file; invalid lines raise DependencyError naming file and line.
+
+    Index options are not followed (the package installs from its own wheels); ``notes`` learns of them.
+    """
     shown = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
     if path.resolve() in _seen:
         raise DependencyError(f"{shown}: includes itself (-r loop)")
@@ -56,9 +62,11 @@ def read_requirements_file(path: Path, *, root: Path, _seen: frozenset[Path] = f
             if line.startswith(("-c", "--constraint")):
                 continue  # constraints narrow versions; the resolver picks within the plugin's own pins anyway
             nested = path.parent / include.group("path")
-            requirements += read_requirements_file(nested, root=root, _seen=_seen | {path.resolve()})
+            requirements += read_requirements_file(nested, root=root, notes=notes, _seen=_seen | {path.resolve()})
             continue
         if _IGNORED_OPTION.match(line):
+            if notes is not None and _INDEX_OPTION.match(line):
+                notes.append(f"{where}: {line} is not used to resolve; give it to dify-repack as --index-url")
             continue
         if line.startswith(("-e", "--editable")):
             raise DependencyError(
@@ -160,12 +168,16 @@ def declared_dependencies(root: Path) -> Declared:
             parse_requirement(str(text), f"pyproject.toml [project].dependencies[{index}]")
             for index, text in enumerate(project["dependencies"])
         ]
-    from_requirements = read_requirements_file(requirements_path, root=root) if requirements_path.is_file() else None
+    file_notes: list[str] = []
+    from_requirements = (
+        read_requirements_file(requirements_path, root=root, notes=file_notes) if requirements_path.is_file() else None
+    )
     lock = root / "uv.lock"
     pins = read_lock_pins(lock) if lock.is_file() else {}
     has_project = isinstance(project, dict)
     if from_pyproject is not None:
         notes = _disagreements(from_pyproject, from_requirements) if from_requirements is not None else []
+        notes += file_notes
         added: tuple[Requirement, ...] = ()
         found = _sdk_from_elsewhere(from_pyproject, pyproject, from_requirements or [])
         if found is not None:
@@ -179,7 +191,7 @@ def declared_dependencies(root: Path) -> Declared:
         notes += _missing_sdk(from_pyproject)
         return Declared(tuple(from_pyproject), "pyproject.toml", tuple(notes), pins, has_project, added)
     if from_requirements is not None:
-        notes = _missing_sdk(from_requirements)
+        notes = file_notes + _missing_sdk(from_requirements)
         return Declared(tuple(from_requirements), "requirements.txt", tuple(notes), pins, has_project)
     raise DependencyError(
         f"{root}: neither requirements.txt nor pyproject.toml [project].dependencies declares the dependencies",
