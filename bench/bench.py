@@ -44,12 +44,12 @@ import dify_repack
 from dify_repack.errors import DifyRepackError
 from dify_repack.manifest import Manifest
 from dify_repack.package import copy_plugin_dir, extract_package, write_package
-from dify_repack.packing import PackOptions, PackResult, pack
+from dify_repack.packing import Check, PackOptions, PackResult, pack
 from dify_repack.resolve import Artifact
 from dify_repack.runner import clean_env, run
 from dify_repack.targets import DEFAULT_PYTHON, Target
 from dify_repack.uvbin import find_python
-from dify_repack.verify import DEFAULT_UV_VERSIONS, VerifyOptions, require_pass, verify_package
+from dify_repack.verify import DEFAULT_UV_VERSIONS, VerifyOptions, VerifyReport, require_pass, verify_package
 from dify_repack.wheels import WheelCache
 
 # The module whose globals pack() calls: the phase timers wrap them there.
@@ -272,10 +272,10 @@ def bench_warm(example: Path, work: Path, cache: Path) -> Section:
     return section
 
 
-def verify_check(cache: Path, timings: list[float]) -> Callable[[Path, Manifest, tuple[Target, ...]], None]:
+def verify_check(cache: Path, timings: list[float]) -> Check:
     """The check the CLI's ``pack --verify`` installs, with its duration recorded."""
 
-    def check(staged: Path, _manifest: Manifest, targets: tuple[Target, ...]) -> None:
+    def check(staged: Path, _manifest: Manifest, targets: tuple[Target, ...]) -> VerifyReport:
         with stopwatch() as elapsed:
             try:
                 report = verify_package(
@@ -285,6 +285,7 @@ def verify_check(cache: Path, timings: list[float]) -> Callable[[Path, Manifest,
                 require_pass(report)
             finally:
                 timings.append(elapsed())
+        return report
 
     return check
 

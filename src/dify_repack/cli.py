@@ -219,7 +219,7 @@ def pack_command(
     cache = cache_dir or default_cache_dir()
     verify_uv = uv_versions or DEFAULT_UV_VERSIONS
 
-    def check(staged: Path, _manifest: Manifest, targets: tuple[Target, ...]) -> None:
+    def check(staged: Path, _manifest: Manifest, targets: tuple[Target, ...]) -> VerifyReport:
         reporter.step("verifying: replaying each daemon profile with the network cut off")
         report = verify_package(
             staged,
@@ -234,10 +234,9 @@ def pack_command(
             ),
             reporter,
         )
-        verified[staged] = report
         require_pass(report)
+        return report
 
-    verified: dict[Path, VerifyReport] = {}
     options = PackOptions(
         output_dir=output_dir,
         arch=arch,
@@ -256,7 +255,6 @@ def pack_command(
             try:
                 # One folder a source: two URLs may end in the same file name.
                 local = fetch_source(source, Path(downloads) / str(number), marketplace_url=marketplace_url)
-                verified.clear()
                 result = pack(local, options, reporter)
             except DifyRepackError as error:
                 if len(parsed) == 1:
@@ -264,10 +262,9 @@ def pack_command(
                 stderr.print(f"[bold red]error:[/] {escape(text)}: {escape(_one_line(error.message))}")
                 outcomes.append((text, error, time.monotonic() - started))
                 continue
-            report = next(iter(verified.values()), None)
             outcomes.append((text, result, time.monotonic() - started))
             if not as_json:
-                print_pack_result(result, report, verify)
+                print_pack_result(result)
     failures = [outcome for _, outcome, _ in outcomes if isinstance(outcome, DifyRepackError)]
     if as_json:
         _echo_json(

@@ -34,6 +34,7 @@ from .requirements import SDK, declared_dependencies
 from .resolve import Indexes, Pin, ResolutionCache, resolve
 from .signing import load_private_key, sign_package
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, chosen_arches, make_targets
+from .verify import VerifyReport
 from .wheels import Selected, WheelCache, default_cache_dir, fetch_all, prefetch
 
 MIB = 1024 * 1024
@@ -42,7 +43,7 @@ API_DEFAULT_LIMIT = 15 * MIB
 DAEMON_DEFAULT_LIMIT = 50 * MIB
 
 # Run on the written package before it is moved into place; raises to reject it (verification hooks in here).
-Check = Callable[[Path, Manifest, tuple[Target, ...]], None]
+Check = Callable[[Path, Manifest, tuple[Target, ...]], VerifyReport]
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class PackResult:
     stats: ZipStats
     notes: tuple[str, ...]
     signed: bool
+    verification: VerifyReport | None = None  # what the check found, when one ran
 
     @property
     def dify_settings(self) -> tuple[str, ...]:
@@ -201,8 +203,7 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
 
         with atomic_output(output) as staged:
             stats = write_package(root, staged)
-            if options.check is not None:
-                options.check(staged, manifest, targets)
+            verification = options.check(staged, manifest, targets) if options.check is not None else None
             if options.sign_key is not None:
                 sign_package(staged, options.sign_key, staged)
             stats = package_stats(staged)
@@ -220,6 +221,7 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
         stats=stats,
         notes=tuple(notes),
         signed=options.sign_key is not None,
+        verification=verification,
     )
 
 

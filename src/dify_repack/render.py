@@ -48,13 +48,20 @@ def pack_json(text: str, outcome: PackResult | DifyRepackError, seconds: float) 
         "compressed_bytes": outcome.stats.compressed_bytes,
         "uncompressed_bytes": outcome.stats.uncompressed_bytes,
         "signed": outcome.signed,
+        "verification": None
+        if outcome.verification is None
+        else {
+            "isolation": outcome.verification.isolation,
+            "checks": len(outcome.verification.checks),
+            "ok": outcome.verification.ok,
+        },
         "notes": list(outcome.notes),
         "dify_settings": list(outcome.dify_settings),
         "seconds": round(seconds, 2),
     }
 
 
-def print_pack_result(result: PackResult, report: VerifyReport | None, verify: bool) -> None:
+def print_pack_result(result: PackResult) -> None:
     out = _console()
     out.print(f"[bold green]wrote[/] {result.output}")
     out.print(f"  plugin    {result.manifest.plugin_id} {result.manifest.version}")
@@ -65,13 +72,14 @@ def print_pack_result(result: PackResult, report: VerifyReport | None, verify: b
         f"  size      {mib(result.stats.compressed_bytes)} zipped, {mib(result.stats.uncompressed_bytes)} unpacked"
     )
     out.print(f"  signed    {'yes' if result.signed else 'no'}")
+    report = result.verification
     if report is not None:
         live = sum(check.mode == "live" for check in report.checks)
         static = len(report.checks) - live
         out.print(
             f"  verified  {live} live replays + {static} static checks passed (network cut by {report.isolation})"
         )
-    elif not verify:
+    else:
         out.print("  verified  [yellow]skipped (--no-verify)[/]: run `dify-repack verify` before carrying it across")
     for note in result.notes:
         out.print(f"  note      {note}", markup=False)
