@@ -42,6 +42,7 @@ from rich.console import Console
 
 import dify_repack
 from dify_repack.errors import DifyRepackError
+from dify_repack.http import ProgressCallback
 from dify_repack.manifest import Manifest
 from dify_repack.package import copy_plugin_dir, extract_package, write_package
 from dify_repack.packing import Check, PackOptions, PackResult, pack
@@ -622,7 +623,7 @@ class RecordingCache(WheelCache):
             RecordingCache.used.add(path)
         return path
 
-    def fetch(self, client: httpx.Client, artifact: Artifact, advance: object = None) -> Path:
+    def fetch(self, client: httpx.Client, artifact: Artifact, advance: ProgressCallback | None = None) -> Path:
         path = super().fetch(client, artifact, advance)
         RecordingCache.used.add(path)
         return path
