@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import stat
 import zipfile
 from pathlib import Path
@@ -431,8 +432,9 @@ def test_pack_verifies_and_leaves_nothing_when_the_plugin_cannot_start(
     argv = ["-o", str(tmp_path / "out"), "--index-url", index.url, "--cache-dir", str(cache_dir)]
     argv += ["--uv", _own_uv_version()]
     good = make_plugin(tmp_path / "good", {"requirements.txt": "dify_plugin==0.7.4\n"})
-    assert main(["pack", str(good), *argv]) == 0
-    assert "live replays" in capsys.readouterr().out
+    assert main(["pack", str(good), *argv, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert result["verification"] == {"isolation": "unshare -n", "checks": 5, "ok": True}
     broken = make_plugin(
         tmp_path / "broken",
         {
