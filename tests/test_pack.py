@@ -391,8 +391,6 @@ def test_sign_key_signs_the_package_and_drops_the_signature_setting(
 def test_batch_goes_on_after_a_bad_plugin_and_reports_each(
     tmp_path: Path, index: LocalIndex, cache_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import json
-
     good = make_plugin(tmp_path / "good", {"requirements.txt": "dify_plugin==0.7.4\n"})
     bad = make_plugin(tmp_path / "bad", {"requirements.txt": "dify_plugin==b65\n"})
     listing = tmp_path / "plugins.txt"
