@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -114,7 +115,8 @@ def download(
     with status 200, such as a login or error page, is then refused before anything trusts it.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    temp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+    # A name of its own per download: parallel runs may fetch the same file into the same cache.
+    temp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.part")
     digest = hashlib.sha256()
     received = 0
     try:

@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -101,7 +102,7 @@ class ResolutionCache:
 
     def store(self, key: str, pins: list[Pin]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        temp = self.root / f".{key}.{os.getpid()}.part"
+        temp = self.root / f".{key}.{os.getpid()}.{threading.get_ident()}.part"
         temp.write_text(json.dumps([asdict(pin) for pin in pins]), encoding="utf-8")
         temp.replace(self.root / f"{key}.json")
 

@@ -6,6 +6,7 @@ import functools
 import os
 import re
 import shutil
+import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,8 +73,8 @@ def fetch_uv(version: str, cache_dir: Path, index_args: Sequence[str] = ()) -> P
         cached = cache_dir / "uv" / version / "bin" / "uv"
         if cached.is_file():
             return cached
-    staging = cache_dir / "uv" / f".staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    (cache_dir / "uv").mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cache_dir / "uv"))
     spec = "uv" if version == "latest" else f"uv=={version}"
     result = run(
         [own, "pip", "install", "--quiet", "--target", staging, "--python-version", "3.12", spec, *index_args],
@@ -86,10 +87,10 @@ def fetch_uv(version: str, cache_dir: Path, index_args: Sequence[str] = ()) -> P
         raise NetworkError(f"could not fetch {spec} for verification: {result.tail(3)}")
     found = _version_of(str(binary))
     final = cache_dir / "uv" / str(found or version)
-    if final.exists():
-        shutil.rmtree(staging, ignore_errors=True)
-    else:
+    try:
         staging.rename(final)
+    except OSError:  # another run put the same version there first
+        shutil.rmtree(staging, ignore_errors=True)
     return final / "bin" / "uv"
 
 
