@@ -607,3 +607,23 @@ def test_requirements_file_forms(tmp_path: Path) -> None:
         "requirements.txt:2: --index-url https://mirror.invalid/simple is not used to resolve; "
         "give it to dify-repack as --index-url",
     )
+
+
+def test_batch_packs_plugins_side_by_side(
+    tmp_path: Path, index: LocalIndex, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = make_plugin(tmp_path / "a", {"requirements.txt": "dify_plugin==0.7.4\nfastmath\n"})
+    second = make_plugin(
+        tmp_path / "b",
+        {"requirements.txt": "dify_plugin==0.7.4\npuresdist\n", "manifest.yaml": manifest_yaml(name="other")},
+    )
+    out = tmp_path / "out"
+    argv = ["pack", str(first), str(second), "-j", "2", "-o", str(out), "--index-url", index.url]
+    assert main([*argv, "--cache-dir", str(cache_dir), "--no-verify"]) == 0
+    captured = capsys.readouterr()
+    assert sorted(path.name for path in out.iterdir()) == [
+        "tester-demo_0.1.0-offline.difypkg",
+        "tester-other_0.1.0-offline.difypkg",
+    ]
+    assert f"{second}: building puresdist 1.0.0" in captured.err
+    assert "dify-repack pack" in captured.out  # the batch table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -9,6 +10,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,11 +24,11 @@ from .errors import DifyRepackError, ExitCode, UsageError
 from .inspect import inspect_package
 from .manifest import Manifest
 from .packing import PackOptions, PackResult, pack
-from .render import mib, pack_json, print_batch_table, print_inspection, print_pack_result, print_verify_report
-from .report import ConsoleReporter
+from .render import Outcome, mib, pack_json, print_batch_table, print_inspection, print_pack_result, print_verify_report
+from .report import ConsoleReporter, PrefixedReporter, Reporter
 from .resolve import DEFAULT_INDEX, Indexes
 from .signing import CATEGORIES, generate_keypair, sign_package, trust_instructions, verify_signature
-from .sources import fetch_source, parse_source, read_source_list
+from .sources import Source, fetch_source, parse_source, read_source_list
 from .targets import ARCH_CHOICES, DEFAULT_PYTHON, Target, chosen_arches, parse_glibc
 from .verify import DEFAULT_UV_VERSIONS, PROFILES, VerifyOptions, VerifyReport, require_pass, verify_package
 from .wheels import WheelCache, default_cache_dir
@@ -174,6 +176,14 @@ def _with(options: list[Callable[[F], F]]) -> Callable[[F], F]:
     is_flag=True,
     help="Resolve again now; by default a resolution of the same input from the last 24 hours is reused.",
 )
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(1, 8),
+    default=2,
+    show_default=True,
+    help="Plugins of a batch packed side by side (they share the cache, so a wheel is still fetched once).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result (schema 1) on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print the result and errors.")
 def pack_command(
@@ -192,6 +202,7 @@ def pack_command(
     sign_key: Path | None,
     marketplace_url: str | None,
     refresh: bool,
+    jobs: int,
     as_json: bool,
     quiet: bool,
 ) -> int:
@@ -215,56 +226,61 @@ def pack_command(
     if not parsed:
         raise UsageError("give at least one SOURCE (a .difypkg, a plugin folder, NAME:VERSION or a URL)")
     glibc_version = parse_glibc(glibc)
-    reporter = _reporter(quiet or as_json)
+    console_reporter = _reporter(quiet or as_json)
     cache = cache_dir or default_cache_dir()
-    verify_uv = uv_versions or DEFAULT_UV_VERSIONS
-
-    def check(staged: Path, _manifest: Manifest, targets: tuple[Target, ...]) -> VerifyReport:
-        reporter.step("verifying: replaying each daemon profile with the network cut off")
-        report = verify_package(
-            staged,
-            VerifyOptions(
-                uv_versions=verify_uv,
-                arches=[target.arch for target in targets],
-                python=python_version,
-                cache_dir=cache,
-                start=not no_start,
-                index_args=Indexes(index_url, extra_index_urls).uv_args(),
-                glibc=glibc_version,
-            ),
-            reporter,
-        )
-        require_pass(report)
-        return report
-
-    options = PackOptions(
+    indexes = Indexes(index_url, extra_index_urls)
+    verify_options = VerifyOptions(
+        uv_versions=uv_versions or DEFAULT_UV_VERSIONS,
+        python=python_version,
+        cache_dir=cache,
+        start=not no_start,
+        index_args=indexes.uv_args(),
+        glibc=glibc_version,
+    )
+    base_options = PackOptions(
         output_dir=output_dir,
         arch=arch,
         python=python_version,
-        indexes=Indexes(index_url, extra_index_urls),
+        indexes=indexes,
         cache_dir=cache,
         sign_key=sign_key,
-        check=check if verify else None,
         refresh=refresh,
         glibc=glibc_version,
     )
-    outcomes: list[tuple[str, PackResult | DifyRepackError, float]] = []
-    with tempfile.TemporaryDirectory(prefix="dify-repack-sources-") as downloads:
-        for number, source in enumerate(parsed):
-            text, started = source.text, time.monotonic()
-            try:
-                # One folder a source: two URLs may end in the same file name.
-                local = fetch_source(source, Path(downloads) / str(number), marketplace_url=marketplace_url)
-                result = pack(local, options, reporter)
-            except DifyRepackError as error:
-                if len(parsed) == 1:
-                    raise
-                stderr.print(f"[bold red]error:[/] {escape(text)}: {escape(_one_line(error.message))}")
-                outcomes.append((text, error, time.monotonic() - started))
-                continue
-            outcomes.append((text, result, time.monotonic() - started))
-            if not as_json:
-                print_pack_result(result)
+    parallel = jobs > 1 and len(parsed) > 1
+
+    def pack_one(number: int, source: Source, downloads: Path) -> Outcome:
+        # Plugins packed side by side share one console: their lines carry the plugin, and no live bars.
+        reporter: Reporter = PrefixedReporter(console_reporter, source.text) if parallel else console_reporter
+
+        def check(staged: Path, _manifest: Manifest, targets: tuple[Target, ...]) -> VerifyReport:
+            reporter.step("verifying: replaying each daemon profile with the network cut off")
+            arches = [target.arch for target in targets]
+            report = verify_package(staged, dataclasses.replace(verify_options, arches=arches), reporter)
+            require_pass(report)
+            return report
+
+        options = dataclasses.replace(base_options, check=check if verify else None)
+        started = time.monotonic()
+        try:
+            # One folder a source: two URLs may end in the same file name.
+            local = fetch_source(source, downloads / str(number), marketplace_url=marketplace_url)
+            result: PackResult | DifyRepackError = pack(local, options, reporter)
+        except DifyRepackError as error:
+            if len(parsed) == 1:
+                raise
+            stderr.print(f"[bold red]error:[/] {escape(source.text)}: {escape(_one_line(error.message))}")
+            result = error
+        if isinstance(result, PackResult) and not as_json:
+            print_pack_result(result)
+        return source.text, result, time.monotonic() - started
+
+    with (
+        tempfile.TemporaryDirectory(prefix="dify-repack-sources-") as downloads,
+        ThreadPoolExecutor(jobs if parallel else 1) as pool,
+    ):
+        futures = [pool.submit(pack_one, number, source, Path(downloads)) for number, source in enumerate(parsed)]
+        outcomes = [future.result() for future in futures]
     failures = [outcome for _, outcome, _ in outcomes if isinstance(outcome, DifyRepackError)]
     if as_json:
         _echo_json(

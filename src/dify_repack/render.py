@@ -88,7 +88,7 @@ def print_pack_result(result: PackResult) -> None:
         out.print(f"  {setting}", markup=False)
 
 
-def print_batch_table(outcomes: list[tuple[str, PackResult | DifyRepackError, float]]) -> None:
+def print_batch_table(outcomes: list[Outcome]) -> None:
     table = Table(title="dify-repack pack")
     for column in ("plugin", "result", "size", "wheels", "time"):
         table.add_column(column)

@@ -64,3 +64,21 @@ class ConsoleReporter:
         with Progress(*columns, TimeRemainingColumn(), console=self.console, transient=True) as progress:
             task_id = progress.add_task(description, total=total)
             yield lambda n: progress.advance(task_id, n)
+
+
+class PrefixedReporter:
+    """For plugins packed side by side: every line names its plugin; live progress bars are left out."""
+
+    def __init__(self, inner: Reporter, prefix: str) -> None:
+        self.inner = inner
+        self.prefix = prefix
+
+    def step(self, message: str) -> None:
+        self.inner.step(f"{self.prefix}: {message}")
+
+    def warn(self, message: str) -> None:
+        self.inner.warn(f"{self.prefix}: {message}")
+
+    @contextmanager
+    def task(self, description: str, total: int | None = None, *, unit: str = "") -> Iterator[Advance]:
+        yield lambda _n: None
