@@ -19,7 +19,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import EnvironmentProblem, UsageError, VerificationError
@@ -98,7 +98,7 @@ class VerifyReport:
         }
 
 
-@dataclass
+@dataclass(frozen=True)
 class VerifyOptions:
     profiles: Sequence[str] = tuple(PROFILES)
     uv_versions: Sequence[str] = DEFAULT_UV_VERSIONS
@@ -109,7 +109,6 @@ class VerifyOptions:
     start: bool = True  # start the plugin and wait for its heartbeat
     index_args: Sequence[str] = ()  # where to fetch uv versions from (``--index-url URL ...``)
     glibc: tuple[int, int] = DEFAULT_GLIBC  # for the static checks of other architectures
-    extra_notes: list[str] = field(default_factory=list)
 
 
 def network_isolation() -> tuple[list[str], str]:
@@ -131,7 +130,7 @@ def verify_package(
         raise UsageError(f"unknown profile {unknown[0]!r}; choose from {', '.join(PROFILES)}")
     cache_dir = options.cache_dir or default_cache_dir()
     prefix, isolation = network_isolation()
-    notes = list(options.extra_notes)
+    notes: list[str] = []
     if not prefix:
         notes.append("NO NETWORK ISOLATION: unshare is unavailable, so uv's offline mode stood in; this is not proof")
         reporter.warn(notes[-1])
