@@ -106,20 +106,24 @@ def find_python(version: str) -> Path | None:
 
 @functools.cache
 def _find_python(version: str) -> Path | None:
-    """A CPython ``version`` on this host: uv's discovery, then pyenv's versions, then PATH; None if absent.
+    """A CPython ``version`` on this host: PATH, then pyenv's versions, then uv's discovery; None if absent.
 
+    The cheap places come first (uv's discovery costs a third of a second where pyenv shims stand in PATH);
     pyenv shims are skipped on purpose: they fail for versions that are installed but not selected.
     """
-    candidates: list[Path] = []
-    found = run([_uv_bin(), "python", "find", "--no-python-downloads", version], timeout=60)
-    if found.returncode == 0 and found.stdout.strip():
-        candidates.append(Path(found.stdout.strip()))
+    candidates = [
+        Path(directory) / f"python{version}"
+        for directory in os.environ.get("PATH", "").split(os.pathsep)
+        if directory and "shims" not in Path(directory).parts
+    ]
     pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
     candidates += sorted((pyenv_root / "versions").glob(f"{version}.*/bin/python{version}"), reverse=True)
-    for directory in os.environ.get("PATH", "").split(os.pathsep):
-        if directory and "shims" not in Path(directory).parts:
-            candidates.append(Path(directory) / f"python{version}")
     for candidate in candidates:
         if candidate.is_file() and _python_version(candidate) == version:
             return candidate
+    found = run([_uv_bin(), "python", "find", "--no-python-downloads", version], timeout=60)
+    if found.returncode == 0 and found.stdout.strip():
+        discovered = Path(found.stdout.strip())
+        if _python_version(discovered) == version:
+            return discovered
     return None
