@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import tomlkit
 from packaging.markers import InvalidMarker, Marker
 from packaging.requirements import Requirement
 from packaging.utils import InvalidWheelFilename, NormalizedName, canonicalize_name, parse_wheel_filename
@@ -24,7 +23,7 @@ from .manifest import Manifest, read_manifest
 from .offline import WHEELS_DIR
 from .package import extract_package, open_package, zip_checksum
 from .packing import API_DEFAULT_LIMIT, DAEMON_DEFAULT_LIMIT, upload_settings
-from .requirements import _logical_lines, parse_requirement, read_pyproject, read_requirements_file
+from .requirements import logical_lines, parse_requirement, read_requirements_file, remote_lock_sources, tomllib
 from .signing import read_signature, verify_signature
 from .targets import DEFAULT_PYTHON, Target, make_targets
 from .verify import PROFILES
@@ -322,12 +321,8 @@ def _read_toml(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     if not path.is_file():
         return None, None
     try:
-        # tomlkit for the lock: the tomllib shim in requirements.py is not re-exported (mypy strict).
-        text = None if path.name == "pyproject.toml" else path.read_text(encoding="utf-8")
-        return (read_pyproject(path) if text is None else tomlkit.parse(text).unwrap()), None
-    except DependencyError as error:
-        return {}, error.message
-    except (tomlkit.exceptions.ParseError, UnicodeDecodeError) as error:
+        return tomllib.loads(path.read_text(encoding="utf-8")), None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         return {}, f"{path.name}: not valid TOML: {error}"
 
 
@@ -339,7 +334,7 @@ def _requirements_reasons(scan: _Scan, requirements: Sequence[Requirement], erro
     if error:
         return [error]
     # Options are read from the top-level file only: pack writes them there, and nesting them is rare.
-    lines = [line for _, line in _logical_lines(path.read_text(encoding="utf-8", errors="replace"))]
+    lines = [line for _, line in logical_lines(path.read_text(encoding="utf-8", errors="replace"))]
     links = [match.group("value") for line in lines if (match := _FIND_LINKS.match(line))]
     reasons = [] if "--no-index" in lines else ["will go online: requirements.txt has no --no-index"]
     visible, link_reasons = scan.visible(links, "requirements.txt")
@@ -445,20 +440,16 @@ def _environment_reasons(targets: Sequence[Target], environments: object) -> lis
 
 def _lock_reasons(scan: _Scan, lock: dict[str, Any]) -> list[str]:
     """Why ``uv sync --frozen`` would go online: it fetches what the lock names and ignores no-index."""
-    remote, reasons = [], []
+    reasons = []
     packages = lock.get("package")
     for package in packages if isinstance(packages, list) else []:
         source = package.get("source")
-        for kind, value in (source if isinstance(source, dict) else {}).items():
-            if kind in ("git", "url") or (kind == "registry" and "://" in str(value)):
-                remote.append(str(value))
-            elif kind == "registry" and scan.package_dir(str(value)) is None:
-                reasons.append(
-                    f"uv.lock takes {package.get('name')} from {value}, which is not a directory inside the package"
-                )
-        files = [package.get("sdist"), *(package.get("wheels") or [])]
-        remote += [str(f["url"]) for f in files if isinstance(f, dict) and "://" in str(f.get("url", ""))]
-    if remote:
+        registry = str(source.get("registry", "")) if isinstance(source, dict) else ""
+        if registry and "://" not in registry and scan.package_dir(registry) is None:
+            reasons.append(
+                f"uv.lock takes {package.get('name')} from {registry}, which is not a directory inside the package"
+            )
+    if remote := remote_lock_sources(lock):
         reasons.insert(0, f"will go online: uv.lock points to a remote index ({remote[0]}); --frozen ignores no-index")
     return list(dict.fromkeys(reasons))
 

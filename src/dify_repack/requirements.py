@@ -55,7 +55,7 @@ def read_requirements_file(
     if not path.is_file():
         raise DependencyError(f"{shown}: no such requirements file")
     requirements: list[Requirement] = []
-    for lineno, line in _logical_lines(path.read_text(encoding="utf-8", errors="replace")):
+    for lineno, line in logical_lines(path.read_text(encoding="utf-8", errors="replace")):
         where = f"{shown}:{lineno}"
         include = _INCLUDE.match(line)
         if include:
@@ -79,7 +79,7 @@ def read_requirements_file(
     return requirements
 
 
-def _logical_lines(text: str) -> list[tuple[int, str]]:
+def logical_lines(text: str) -> list[tuple[int, str]]:
     """Lines with comments removed and backslash continuations joined, numbered by where they start."""
     result: list[tuple[int, str]] = []
     pending, start = "", 0
@@ -155,6 +155,20 @@ def read_lock_pins(path: Path) -> dict[str, str]:
         except (KeyError, InvalidVersion):
             continue
     return pins
+
+
+def remote_lock_sources(lock: dict[str, Any]) -> list[str]:
+    """The URLs a parsed uv.lock makes ``uv sync --frozen`` fetch: remote registries, git/url sources, files."""
+    remote: list[str] = []
+    packages = lock.get("package")
+    for package in packages if isinstance(packages, list) else []:
+        source = package.get("source")
+        for kind, value in (source if isinstance(source, dict) else {}).items():
+            if kind in ("git", "url") or (kind == "registry" and "://" in str(value)):
+                remote.append(str(value))
+        files = [package.get("sdist"), *(package.get("wheels") or [])]
+        remote += [str(f["url"]) for f in files if isinstance(f, dict) and "://" in str(f.get("url", ""))]
+    return remote
 
 
 def declared_dependencies(root: Path) -> Declared:

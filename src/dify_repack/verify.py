@@ -26,6 +26,7 @@ from .errors import EnvironmentProblem, UsageError, VerificationError
 from .manifest import Manifest, read_manifest
 from .package import extract_package, zip_checksum
 from .report import NullReporter, Reporter
+from .requirements import remote_lock_sources, tomllib
 from .runner import Completed, clean_env, run
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, make_targets
 from .uvbin import fetch_uv, find_python, uv_bin
@@ -398,7 +399,7 @@ def _static_check(package: Path, profile: str, target: Target, work: Path, prefi
             steps.append(step)
         return _static_result(profile, target, "uv pip install --dry-run", steps)
     frozen = profile == "uv-sync-frozen" and (root / "uv.lock").is_file()
-    if frozen and (remote := _remote_lock_sources(root / "uv.lock")):
+    if frozen and (remote := _remote_lock_source(root / "uv.lock")):
         steps.append(
             Step(
                 "lock",
@@ -444,18 +445,13 @@ def _static_result(profile: str, target: Target, command: str, steps: list[Step]
     return Check(profile, _own_uv_version(), str(target), "static", command, tuple(steps))
 
 
-def _remote_lock_sources(lock: Path) -> str:
-    from .requirements import tomllib
-
+def _remote_lock_source(lock: Path) -> str:
+    """The first URL ``uv sync --frozen`` would fetch, or "" when the lock stays inside the package."""
     try:
-        packages = tomllib.loads(lock.read_text(encoding="utf-8")).get("package", [])
-    except (ValueError, UnicodeDecodeError):
+        data = tomllib.loads(lock.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
         return "unreadable uv.lock"
-    for package in packages:
-        registry = package.get("source", {}).get("registry", "")
-        if "://" in str(registry):
-            return str(registry)
-    return ""
+    return next(iter(remote_lock_sources(data)), "")
 
 
 def _own_uv_version() -> str:
