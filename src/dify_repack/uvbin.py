@@ -61,13 +61,19 @@ def _uv_bin() -> str:
     )
 
 
+@functools.cache
+def own_uv_version() -> str:
+    """The version of ``uv_bin()``, asked once."""
+    return str(_version_of(uv_bin()))
+
+
 def fetch_uv(version: str, cache_dir: Path, index_args: Sequence[str] = ()) -> Path:
     """A uv binary of ``version`` ("latest" for the newest), installed once into ``cache_dir/uv/``.
 
     ``index_args`` (``--index-url ...``) point at a private mirror where the public index is out of reach.
     """
     own = uv_bin()
-    if version == str(_version_of(own)):
+    if version == own_uv_version():
         return Path(own)
     if version != "latest":
         cached = cache_dir / "uv" / version / "bin" / "uv"

@@ -17,19 +17,19 @@ import sys
 import tempfile
 import threading
 import time
-import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import EnvironmentProblem, UsageError, VerificationError
 from .manifest import Manifest, read_manifest
-from .package import extract_package, zip_checksum
+from .offline import WHEELS_DIR
+from .package import extract_package, open_package, zip_checksum
 from .report import NullReporter, Reporter
 from .requirements import remote_lock_sources, tomllib
 from .runner import Completed, clean_env, run
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, make_targets
-from .uvbin import fetch_uv, find_python, uv_bin
+from .uvbin import fetch_uv, find_python, own_uv_version, uv_bin
 from .wheels import default_cache_dir
 
 PROFILES = {
@@ -149,7 +149,7 @@ def verify_package(
         if interpreter is None:
             notes.append(f"no CPython {options.python} on this host: static checks only (install one to replay live)")
             reporter.warn(notes[-1])
-        checks: list[Check] = [_entries_check(package)] if _directory_entries(package) else []
+        checks = _entries_checks(package)
         uv_binaries = (
             {version: fetch_uv(version, cache_dir, options.index_args) for version in options.uv_versions}
             if live
@@ -172,19 +172,17 @@ def verify_package(
     return VerifyReport(package, identifier, isolation, tuple(checks), tuple(notes))
 
 
-def _directory_entries(package: Path) -> list[str]:
-    with zipfile.ZipFile(package) as archive:
-        return [info.filename for info in archive.infolist() if info.is_dir()]
-
-
-def _entries_check(package: Path) -> Check:
+def _entries_checks(package: Path) -> list[Check]:
     """The daemon's checksum read fails on a directory entry, so it rejects the upload (DAEMON-FACTS §1)."""
-    names = _directory_entries(package)
+    with open_package(package) as archive:
+        names = [info.filename for info in archive.infolist() if info.is_dir()]
+    if not names:
+        return []
     detail = (
         f"directory entries {', '.join(names)}: the daemon rejects the upload "
         f'("read {names[0].rstrip("/")}: is a directory"); write file entries only (dify-repack pack does)'
     )
-    return Check("package", "-", "-", "static", "zip entries", (Step("entries", False, 0.0, detail),))
+    return [Check("package", "-", "-", "static", "zip entries", (Step("entries", False, 0.0, detail),))]
 
 
 def _daemon_dir(work: Path, manifest: Manifest, label: str) -> Path:
@@ -429,7 +427,7 @@ def _static_check(package: Path, profile: str, target: Target, work: Path, prefi
         step = _timed("lock", [*prefix, *export], cwd=root, env=env, timeout=300)
         steps.append(step)
         if step.ok:
-            wheels = ["--no-index", "--find-links", "wheels"]
+            wheels = ["--no-index", "--find-links", WHEELS_DIR]
             step = _timed(
                 "resolve",
                 [*prefix, *install, *wheels, "-r", ".static-requirements.txt"],
@@ -442,7 +440,7 @@ def _static_check(package: Path, profile: str, target: Target, work: Path, prefi
 
 
 def _static_result(profile: str, target: Target, command: str, steps: list[Step]) -> Check:
-    return Check(profile, _own_uv_version(), str(target), "static", command, tuple(steps))
+    return Check(profile, own_uv_version(), str(target), "static", command, tuple(steps))
 
 
 def _remote_lock_source(lock: Path) -> str:
@@ -452,10 +450,6 @@ def _remote_lock_source(lock: Path) -> str:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError):
         return "unreadable uv.lock"
     return next(iter(remote_lock_sources(data)), "")
-
-
-def _own_uv_version() -> str:
-    return run([uv_bin(), "--version"]).stdout.split()[1]
 
 
 def explain(result: Completed) -> str:
