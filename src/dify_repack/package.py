@@ -227,16 +227,19 @@ def plugin_checksum(entries: Iterable[tuple[str, str]]) -> str:
     return digest.hexdigest()
 
 
+def entry_digests(archive: zipfile.ZipFile) -> Iterator[tuple[str, bytes]]:
+    """``(name, sha256 digest)`` of every file entry in zip order, streamed: what the daemon hashes."""
+    for info in archive.infolist():
+        if info.is_dir():
+            continue
+        digest = hashlib.sha256()
+        with archive.open(info) as handle:
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+        yield info.filename, digest.digest()
+
+
 def zip_checksum(package: Path) -> str:
     """The checksum part of the plugin identifier for a ``.difypkg``, computed as the daemon does."""
     with open_package(package) as archive:
-        pairs = []
-        for info in archive.infolist():
-            if info.is_dir():
-                continue
-            digest = hashlib.sha256()
-            with archive.open(info) as handle:
-                while chunk := handle.read(_CHUNK):
-                    digest.update(chunk)
-            pairs.append((info.filename, digest.hexdigest()))
-    return plugin_checksum(pairs)
+        return plugin_checksum((name, digest.hex()) for name, digest in entry_digests(archive))

@@ -32,7 +32,7 @@ from .package import (
 from .report import NullReporter, Reporter
 from .requirements import SDK, declared_dependencies
 from .resolve import Indexes, Pin, ResolutionCache, resolve
-from .signing import load_private_key, sign_package
+from .signing import load_private_key, sign_tree
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, chosen_arches, make_targets
 from .verify import VerifyReport
 from .wheels import Selected, WheelCache, default_cache_dir, fetch_all, prefetch
@@ -202,10 +202,12 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             notes.append(python_note)
 
         with atomic_output(output) as staged:
-            stats = write_package(root, staged)
-            verification = options.check(staged, manifest, targets) if options.check is not None else None
+            # Signing writes the package itself: one pass over the files either way.
             if options.sign_key is not None:
-                sign_package(staged, options.sign_key, staged)
+                sign_tree(root, options.sign_key, staged)
+            else:
+                write_package(root, staged)
+            verification = options.check(staged, manifest, targets) if options.check is not None else None
             stats = package_stats(staged)
         stats = ZipStats(output, stats.files, stats.compressed_bytes, stats.uncompressed_bytes)
 

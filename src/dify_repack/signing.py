@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from .errors import SignatureError, UsageError
 from .package import (
     SIGNATURE_FILE,
     atomic_output,
+    entry_digests,
     extract_package,
     file_sha256,
     iter_files,
@@ -40,7 +40,6 @@ CATEGORIES = ("community", "partner", "langgenius")
 DEFAULT_CATEGORY = "community"
 # Go 1.24 refuses RSA keys under 1024 bits; 2048 is the floor anyone should still use.
 MIN_BITS = 2048
-_CHUNK = 1024 * 1024
 _PEM_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
 _PRIVATE_BLOCKS = ("RSA PRIVATE KEY", "PRIVATE KEY", "ENCRYPTED PRIVATE KEY")
 _PUBLIC_BLOCKS = ("RSA PUBLIC KEY", "PUBLIC KEY")
@@ -208,36 +207,52 @@ def sign_package(
     Any old signature and ``.verification.dify.json`` are replaced; entries are written sorted by path.
     The result is verified with the key's public half before it replaces ``output``.
     """
+    with tempfile.TemporaryDirectory(prefix="dify-repack-sign-") as temp:
+        root = Path(temp)
+        extract_package(package, root)
+        return sign_tree(root, key, output, category=category, now=now, origin=package)
+
+
+def sign_tree(
+    root: Path,
+    key: Path,
+    output: Path,
+    *,
+    category: str = DEFAULT_CATEGORY,
+    now: int | None = None,
+    origin: Path | None = None,
+) -> SignatureInfo:
+    """Write the files below ``root`` as a package signed with ``key`` (pack signs its tree this way, in one pass).
+
+    ``root`` gains the ``.verification.dify.json``; ``origin`` names the package in messages.
+    """
+    origin = origin or root
     if category not in CATEGORIES:
         raise UsageError(f"unknown category {category!r}", tip=f"use one of: {', '.join(CATEGORIES)}")
     private_key = load_private_key(key)
     key_digest = file_sha256(key)
     signed_at = int(time.time()) if now is None else now
-    with tempfile.TemporaryDirectory(prefix="dify-repack-sign-") as temp:
-        root = Path(temp)
-        extract_package(package, root)
-        (root / SIGNATURE_FILE).write_bytes(_verification_json(category))
-        names = iter_files(root)
-        digests = []
-        for name in names:
-            digest = file_sha256(root / name)
-            if digest == key_digest:
-                raise SignatureError(
-                    f"{package}: entry {name!r} is the private key {key}; "
-                    "refusing to sign a package that would publish it",
-                    tip="remove the key from the plugin (or list it in .difyignore)",
-                )
-            digests.append(bytes.fromhex(digest))
-        payload = b"".join(digests) + str(signed_at).encode()
-        signature = private_key.sign(payload, padding.PKCS1v15(), hashes.SHA256())
-        comment = json.dumps(
-            {"signature": base64.b64encode(signature).decode("ascii"), "time": signed_at},
-            separators=(",", ":"),
-        ).encode()
-        with atomic_output(output) as staged:
-            write_package(root, staged, names=names, comment=comment)
-            # Re-read what was written, as the daemon will: a signature that fails never leaves here.
-            return _verify(staged, private_key.public_key(), shown_as=output)
+    (root / SIGNATURE_FILE).write_bytes(_verification_json(category))
+    names = iter_files(root)
+    digests = []
+    for name in names:
+        digest = file_sha256(root / name)
+        if digest == key_digest:
+            raise SignatureError(
+                f"{origin}: entry {name!r} is the private key {key}; refusing to sign a package that would publish it",
+                tip="remove the key from the plugin (or list it in .difyignore)",
+            )
+        digests.append(bytes.fromhex(digest))
+    payload = b"".join(digests) + str(signed_at).encode()
+    signature = private_key.sign(payload, padding.PKCS1v15(), hashes.SHA256())
+    comment = json.dumps(
+        {"signature": base64.b64encode(signature).decode("ascii"), "time": signed_at},
+        separators=(",", ":"),
+    ).encode()
+    with atomic_output(output) as staged:
+        write_package(root, staged, names=names, comment=comment)
+        # Re-read what was written, as the daemon will: a signature that fails never leaves here.
+        return _verify(staged, private_key.public_key(), shown_as=output)
 
 
 def _verification_json(category: str) -> bytes:
@@ -315,18 +330,12 @@ def _read_category(archive: zipfile.ZipFile, package: Path) -> str | None:
 def _signed_digests(archive: zipfile.ZipFile, package: Path) -> bytes:
     digests = bytearray()
     seen: set[str] = set()
-    for info in archive.infolist():
-        if info.is_dir():
-            continue
-        if info.filename in seen:
+    for name, digest in entry_digests(archive):
+        if name in seen:
             # The daemon opens entries by name, so it may hash the other copy: the result is not predictable.
-            raise SignatureError(f"{package}: entry {info.filename!r} appears twice; the daemon may read either copy")
-        seen.add(info.filename)
-        digest = hashlib.sha256()
-        with archive.open(info) as handle:
-            while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
-        digests += digest.digest()
+            raise SignatureError(f"{package}: entry {name!r} appears twice; the daemon may read either copy")
+        seen.add(name)
+        digests += digest
     return bytes(digests)
 
 
