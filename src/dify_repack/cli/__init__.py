@@ -1,0 +1,8 @@
+"""The command line: a thin layer over the core API; each module registers its commands on the group."""
+
+from __future__ import annotations
+
+from . import cache, keys, pack, verify
+from ._app import cli, main
+
+__all__ = ["cache", "cli", "keys", "main", "pack", "verify"]

@@ -1,0 +1,105 @@
+"""``keygen``, ``sign``, ``verify-signature``."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from ..signing import CATEGORIES, generate_keypair, sign_package, trust_instructions, verify_signature
+from ._app import (
+    cli,
+)
+
+# Signing: keys, signatures and their verification as the daemon does it.
+
+
+@cli.command("keygen")
+@click.argument("name", type=click.Path(dir_okay=False))
+@click.option("--bits", type=int, default=4096, show_default=True, help="RSA key size (2048 at least).")
+def keygen_command(name: str, bits: int) -> None:
+    """Create the key pair NAME.private.pem and NAME.public.pem for signing packages.
+
+    \b
+    Sign packages with the private key (written mode 0600; keep it off the Dify host). Give the
+    plugin daemon the public key: it then installs the packages you signed while
+    FORCE_VERIFYING_SIGNATURE stays true. Prints the docker compose lines that do it.
+    Existing files are never overwritten.
+
+    \b
+    Example:
+      dify-repack keygen keys/offline
+      dify-repack sign plugin-offline.difypkg --key keys/offline.private.pem
+    """
+    private, public = generate_keypair(Path(name), bits=bits)
+    click.echo(f"private key: {private}  (mode 0600: signs packages; never copy it to Dify or into a plugin)")
+    click.echo(f"public key:  {public}")
+    click.echo()
+    click.echo(trust_instructions(public))
+
+
+@cli.command("sign")
+@click.argument("package", type=click.Path(dir_okay=False))
+@click.option(
+    "--key",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The private key, PEM (NAME.private.pem from `dify-repack keygen NAME`).",
+)
+@click.option(
+    "--category",
+    type=click.Choice(CATEGORIES),
+    default="community",
+    show_default=True,
+    help="The authorized_category written into the package; Dify's installation scopes filter on it.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Where to write the signed package.  [default: PACKAGE with .signed.difypkg, beside it]",
+)
+def sign_command(package: str, key: str, category: str, output: str | None) -> None:
+    """Sign PACKAGE so a plugin daemon that trusts your public key installs it.
+
+    \b
+    Replaces any earlier signature, writes a new package and checks the signature on it;
+    PACKAGE itself is left untouched unless -o names it.
+
+    \b
+    Example:
+      dify-repack sign plugin-offline.difypkg --key keys/offline.private.pem
+      # writes plugin-offline.signed.difypkg
+    """
+    source = Path(package)
+    target = Path(output) if output else source.with_name(source.stem + ".signed.difypkg")
+    info = sign_package(source, Path(key), target, category=category)
+    signed_at = datetime.fromtimestamp(info.time, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    click.echo(f"signed: {target}  (category {info.category}, {signed_at})")
+    stem = key.removesuffix(".private.pem")
+    public = f"{stem}.public.pem" if stem != key else "NAME.public.pem"
+    click.echo(f"check:  dify-repack verify-signature {target} --key {public}")
+
+
+@cli.command("verify-signature")
+@click.argument("package", type=click.Path(dir_okay=False))
+@click.option(
+    "--key",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The public key the daemon trusts: PEM PKCS#1, 'BEGIN RSA PUBLIC KEY' (NAME.public.pem).",
+)
+def verify_signature_command(package: str, key: str) -> None:
+    """Check PACKAGE's signature against one public key, exactly as the plugin daemon does.
+
+    \b
+    Exits 0 when it verifies. Exits 8 when the package is unsigned, changed after signing or
+    signed with another key, or when the key file is in a form the daemon would refuse (SPKI
+    'BEGIN PUBLIC KEY', or anything after the END line): one refused key file makes the daemon
+    verify no package at all, so check the exact file you mount into the daemon.
+    """
+    info = verify_signature(Path(package), Path(key))
+    signed_at = datetime.fromtimestamp(info.time, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    category = info.category or "none"
+    click.echo(f"verified: {package}  (signed {signed_at}, category {category}, key {key})")

@@ -1,0 +1,210 @@
+"""``pack``: parse the options, run the core, render the outcome."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import click
+from rich.markup import escape
+
+from ..errors import DifyRepackError, ExitCode, UsageError
+from ..manifest import Manifest
+from ..packing import PackOptions, PackResult, pack
+from ..render import (
+    Outcome,
+    pack_json,
+    print_batch_table,
+    print_pack_result,
+)
+from ..report import PrefixedReporter, Reporter
+from ..resolve import Indexes
+from ..sources import Source, fetch_source, parse_source, read_source_list
+from ..targets import Target, parse_glibc
+from ..verify import DEFAULT_UV_VERSIONS, VerifyOptions, VerifyReport, require_pass, verify_package
+from ..wheels import default_cache_dir
+from ._app import (
+    arch_option,
+    cache_option,
+    cli,
+    echo_json,
+    glibc_option,
+    index_options,
+    make_reporter,
+    one_line,
+    python_option,
+    stderr,
+    uv_option,
+    with_options,
+)
+
+
+@cli.command("pack")
+@click.argument("sources", nargs=-1)
+@click.option(
+    "-r",
+    "--sources-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A file listing sources, one a line ('#' comments allowed), to repackage as a batch.",
+)
+@click.option(
+    "-o",
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the NAME-offline.difypkg files (default: the current directory).",
+)
+@arch_option
+@python_option
+@glibc_option
+@with_options(index_options)
+@cache_option
+@click.option(
+    "--verify/--no-verify",
+    default=True,
+    show_default=True,
+    help="Replay every daemon install profile with the network cut off before writing the package.",
+)
+@uv_option
+@click.option(
+    "--no-start",
+    is_flag=True,
+    help="Verify install and `import dify_plugin` only, without starting the plugin to wait for its heartbeat.",
+)
+@click.option(
+    "--sign-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Sign the package with this private key (see `dify-repack keygen`).",
+)
+@click.option(
+    "--marketplace-url",
+    metavar="URL",
+    envvar="DIFY_MARKETPLACE_URL",
+    help="Marketplace for NAME:VERSION sources.",
+)
+@click.option(
+    "--refresh",
+    is_flag=True,
+    help="Resolve again now; by default a resolution of the same input from the last 24 hours is reused.",
+)
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(1, 8),
+    default=2,
+    show_default=True,
+    help="Plugins of a batch packed side by side (they share the cache, so a wheel is still fetched once).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result (schema 1) on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="Only print the result and errors.")
+def pack_command(
+    sources: tuple[str, ...],
+    sources_file: Path | None,
+    output_dir: Path | None,
+    arch: str | None,
+    python_version: str,
+    glibc: str,
+    index_url: str,
+    extra_index_urls: tuple[str, ...],
+    cache_dir: Path | None,
+    verify: bool,
+    uv_versions: tuple[str, ...],
+    no_start: bool,
+    sign_key: Path | None,
+    marketplace_url: str | None,
+    refresh: bool,
+    jobs: int,
+    as_json: bool,
+    quiet: bool,
+) -> int:
+    """Repackage plugins so that every Dify daemon version installs them with no internet access.
+
+    \b
+    SOURCE is any of:
+      ./author-name_1.0.0.difypkg          a package file
+      ./my-plugin/                         a plugin source directory (with manifest.yaml)
+      langgenius/openai_api_compatible:0.0.35[@CHECKSUM]   a Marketplace plugin
+      github:OWNER/REPO@TAG/ASSET.difypkg  a GitHub release asset
+      https://host/path/plugin.difypkg     any URL
+
+    \b
+    Writes AUTHOR-NAME_VERSION-offline.difypkg with every dependency as a wheel for the daemon's
+    CPython on Linux (per architecture), requirements.txt / pyproject.toml / uv.lock set to install
+    only from those wheels, and checks the result by replaying each daemon's install offline.
+    Then prints the Dify settings the upload needs.
+    """
+    parsed = [parse_source(text) for text in sources] + (read_source_list(sources_file) if sources_file else [])
+    if not parsed:
+        raise UsageError("give at least one SOURCE (a .difypkg, a plugin folder, NAME:VERSION or a URL)")
+    glibc_version = parse_glibc(glibc)
+    console_reporter = make_reporter(quiet or as_json)
+    cache = cache_dir or default_cache_dir()
+    indexes = Indexes(index_url, extra_index_urls)
+    verify_options = VerifyOptions(
+        uv_versions=uv_versions or DEFAULT_UV_VERSIONS,
+        python=python_version,
+        cache_dir=cache,
+        start=not no_start,
+        index_args=indexes.uv_args(),
+        glibc=glibc_version,
+    )
+    base_options = PackOptions(
+        output_dir=output_dir,
+        arch=arch,
+        python=python_version,
+        indexes=indexes,
+        cache_dir=cache,
+        sign_key=sign_key,
+        refresh=refresh,
+        glibc=glibc_version,
+    )
+    parallel = jobs > 1 and len(parsed) > 1
+
+    def pack_one(number: int, source: Source, downloads: Path) -> Outcome:
+        # Plugins packed side by side share one console: their lines carry the plugin, and no live bars.
+        reporter: Reporter = PrefixedReporter(console_reporter, source.text) if parallel else console_reporter
+
+        def check(staged: Path, _manifest: Manifest, targets: tuple[Target, ...]) -> VerifyReport:
+            reporter.step("verifying: replaying each daemon profile with the network cut off")
+            arches = [target.arch for target in targets]
+            report = verify_package(staged, dataclasses.replace(verify_options, arches=arches), reporter)
+            require_pass(report)
+            return report
+
+        options = dataclasses.replace(base_options, check=check if verify else None)
+        started = time.monotonic()
+        try:
+            # One folder a source: two URLs may end in the same file name.
+            local = fetch_source(source, downloads / str(number), marketplace_url=marketplace_url)
+            result: PackResult | DifyRepackError = pack(local, options, reporter)
+        except DifyRepackError as error:
+            if len(parsed) == 1:
+                raise
+            stderr.print(f"[bold red]error:[/] {escape(source.text)}: {escape(one_line(error.message))}")
+            result = error
+        if isinstance(result, PackResult) and not as_json:
+            print_pack_result(result)
+        return source.text, result, time.monotonic() - started
+
+    with (
+        tempfile.TemporaryDirectory(prefix="dify-repack-sources-") as downloads,
+        ThreadPoolExecutor(jobs if parallel else 1) as pool,
+    ):
+        futures = [pool.submit(pack_one, number, source, Path(downloads)) for number, source in enumerate(parsed)]
+        outcomes = [future.result() for future in futures]
+    failures = [outcome for _, outcome, _ in outcomes if isinstance(outcome, DifyRepackError)]
+    if as_json:
+        echo_json(
+            {
+                "schema": 1,
+                "status": "error" if len(failures) == len(outcomes) else "partial" if failures else "success",
+                "results": [pack_json(text, outcome, seconds) for text, outcome, seconds in outcomes],
+            }
+        )
+    elif len(outcomes) > 1:
+        print_batch_table(outcomes)
+    if not failures:
+        return int(ExitCode.OK)
+    return int(failures[0].exit_code) if len(outcomes) == 1 else int(ExitCode.PARTIAL)
