@@ -9,6 +9,7 @@ that ``request`` runs: the runner kills its process groups, the HTTP layer shuts
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -40,6 +41,15 @@ def check() -> None:
     """Raise ``Interrupted`` once a stop was requested."""
     if _requested is not None:
         raise Interrupted(_requested)
+
+
+def sleep(seconds: float) -> None:
+    """``time.sleep`` that ends early with ``Interrupted`` on a stop request."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        check()
+        time.sleep(min(left, 0.05))
+    check()
 
 
 def reset() -> None:

@@ -21,6 +21,7 @@ from typing import IO
 
 import pathspec
 
+from . import cancel
 from .errors import PackageError
 
 SIGNATURE_FILE = ".verification.dify.json"
@@ -78,6 +79,7 @@ def extract_package(source: Path, dest: Path, *, max_bytes: int | None = None) -
                 f"{max_bytes / 1024**3:.0f} GiB safety limit (zip bomb?)"
             )
         for info in members:
+            cancel.check()
             posix = _check_member_name(info.filename, source)
             if stat.S_ISLNK(info.external_attr >> 16):
                 raise PackageError(
@@ -174,6 +176,7 @@ def atomic_output(target: Path) -> Iterator[Path]:
     temp = Path(temp_name)
     try:
         yield temp
+        cancel.check()  # an interrupted run never leaves its output, however far it got
         temp.chmod(0o644)
         temp.replace(target)
     finally:
@@ -187,6 +190,7 @@ def write_package(root: Path, output: Path, *, names: Iterable[str] | None = Non
     with atomic_output(output) as temp:
         with zipfile.ZipFile(temp, "w", allowZip64=True) as archive:
             for name in ordered:
+                cancel.check()
                 info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
                 info.external_attr = (stat.S_IFREG | 0o644) << 16
                 info.create_system = 3  # unix, so the mode above is read

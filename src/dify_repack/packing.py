@@ -6,11 +6,11 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import PackageError, UsageError
+from . import cancel
+from .errors import EnvironmentProblem, PackageError, UsageError
 from .manifest import Manifest, read_manifest
 from .offline import (
     WHEELS_DIR,
@@ -41,6 +41,9 @@ MIB = 1024 * 1024
 # Upload limits with Dify's defaults (DAEMON-FACTS §3): the API's in code, the daemon's (also on unpacked size).
 API_DEFAULT_LIMIT = 15 * MIB
 DAEMON_DEFAULT_LIMIT = 50 * MIB
+# Less free space than this in -o, the cache or TMPDIR fails the run before it starts: a package with a few
+# wheels takes tens of MiB in each, and running out midway would waste every download.
+MIN_FREE_BYTES = 64 * MIB
 
 # Run on the written package before it is moved into place; raises to reject it (verification hooks in here).
 Check = Callable[[Path, Manifest, tuple[Target, ...]], VerifyReport]
@@ -105,6 +108,37 @@ def output_path(manifest: Manifest, output_dir: Path | None) -> Path:
     return (output_dir or Path.cwd()) / manifest.offline_filename
 
 
+def check_folders(options: PackOptions) -> None:
+    """Find a read-only, unwritable or full output folder, cache or temp folder now, before any download.
+
+    Each gets a probe file written and removed, and its free space compared with ``MIN_FREE_BYTES``.
+    """
+    temp = os.environ.get("TMPDIR")
+    folders = (
+        (options.output_dir or Path.cwd(), "-o DIR"),
+        (options.cache_dir or default_cache_dir(), "--cache-dir DIR or DIFY_REPACK_CACHE_DIR"),
+        # tempfile would quietly skip an unusable TMPDIR; uv, which gets it too, would not.
+        (Path(temp) if temp else Path(tempfile.gettempdir()), "TMPDIR=DIR"),
+    )
+    for folder, elsewhere in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            handle, probe = tempfile.mkstemp(prefix=".dify-repack-probe-", dir=folder)
+            try:
+                os.write(handle, b"probe")
+            finally:
+                os.close(handle)
+                Path(probe).unlink()
+            free = shutil.disk_usage(folder).free
+        except OSError as exc:
+            raise EnvironmentProblem.cannot_write(folder, exc, elsewhere=elsewhere) from None
+        if free < MIN_FREE_BYTES:
+            raise EnvironmentProblem(
+                f"{folder}: only {free / MIB:.1f} MiB free; a run needs at least {MIN_FREE_BYTES // MIB} MiB there",
+                tip=f"free some space there, or point the run at another folder ({elsewhere})",
+            )
+
+
 def load_plugin(source: Path, dest: Path) -> None:
     """Put the plugin's files into ``dest``: a source directory is copied, a .difypkg extracted."""
     if source.is_dir():
@@ -119,6 +153,7 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
     """Repackage ``source`` (a .difypkg or a plugin directory) so that it installs offline."""
     options = options or PackOptions()
     reporter = reporter or NullReporter()
+    check_folders(options)
     if options.sign_key is not None:
         # A wrong or SPKI key should fail in a second, not after every download and build.
         load_private_key(options.sign_key)
@@ -152,7 +187,7 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
         resolutions = ResolutionCache(cache.root / "resolutions", refresh=options.refresh)
         # One thread per target resolves; the first target to finish starts its downloads and builds at once,
         # while the others are still resolving (fetch_all then finds those files in the cache).
-        with ThreadPoolExecutor(len(targets) + 1) as pool:
+        with cancel.executor(len(targets) + 1) as pool:
             futures = {
                 pool.submit(
                     resolve,
@@ -167,7 +202,7 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             }
             resolved: dict[Target, list[Pin]] = {}
             prefetching = None
-            for future in as_completed(futures):
+            for future in cancel.as_completed(list(futures)):
                 resolved[futures[future]] = future.result()
                 if prefetching is None and len(targets) > 1:
                     target = futures[future]
@@ -175,6 +210,7 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             plan = {target: resolved[target] for target in targets}
             if prefetching is not None:
                 prefetching.result()
+        cancel.check()  # prefetch keeps its failures, an interrupt among them, for fetch_all to report
         selected = fetch_all(plan, cache, indexes=options.indexes, reporter=reporter)
 
         wheel_dir = root / WHEELS_DIR
@@ -203,10 +239,13 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
 
         with atomic_output(output) as staged:
             # Signing writes the package itself: one pass over the files either way.
-            if options.sign_key is not None:
-                sign_tree(root, options.sign_key, staged)
-            else:
-                write_package(root, staged)
+            try:
+                if options.sign_key is not None:
+                    sign_tree(root, options.sign_key, staged)
+                else:
+                    write_package(root, staged)
+            except OSError as exc:
+                raise EnvironmentProblem.cannot_write(output.parent, exc, elsewhere="-o DIR") from None
             verification = options.check(staged, manifest, targets) if options.check is not None else None
             stats = package_stats(staged)
         stats = ZipStats(output, stats.files, stats.compressed_bytes, stats.uncompressed_bytes)

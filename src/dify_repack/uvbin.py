@@ -82,11 +82,15 @@ def fetch_uv(version: str, cache_dir: Path, index_args: Sequence[str] = ()) -> P
     (cache_dir / "uv").mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cache_dir / "uv"))
     spec = "uv" if version == "latest" else f"uv=={version}"
-    result = run(
-        [own, "pip", "install", "--quiet", "--target", staging, "--python-version", "3.12", spec, *index_args],
-        env=clean_env({"UV_CACHE_DIR": str(cache_dir / "uv-cache")}),
-        timeout=300,
-    )
+    try:
+        result = run(
+            [own, "pip", "install", "--quiet", "--target", staging, "--python-version", "3.12", spec, *index_args],
+            env=clean_env({"UV_CACHE_DIR": str(cache_dir / "uv-cache")}),
+            timeout=300,
+        )
+    except BaseException:  # interrupted: no half-installed uv stays in the cache
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     binary = staging / "bin" / "uv"
     if result.returncode != 0 or not binary.is_file():
         shutil.rmtree(staging, ignore_errors=True)

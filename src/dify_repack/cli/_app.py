@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
 from rich.markup import escape
 
-from .. import __version__
-from ..errors import DifyRepackError, ExitCode
+from .. import __version__, cancel
+from ..errors import DifyRepackError, EnvironmentProblem, ExitCode, Interrupted
 from ..report import ConsoleReporter
 from ..resolve import DEFAULT_INDEX
+from ..runner import commands
 from ..targets import ARCH_CHOICES, DEFAULT_PYTHON
 from ..verify import DEFAULT_UV_VERSIONS
 
@@ -41,7 +48,29 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(name)s: %(message)s")
+    setup_logging(verbose)
+
+
+class _LogFormat(logging.Formatter):
+    """Commands as ``$ argv`` with their output indented below; our other messages prefixed by their module."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.name == commands.name:
+            return f"$ {message}" if record.levelno >= logging.INFO else f"  {message}"
+        return f"{record.name}: {message}"
+
+
+def setup_logging(verbose: bool) -> None:
+    """``-v``: the commands run (uv, pip, python) and their output, and our own debug lines on stderr.
+
+    The HTTP libraries' debug (every header of every request) drowns that, so they stay at warnings.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogFormat())
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler])
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def echo_json(payload: dict[str, object]) -> None:
@@ -121,29 +150,86 @@ def one_line(text: str) -> str:
     return " | ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+# After a stop request the run has this long to unwind (kill children, remove temp files) before it is ended
+# from outside: a thread stuck where no check reaches (a TCP connect to a silent host) must not keep it alive.
+STOP_GRACE_SECONDS = 5.0
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Ctrl-C and SIGTERM ask the run to stop (``cancel.request``) instead of raising where they land.
+
+    Work checks the request at its step boundaries and unwinds through its cleanups; the request kills child
+    process groups and shuts sockets at once. Repeated signals only repeat that, so they never print a traceback.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    finished = threading.Event()
+
+    def last_resort(signum: int) -> None:
+        if not finished.wait(STOP_GRACE_SECONDS):
+            sys.stderr.write("error: interrupted\n")
+            sys.stderr.flush()
+            os._exit(128 + signum)
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        first = not cancel.cancelled()
+        cancel.request(signum)
+        if first:
+            threading.Thread(target=last_resort, args=(signum,), daemon=True).start()
+
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        finished.set()
+        if not cancel.cancelled():  # else keep absorbing signals until the process is gone
+            for signum, old in previous.items():
+                signal.signal(signum, old)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code instead of exiting (tests call this in-process)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    cancel.reset()
+    with stop_on_signals():
+        return _run(args)
+
+
+def _run(args: list[str]) -> int:
     try:
         code = cli.main(args=args, prog_name="dify-repack", standalone_mode=False)
     except DifyRepackError as error:
-        stderr.print(f"[bold red]error:[/] {escape(one_line(error.message))}")
-        if error.tip:
-            stderr.print(f"[bold]tip:[/] {escape(error.tip)}")
-        return int(error.exit_code)
+        return _report(error)
     except click.exceptions.Abort:
-        stderr.print("[bold red]error:[/] interrupted")
-        return 130
+        return _report(Interrupted())
     except click.ClickException as error:
         error.show()
         return error.exit_code
     except click.exceptions.Exit as exit_:
         return exit_.exit_code
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            folder = Path(os.fsdecode(error.filename)).parent if error.filename else None
+            return _report(EnvironmentProblem.cannot_write(folder, error))
+        return _unexpected(args, error)
     except Exception as error:
-        if "-v" in args or "--verbose" in args:
-            traceback.print_exc()
-        stderr.print(
-            f"[bold red]error:[/] unexpected {type(error).__name__}: {escape(str(error))} (run with -v for the traceback)"
-        )
-        return int(ExitCode.FAILURE)
+        return _unexpected(args, error)
     return code if isinstance(code, int) else int(ExitCode.OK)
+
+
+def _report(error: DifyRepackError) -> int:
+    stderr.print(f"[bold red]error:[/] {escape(one_line(error.message))}")
+    if error.tip:
+        stderr.print(f"[bold]tip:[/] {escape(error.tip)}")
+    return int(error.exit_code)
+
+
+def _unexpected(args: list[str], error: Exception) -> int:
+    if "-v" in args or "--verbose" in args:
+        traceback.print_exc()
+    stderr.print(
+        f"[bold red]error:[/] unexpected {type(error).__name__}: {escape(str(error))} (run with -v for the traceback)"
+    )
+    return int(ExitCode.FAILURE)

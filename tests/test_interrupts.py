@@ -1,0 +1,285 @@
+"""Ctrl-C and SIGTERM in every phase of a real ``dify-repack pack`` process, against a deliberately slow index.
+
+Each run must stop within about a second: exit 130 (SIGINT) or 143 (SIGTERM) with the one line
+``error: interrupted``, no traceback, no ``wrote``, nothing in -o, no partial file or temp folder left in the
+cache or TMPDIR, and no child process alive (found by the run's folder in their argv, environment or cwd).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from builders import FAKE_SDK_FILES, LocalIndex, make_plugin, make_wheel
+from dify_repack.uvbin import own_uv_version
+from processes import alive, gone
+
+STOP_WITHIN = 2.0  # seconds from the signal to the exit; the goal is about one
+
+
+@dataclass
+class SlowIndex:
+    """A PEP 503 index that can stall uv's page requests or trickle files to dify-repack's own downloads."""
+
+    index: LocalIndex
+    stall_pages: bool = False  # uv waits for /simple/ pages forever: the run hangs in "resolving"
+    trickle_files: bool = False  # dify-repack's downloads get one byte every 0.1 s: "downloading" forever
+    trickled: int = 0  # downloads that were being trickled
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def url(self) -> str:
+        return self.index.url
+
+
+@pytest.fixture
+def slow_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlowIndex]:
+    root = tmp_path_factory.mktemp("slow-index")
+    local = LocalIndex(root)
+    files = local.files
+    files.mkdir(parents=True)
+    make_wheel(files, "dify_plugin", "0.7.4", files=FAKE_SDK_FILES, requires=("helper>=1",))
+    make_wheel(files, "helper", "1.0.0")
+    _slow_sdist(files)
+    local.publish()
+    slow = SlowIndex(local)
+
+    class Handler(SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ours = self.headers.get("User-Agent", "").startswith("dify-repack")
+            if slow.stall_pages and self.path.startswith("/simple/") and not ours:
+                slow.stopping.wait(300)
+            elif slow.trickle_files and self.path.startswith("/files/") and ours:
+                self._trickle((root / self.path.lstrip("/")).read_bytes())
+            else:
+                super().do_GET()
+
+        def _trickle(self, data: bytes) -> None:
+            slow.trickled += 1
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            try:
+                for offset in range(len(data)):
+                    self.wfile.write(data[offset : offset + 1])
+                    self.wfile.flush()
+                    if slow.stopping.wait(0.1):
+                        return
+            except OSError:
+                pass  # the client went away, as it should when interrupted
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+    server = Server(("127.0.0.1", 0), partial(Handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    local.url = f"http://127.0.0.1:{server.server_address[1]}/simple"
+    try:
+        yield slow
+    finally:
+        slow.stopping.set()
+        server.shutdown()
+        server.server_close()
+
+
+_SLOW_BACKEND = textwrap.dedent(
+    """\
+    import os, time
+    METADATA = "Metadata-Version: 2.1\\nName: slowsdist\\nVersion: 1.0.0\\n"
+
+    def get_requires_for_build_wheel(config_settings=None):
+        return []
+
+    def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
+        info = os.path.join(metadata_directory, "slowsdist-1.0.0.dist-info")
+        os.makedirs(info)
+        with open(os.path.join(info, "METADATA"), "w") as handle:
+            handle.write(METADATA)
+        return "slowsdist-1.0.0.dist-info"
+
+    def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+        time.sleep(300)  # a long compile that prints nothing
+        raise SystemExit(1)
+    """
+)
+
+
+def _slow_sdist(directory: Path) -> None:
+    """An sdist whose metadata comes at once but whose wheel build never ends: the run hangs in "building"."""
+    members = {
+        "pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n\n'
+        '[project]\nname = "slowsdist"\nversion = "1.0.0"\n',
+        "backend.py": _SLOW_BACKEND,
+        "PKG-INFO": "Metadata-Version: 2.1\nName: slowsdist\nVersion: 1.0.0\n",
+    }
+    with tarfile.open(directory / "slowsdist-1.0.0.tar.gz", "w:gz") as archive:
+        for member, text in members.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"slowsdist-1.0.0/{member}")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+
+
+@dataclass
+class Stopped:
+    code: int
+    seconds: float  # from the signal to the exit
+    out: str
+    err: str
+    children: int  # processes the run had started when the signal came
+
+
+def _scrubbed_env(root: Path) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("PIP_", "UV_", "DIFY_", "PYTHON")) and key not in ("GITHUB_TOKEN", "TMPDIR")
+    }
+    (root / "tmp").mkdir(parents=True, exist_ok=True)
+    return {**env, "PIP_CONFIG_FILE": os.devnull, "TMPDIR": str(root / "tmp"), "COLUMNS": "200"}
+
+
+def _pack_and_signal(
+    root: Path, argv: list[str], phase: str, signals: tuple[int, ...], *, settle: float = 0.5
+) -> Stopped:
+    """Start ``dify-repack pack``, wait for a stderr line holding ``phase``, then send ``signals`` 0.2 s apart."""
+    command = [sys.executable, "-m", "dify_repack", "pack", *argv, "-o", str(root / "out"), "--cache-dir"]
+    command.append(str(root / "cache"))
+    process = subprocess.Popen(
+        command, env=_scrubbed_env(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+    err: list[str] = []
+
+    def pump() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            err.append(line)
+            lines.put(line)
+        lines.put(None)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            line = lines.get(timeout=max(deadline - time.monotonic(), 0.1))
+            assert line is not None, f"exited (code {process.wait()}) before {phase!r}:\n{''.join(err)}"
+            if phase in line:
+                break
+        time.sleep(settle)
+        assert process.poll() is None, f"finished before the signal:\n{''.join(err)}"
+        children = len([pid for pid in alive(str(root)) if pid != process.pid])
+        sent = time.monotonic()
+        for number, signum in enumerate(signals):
+            if number:
+                time.sleep(0.2)
+            process.send_signal(signum)
+        try:
+            code = process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 30 s after the signal:\n{''.join(err)}")
+        seconds = time.monotonic() - sent
+        reader.join(5)
+        assert process.stdout is not None
+        return Stopped(code, seconds, process.stdout.read(), "".join(err), children)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def _assert_stopped_cleanly(stopped: Stopped, signum: int, root: Path) -> None:
+    print(
+        f"stopped in {stopped.seconds:.2f} s, {stopped.children} children killed"
+    )  # shown with -s: the figure the README quotes
+    assert stopped.code == 128 + signum, stopped.err
+    assert stopped.seconds < STOP_WITHIN, f"took {stopped.seconds:.2f} s to stop"
+    assert "Traceback" not in stopped.err and "Traceback" not in stopped.out
+    errors = [line for line in stopped.err.splitlines() if "error" in line.lower()]
+    assert errors == ["error: interrupted"], stopped.err
+    assert "wrote" not in stopped.out + stopped.err
+    out = root / "out"
+    assert not out.exists() or not list(out.iterdir()), list(out.iterdir())
+    leftovers = [path for path in root.rglob("*") if path.name.endswith(".part")]
+    assert not leftovers, leftovers
+    temp = root / "tmp"
+    assert not [path.name for path in temp.iterdir() if path.name.startswith("dify-repack")], list(temp.iterdir())
+    assert not list((root / "cache" / "tmp").glob("*")) if (root / "cache" / "tmp").is_dir() else True
+    assert gone(str(root), within=1.0), f"children left: {alive(str(root))}"
+
+
+def _plugin(root: Path, requirements: str) -> Path:
+    return make_plugin(root / "plugin", {"requirements.txt": requirements})
+
+
+SIGNALS = pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+
+
+@SIGNALS
+def test_resolving(tmp_path: Path, slow_index: SlowIndex, signum: int) -> None:
+    slow_index.stall_pages = True
+    plugin = _plugin(tmp_path, "dify_plugin==0.7.4\n")
+    argv = [str(plugin), "--index-url", slow_index.url, "--no-verify"]
+    stopped = _pack_and_signal(tmp_path, argv, "resolving", (signum,), settle=1.0)
+    assert stopped.children, "no child process was running: the phase was not reached"
+    _assert_stopped_cleanly(stopped, signum, tmp_path)
+
+
+@SIGNALS
+def test_downloading(tmp_path: Path, slow_index: SlowIndex, signum: int) -> None:
+    slow_index.trickle_files = True
+    plugin = _plugin(tmp_path, "dify_plugin==0.7.4\n")
+    argv = [str(plugin), "--index-url", slow_index.url, "--no-verify"]
+    stopped = _pack_and_signal(tmp_path, argv, "downloading", (signum,), settle=1.0)
+    assert slow_index.trickled, "no download was under way"
+    _assert_stopped_cleanly(stopped, signum, tmp_path)
+
+
+@SIGNALS
+def test_building_an_sdist(tmp_path: Path, slow_index: SlowIndex, signum: int) -> None:
+    plugin = _plugin(tmp_path, "dify_plugin==0.7.4\nslowsdist\n")
+    argv = [str(plugin), "--index-url", slow_index.url, "--no-verify"]
+    stopped = _pack_and_signal(tmp_path, argv, "building slowsdist", (signum,), settle=1.0)
+    assert stopped.children, "no child process was running: the phase was not reached"
+    _assert_stopped_cleanly(stopped, signum, tmp_path)
+
+
+@SIGNALS
+def test_verifying(tmp_path: Path, slow_index: SlowIndex, signum: int, python312: Path) -> None:
+    plugin = _plugin(tmp_path, "dify_plugin==0.7.4\n")
+    argv = [str(plugin), "--index-url", slow_index.url, "--uv", own_uv_version()]
+    stopped = _pack_and_signal(tmp_path, argv, "verifying", (signum,), settle=2.0)
+    assert stopped.children, "no child process was running: the phase was not reached"
+    _assert_stopped_cleanly(stopped, signum, tmp_path)
+
+
+def test_a_second_ctrl_c_neither_hangs_nor_prints_a_traceback(tmp_path: Path, slow_index: SlowIndex) -> None:
+    slow_index.trickle_files = True
+    plugin = _plugin(tmp_path, "dify_plugin==0.7.4\n")
+    argv = [str(plugin), "--index-url", slow_index.url, "--no-verify"]
+    stopped = _pack_and_signal(tmp_path, argv, "downloading", (signal.SIGINT, signal.SIGINT, signal.SIGINT))
+    assert slow_index.trickled
+    _assert_stopped_cleanly(stopped, signal.SIGINT, tmp_path)
