@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from .redaction import redact
 
 logger = logging.getLogger(__name__)
 
 # Settings a user or the machine may have for pip/uv must not leak into what we resolve, build or verify:
 # the daemon never sees them, so a package that only works with them is broken.
 _SCRUBBED_PREFIXES = ("PIP_", "UV_", "PYTHON", "VIRTUAL_ENV", "CONDA_")
-_SECRET = re.compile(r"(?i)(://[^:/@\s]+:)[^@\s]+@")
 
 
 def clean_env(extra: Mapping[str, str] | None = None, *, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -30,11 +30,6 @@ def clean_env(extra: Mapping[str, str] | None = None, *, base: Mapping[str, str]
     if extra:
         env.update(extra)
     return env
-
-
-def redact(text: str) -> str:
-    """Hide passwords in URLs such as ``https://user:secret@index``."""
-    return _SECRET.sub(r"\1***@", text)
 
 
 @dataclass(frozen=True)
