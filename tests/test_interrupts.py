@@ -17,7 +17,7 @@ import tarfile
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -25,7 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from builders import FAKE_SDK_FILES, LocalIndex, make_plugin, make_wheel
+from builders import FAKE_SDK_FILES, LocalIndex, make_plugin, make_wheel, manifest_yaml
+from dify_repack import cancel
+from dify_repack.errors import Interrupted
+from dify_repack.package import write_package
 from dify_repack.uvbin import own_uv_version
 from processes import alive, gone
 
@@ -65,7 +68,7 @@ def slow_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlowIndex]:
             if slow.stall_pages and self.path.startswith("/simple/") and not ours:
                 slow.stopping.wait(300)
             elif slow.trickle_files and self.path.startswith("/files/") and ours:
-                self._trickle((root / self.path.lstrip("/")).read_bytes())
+                self._trickle((root / self.path.split("?")[0].lstrip("/")).read_bytes())
             else:
                 super().do_GET()
 
@@ -159,11 +162,31 @@ def _scrubbed_env(root: Path) -> dict[str, str]:
 
 
 def _pack_and_signal(
-    root: Path, argv: list[str], phase: str, signals: tuple[int, ...], *, settle: float = 0.5
+    root: Path,
+    argv: list[str],
+    phase: str | None,
+    signals: tuple[int, ...],
+    *,
+    settle: float = 0.5,
+    ready: Callable[[], bool] = lambda: True,
 ) -> Stopped:
-    """Start ``dify-repack pack``, wait for a stderr line holding ``phase``, then send ``signals`` 0.2 s apart."""
-    command = [sys.executable, "-m", "dify_repack", "pack", *argv, "-o", str(root / "out"), "--cache-dir"]
-    command.append(str(root / "cache"))
+    """``dify-repack pack ARGV`` into ``root``/out with the cache in ``root``/cache, stopped in ``phase``."""
+    argv = ["pack", *argv, "-o", str(root / "out"), "--cache-dir", str(root / "cache")]
+    return _run_and_signal(root, argv, phase, signals, settle=settle, ready=ready)
+
+
+def _run_and_signal(
+    root: Path,
+    argv: list[str],
+    phase: str | None,
+    signals: tuple[int, ...],
+    *,
+    settle: float = 0.5,
+    ready: Callable[[], bool] = lambda: True,
+) -> Stopped:
+    """Start ``dify-repack ARGV``, wait for a stderr line holding ``phase`` (if any), then until ``ready()``, then
+    ``settle`` seconds, then send ``signals`` 0.2 s apart."""
+    command = [sys.executable, "-m", "dify_repack", *argv]
     process = subprocess.Popen(
         command, env=_scrubbed_env(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -181,11 +204,14 @@ def _pack_and_signal(
     reader.start()
     try:
         deadline = time.monotonic() + 180
-        while True:
+        while phase is not None:
             line = lines.get(timeout=max(deadline - time.monotonic(), 0.1))
             assert line is not None, f"exited (code {process.wait()}) before {phase!r}:\n{''.join(err)}"
             if phase in line:
                 break
+        while not ready():
+            assert time.monotonic() < deadline and process.poll() is None, f"never ready:\n{''.join(err)}"
+            time.sleep(0.1)
         time.sleep(settle)
         assert process.poll() is None, f"finished before the signal:\n{''.join(err)}"
         children = len([pid for pid in alive(str(root)) if pid != process.pid])
@@ -283,3 +309,59 @@ def test_a_second_ctrl_c_neither_hangs_nor_prints_a_traceback(tmp_path: Path, sl
     stopped = _pack_and_signal(tmp_path, argv, "downloading", (signal.SIGINT, signal.SIGINT, signal.SIGINT))
     assert slow_index.trickled
     _assert_stopped_cleanly(stopped, signal.SIGINT, tmp_path)
+
+
+def test_fetching_a_url_source(tmp_path: Path, slow_index: SlowIndex) -> None:
+    slow_index.trickle_files = True
+    url = slow_index.url.replace("/simple", "/files/helper-1.0.0-py3-none-any.whl")
+    argv = [url + "?as=plugin.difypkg", "--no-verify"]
+    stopped = _pack_and_signal(tmp_path, argv, None, (signal.SIGINT,), ready=lambda: slow_index.trickled > 0)
+    _assert_stopped_cleanly(stopped, signal.SIGINT, tmp_path)
+
+
+def test_a_batch_side_by_side(tmp_path: Path, slow_index: SlowIndex) -> None:
+    slow_index.trickle_files = True
+    first = make_plugin(tmp_path / "one", {"requirements.txt": "dify_plugin==0.7.4\n"})
+    second = make_plugin(tmp_path / "two", {"requirements.txt": "helper\n", "manifest.yaml": manifest_yaml(name="two")})
+    argv = [str(first), str(second), "-j", "2", "--index-url", slow_index.url, "--no-verify"]
+    stopped = _pack_and_signal(tmp_path, argv, "downloading", (signal.SIGTERM,), settle=1.0)
+    _assert_stopped_cleanly(stopped, signal.SIGTERM, tmp_path)
+
+
+def test_verify_waiting_for_a_plugin_that_never_starts(tmp_path: Path, slow_index: SlowIndex, python312: Path) -> None:
+    """The verify command works in the main thread; the plugin it starts is killed with its process group."""
+    silent = "import time\ntime.sleep(600)  # never sends a heartbeat\n"
+    plugin = make_plugin(tmp_path / "plugin", {"requirements.txt": "dify_plugin==0.7.4\n", "main.py": silent})
+    env = _scrubbed_env(tmp_path)
+    pack = [sys.executable, "-m", "dify_repack", "pack", str(plugin), "--no-verify", "--index-url", slow_index.url]
+    packed = subprocess.run(
+        [*pack, "-o", str(tmp_path / "packed"), "--cache-dir", str(tmp_path / "cache")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert packed.returncode == 0, packed.stderr
+    (package,) = (tmp_path / "packed").iterdir()
+    argv = ["verify", str(package), "--profile", "uv-pip", "--uv", own_uv_version()]
+    argv += ["--cache-dir", str(tmp_path / "cache")]
+
+    def plugin_started() -> bool:
+        return bool(set(alive(str(tmp_path))) & set(alive("-m\0main")))
+
+    stopped = _run_and_signal(tmp_path, argv, "replaying", (signal.SIGINT,), ready=plugin_started)
+    assert stopped.children
+    _assert_stopped_cleanly(stopped, signal.SIGINT, tmp_path)
+
+
+def test_zip_writing_stops_between_entries_and_leaves_no_file(tmp_path: Path) -> None:
+    make_plugin(tmp_path / "plugin", {})
+    output = tmp_path / "out" / "p.difypkg"
+    cancel.request(signal.SIGINT)
+    try:
+        with pytest.raises(Interrupted):
+            write_package(tmp_path / "plugin", output)
+    finally:
+        cancel.reset()
+    assert list(output.parent.iterdir()) == []

@@ -87,6 +87,8 @@ def _send(
                 f"{url}: too many redirects (a redirect loop?)",
                 tip="open the URL in a browser to see where it leads; the server or a proxy is misconfigured",
             ) from None
+        except httpx.UnsupportedProtocol as exc:
+            raise NetworkError(f"{url}: leads to an address that is not http or https ({exc})") from None
         except httpx.TimeoutException:
             cancel.check()
             if attempt == attempts:
@@ -103,7 +105,7 @@ def _send(
         else:
             if response.status_code in TRANSIENT_STATUS and attempt < attempts:
                 response.close()  # retry below
-            elif response.status_code >= 400:
+            elif response.status_code >= 300:  # a redirect without a usable Location ends here too
                 response.close()
                 raise StatusError(describe_status(url, response.status_code), url=url, status=response.status_code)
             else:
@@ -144,6 +146,8 @@ def describe_status(url: str, status: int) -> str:
         return f"{url}: access denied (HTTP {status}); check credentials or tokens"
     if status == 429:
         return f"{url}: rate limited (HTTP 429); wait and retry, or use a token"
+    if status < 400:
+        return f"{url}: HTTP {status}, a redirect without a Location to follow"
     return f"{url}: HTTP {status}"
 
 
