@@ -12,16 +12,20 @@ import logging
 import os
 import queue
 import shlex
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
 
 from . import cancel
+from .errors import EnvironmentProblem
 from .redaction import redact
 
 commands = logging.getLogger("dify_repack.commands")
@@ -153,21 +157,40 @@ def run(
     request kills it too and raises ``errors.Interrupted``.
     """
     args = tuple(os.fspath(arg) for arg in argv)
-    try:
-        process = _start(args, cwd, env, subprocess.DEVNULL, subprocess.PIPE, subprocess.PIPE)
-    except FileNotFoundError:
-        return Completed(args, 127, "", f"{args[0]}: command not found")
-    try:
-        result = _supervise(process, args, timeout, idle_timeout, on_line)
-    finally:
-        kill_group(process)  # anything the child left behind in its group
-        process.wait()
-        _children.pop(process.pid, None)
-        for pipe in (process.stdout, process.stderr):
-            if pipe is not None:
-                pipe.close()
+    env = dict(env) if env is not None else clean_env()
+    with _private_temp(env.get("TMPDIR")) as temp:
+        # A killed child cannot clean up after itself (python -m venv leaves ensurepip's folder): its temp
+        # files go into a folder of its own, removed with it.
+        env.update({"TMPDIR": temp, "TEMP": temp, "TMP": temp})
+        try:
+            process = _start(args, cwd, env, subprocess.DEVNULL, subprocess.PIPE, subprocess.PIPE)
+        except FileNotFoundError:
+            return Completed(args, 127, "", f"{args[0]}: command not found")
+        try:
+            result = _supervise(process, args, timeout, idle_timeout, on_line)
+        finally:
+            kill_group(process)  # anything the child left behind in its group
+            process.wait()
+            _children.pop(process.pid, None)
+            for pipe in (process.stdout, process.stderr):
+                if pipe is not None:
+                    pipe.close()
     cancel.check()
     return result
+
+
+@contextmanager
+def _private_temp(parent: str | None) -> Iterator[str]:
+    try:
+        folder = tempfile.mkdtemp(prefix="dify-repack-run-", dir=parent)
+    except OSError as exc:
+        raise EnvironmentProblem.cannot_write(
+            Path(parent or tempfile.gettempdir()), exc, elsewhere="TMPDIR=DIR"
+        ) from None
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _supervise(
