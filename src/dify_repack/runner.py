@@ -154,13 +154,13 @@ def run(
     ``env`` defaults to ``clean_env()``. ``on_line`` gets each output line (stdout and stderr, redacted) as it
     comes, in the calling thread. After ``timeout`` seconds, or ``idle_timeout`` seconds without any output, the
     process group is killed and the result has return code -9, ``killed`` set and a note in stderr. A stop
-    request kills it too and raises ``errors.Interrupted``.
+    request kills it too and raises ``errors.Interrupted``. The child's TMPDIR (TEMP, TMP) is a folder of its own
+    inside the given one, removed when it ends.
     """
     args = tuple(os.fspath(arg) for arg in argv)
     env = dict(env) if env is not None else clean_env()
     with _private_temp(env.get("TMPDIR")) as temp:
-        # A killed child cannot clean up after itself (python -m venv leaves ensurepip's folder): its temp
-        # files go into a folder of its own, removed with it.
+        # A killed child cannot clean up after itself (python -m venv leaves ensurepip's folder behind).
         env.update({"TMPDIR": temp, "TEMP": temp, "TMP": temp})
         try:
             process = _start(args, cwd, env, subprocess.DEVNULL, subprocess.PIPE, subprocess.PIPE)
