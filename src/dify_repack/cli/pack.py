@@ -29,12 +29,16 @@ from ..wheels import default_cache_dir
 from ._app import (
     arch_option,
     cache_option,
+    check_urls,
     cli,
-    echo_json,
+    emit,
+    error_json,
     glibc_option,
     index_options,
     make_reporter,
     one_line,
+    output,
+    output_options,
     python_option,
     stderr,
     uv_option,
@@ -82,7 +86,8 @@ from ._app import (
     "--marketplace-url",
     metavar="URL",
     envvar="DIFY_MARKETPLACE_URL",
-    help="Marketplace for NAME:VERSION sources.",
+    callback=check_urls,
+    help="Marketplace for ORG/NAME[:VERSION] sources (default: Dify's public one). Env: DIFY_MARKETPLACE_URL.",
 )
 @click.option(
     "--refresh",
@@ -97,8 +102,7 @@ from ._app import (
     show_default=True,
     help="Plugins of a batch packed side by side (they share the cache, so a wheel is still fetched once).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result (schema 1) on stdout.")
-@click.option("-q", "--quiet", is_flag=True, help="Only print the result and errors.")
+@with_options(output_options)
 def pack_command(
     sources: tuple[str, ...],
     sources_file: Path | None,
@@ -116,8 +120,6 @@ def pack_command(
     marketplace_url: str | None,
     refresh: bool,
     jobs: int,
-    as_json: bool,
-    quiet: bool,
 ) -> int:
     """Repackage plugins so that every Dify daemon version installs them with no internet access.
 
@@ -139,7 +141,8 @@ def pack_command(
     if not parsed:
         raise UsageError("give at least one SOURCE (a .difypkg, a plugin folder, NAME:VERSION or a URL)")
     glibc_version = parse_glibc(glibc)
-    console_reporter = make_reporter(quiet or as_json)
+    as_json = output().as_json
+    console_reporter = make_reporter(output().quiet or as_json)
     cache = cache_dir or default_cache_dir()
     indexes = Indexes(index_url, extra_index_urls)
     verify_options = VerifyOptions(
@@ -195,16 +198,12 @@ def pack_command(
         futures = [pool.submit(pack_one, number, source, Path(downloads)) for number, source in enumerate(parsed)]
         outcomes = [future.result() for future in futures]
     failures = [outcome for _, outcome, _ in outcomes if isinstance(outcome, DifyRepackError)]
+    code = int(ExitCode.OK if not failures else failures[0].exit_code if len(outcomes) == 1 else ExitCode.PARTIAL)
     if as_json:
-        echo_json(
-            {
-                "schema": 1,
-                "status": "error" if len(failures) == len(outcomes) else "partial" if failures else "success",
-                "results": [pack_json(text, outcome, seconds) for text, outcome, seconds in outcomes],
-            }
-        )
+        status = "success" if not failures else "partial" if len(failures) < len(outcomes) else "error"
+        message = f"{len(failures)} of {len(outcomes)} plugins failed; each result says why"
+        problem = error_json(message, "the other packages were written; fix these and pack them again", code)
+        emit(status, {"results": [pack_json(*outcome) for outcome in outcomes]}, problem if failures else None)
     elif len(outcomes) > 1:
         print_batch_table(outcomes)
-    if not failures:
-        return int(ExitCode.OK)
-    return int(failures[0].exit_code) if len(outcomes) == 1 else int(ExitCode.PARTIAL)
+    return code
