@@ -22,7 +22,7 @@ from ..render import (
 )
 from ..report import PrefixedReporter, Reporter
 from ..resolve import Indexes
-from ..sources import Source, fetch_source, parse_source, read_source_list
+from ..sources import Source, fetch_source, latest_on_marketplace, parse_source, read_source_list
 from ..targets import Target, parse_glibc
 from ..verify import DEFAULT_UV_VERSIONS, VerifyOptions, VerifyReport, require_pass, verify_package
 from ..wheels import default_cache_dir
@@ -128,6 +128,7 @@ def pack_command(
       ./author-name_1.0.0.difypkg          a package file
       ./my-plugin/                         a plugin source directory (with manifest.yaml)
       langgenius/openai_api_compatible:0.0.35[@CHECKSUM]   a Marketplace plugin
+      langgenius/openai_api_compatible     its latest version on the Marketplace
       github:OWNER/REPO@TAG/ASSET.difypkg  a GitHub release asset
       https://host/path/plugin.difypkg     any URL
 
@@ -136,6 +137,15 @@ def pack_command(
     CPython on Linux (per architecture), requirements.txt / pyproject.toml / uv.lock set to install
     only from those wheels, and checks the result by replaying each daemon's install offline.
     Then prints the Dify settings the upload needs.
+
+    \b
+    Examples:
+      dify-repack pack ./langgenius-openai_api_compatible_0.0.35.difypkg
+      dify-repack pack langgenius/openai_api_compatible --arch x86_64 -o offline/
+      dify-repack pack -r plugins.txt -o offline/ -j 2 --json > report.json
+      dify-repack pack ./plugin.difypkg --sign-key keys/offline.private.pem
+      dify-repack pack ./plugin.difypkg --index-url https://nexus.example.com/repository/pypi/simple
+      dify-repack pack ./plugin.difypkg --no-verify -q      # on a host without Linux/unshare
     """
     parsed = [parse_source(text) for text in sources] + (read_source_list(sources_file) if sources_file else [])
     if not parsed:
@@ -179,6 +189,9 @@ def pack_command(
         options = dataclasses.replace(base_options, check=check if verify else None)
         started = time.monotonic()
         try:
+            if source.plugin is not None and source.plugin.version is None:
+                source = latest_on_marketplace(source, marketplace_url=marketplace_url)
+                reporter.step(f"{source.text}: the latest version on the Marketplace is {source.plugin}")
             # One folder a source: two URLs may end in the same file name.
             local = fetch_source(source, downloads / str(number), marketplace_url=marketplace_url)
             result: PackResult | DifyRepackError = pack(local, options, reporter)

@@ -68,7 +68,13 @@ def verify_command(
     venv, run the daemon's install command with its replaced environment inside a network namespace
     (unshare -n), compileall, `import dify_plugin`, then start the plugin with INSTALL_METHOD=local and
     wait for its first heartbeat. Architectures this host cannot run get a static offline resolution
-    for their platform. Exit code 0 only when every check passed.
+    for their platform. Exit code 0 only when every check passed, 7 when one failed.
+
+    \b
+    Examples:
+      dify-repack verify ./author-plugin_1.0.0-offline.difypkg
+      dify-repack verify ./p-offline.difypkg --profile uv-sync-frozen --uv 0.11.7 -q
+      dify-repack verify ./p-offline.difypkg --arch x86_64 --no-start --json
     """
     arches = chosen_arches(arch, ()) or None
     options = VerifyOptions(
@@ -137,7 +143,15 @@ def inspect_command(package: Path, key: Path | None) -> None:
     A verdict is a prediction from the files alone. The proof is
       dify-repack verify PACKAGE
     which replays each install with the network cut off. Exits 0 whenever PACKAGE could be
-    read, whatever the verdicts; 3 when it is not a readable, safe Dify plugin package.
+    read, whatever the verdicts; 2 when it does not exist; 3 when it is not a readable, safe Dify
+    plugin package.
+
+    \b
+    Examples:
+      dify-repack inspect ./langgenius-openai_api_compatible_0.0.35.difypkg
+      dify-repack inspect ./p-offline.difypkg --key keys/offline.public.pem
+      dify-repack inspect ./p-offline.difypkg -q          # one line: identifier, signature, verdicts
+      dify-repack inspect ./p-offline.difypkg --json | jq .verdicts
     """
     result = inspect_package(package, public_key=key)
     if output().as_json:
