@@ -269,7 +269,7 @@ def test_pack_accepts_arch_aliases(arch: str, tmp_path: Path, capsys: pytest.Cap
     ("argv", "message", "tip"),
     [
         (["--python", "3.99"], "--python '3.99': give a CPython version from 3.10 to 3.13", "3.12 venv"),
-        (["--index-url", "pypi.org/simple"], "--index-url 'pypi.org/simple' has no scheme", "https://pypi.org/simple"),
+        (["--index-url", "index.example.com/simple"], "--index-url 'index.example.com/simple' has no scheme", "https://index.example.com/simple"),
         (["--extra-index-url", "nexus:8081/simple"], "--extra-index-url 'nexus:8081/simple' has no scheme", ""),
         (["--index-url", "ftp://mirror/simple"], "--index-url 'ftp://mirror/simple': only http:// and https://", ""),
         (["--marketplace-url", "marketplace.example.com"], "--marketplace-url", "https://marketplace.example.com"),
@@ -291,10 +291,10 @@ def test_bad_values_are_usage_errors_before_any_work(
 def test_a_bad_index_url_from_the_environment_names_the_variable(
     package: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("UV_INDEX_URL", "pypi.org/simple")
+    monkeypatch.setenv("UV_INDEX_URL", "index.example.com/simple")
     code, _, err = run(["pack", str(package)], capsys)
     assert code == ExitCode.USAGE
-    assert err.startswith("error: UV_INDEX_URL (read as --index-url) 'pypi.org/simple' has no scheme")
+    assert err.startswith("error: UV_INDEX_URL (read as --index-url) 'index.example.com/simple' has no scheme")
 
 
 def test_a_supported_python_other_than_312_is_accepted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
