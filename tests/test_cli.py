@@ -269,7 +269,11 @@ def test_pack_accepts_arch_aliases(arch: str, tmp_path: Path, capsys: pytest.Cap
     ("argv", "message", "tip"),
     [
         (["--python", "3.99"], "--python '3.99': give a CPython version from 3.10 to 3.13", "3.12 venv"),
-        (["--index-url", "index.example.com/simple"], "--index-url 'index.example.com/simple' has no scheme", "https://index.example.com/simple"),
+        (
+            ["--index-url", "index.example.com/simple"],
+            "--index-url 'index.example.com/simple' has no scheme",
+            "https://index.example.com/simple",
+        ),
         (["--extra-index-url", "nexus:8081/simple"], "--extra-index-url 'nexus:8081/simple' has no scheme", ""),
         (["--index-url", "ftp://mirror/simple"], "--index-url 'ftp://mirror/simple': only http:// and https://", ""),
         (["--marketplace-url", "marketplace.example.com"], "--marketplace-url", "https://marketplace.example.com"),
