@@ -4,6 +4,7 @@ one exit code per problem, and usage errors found before any work starts."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,6 +202,19 @@ def test_quiet_after_the_command_keeps_stderr_clean(
     assert out.startswith("tester/demo:0.1.0@") and ": unsigned; pip FAIL, uv-pip FAIL," in out  # no wheels shipped
     code, out, _ = run(["keygen", str(tmp_path / "q"), "--bits", str(BITS), "-q"], capsys)
     assert code == 0 and len(out.splitlines()) == 2, "only the two key paths"
+
+
+@pytest.mark.parametrize("argv", [["-v", "cache", "info"], ["cache", "info", "-v"], ["cache", "-v", "info"]])
+def test_verbose_counts_wherever_it_is_given(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = logging.getLogger()
+    level = root.level
+    try:
+        assert run([*argv, "--cache-dir", str(tmp_path)], capsys)[0] == 0
+        assert root.level == logging.DEBUG
+    finally:
+        root.setLevel(level)
 
 
 def test_the_group_help_lists_the_common_flows(capsys: pytest.CaptureFixture[str]) -> None:

@@ -52,7 +52,9 @@ def _remember(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
     merged = bool(value) or getattr(state, param.name)
     setattr(state, param.name, merged)
     if param.name == "verbose":
-        logging.basicConfig(level=logging.DEBUG if merged else logging.WARNING, format="%(name)s: %(message)s")
+        # basicConfig only acts once: the level is set apart, so a -v after the subcommand still counts.
+        logging.basicConfig(format="%(name)s: %(message)s")
+        logging.getLogger().setLevel(logging.DEBUG if merged else logging.WARNING)
     return merged
 
 
