@@ -128,4 +128,4 @@ def test_the_command_is_logged_at_info_and_its_output_at_debug(caplog: pytest.Lo
     records = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "dify_repack.commands"]
     assert records[0][0] == logging.INFO and records[0][1].startswith(PY)
     assert "pw" not in records[0][1] and "h.invalid" in records[0][1]
-    assert (logging.DEBUG, "said https://user:***@example.invalid/simple") in records
+    assert (logging.DEBUG, "said https://user:****@example.invalid/simple") in records

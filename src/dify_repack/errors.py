@@ -8,6 +8,8 @@ from __future__ import annotations
 import enum
 import signal
 
+from .redaction import redact
+
 
 class ExitCode(enum.IntEnum):
     OK = 0
@@ -26,14 +28,18 @@ class ExitCode(enum.IntEnum):
 
 
 class DifyRepackError(Exception):
-    """Base class: ``str(error)`` is a one-line message; ``tip`` says what to do about it."""
+    """Base class: ``str(error)`` is a one-line message; ``tip`` says what to do about it.
+
+    Both are redacted here, so no message can carry a password from a URL it quotes.
+    """
 
     exit_code = ExitCode.FAILURE
 
     def __init__(self, message: str, *, tip: str | None = None) -> None:
+        message = redact(message)
         super().__init__(message)
         self.message = message
-        self.tip = tip
+        self.tip = redact(tip) if tip is not None else None
 
 
 class UsageError(DifyRepackError):

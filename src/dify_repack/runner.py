@@ -11,7 +11,6 @@ import codecs
 import logging
 import os
 import queue
-import re
 import shlex
 import signal
 import subprocess
@@ -23,13 +22,13 @@ from pathlib import Path
 from typing import IO, Literal
 
 from . import cancel
+from .redaction import redact
 
 commands = logging.getLogger("dify_repack.commands")
 
 # Settings a user or the machine may have for pip/uv must not leak into what we resolve, build or verify:
 # the daemon never sees them, so a package that only works with them is broken.
 _SCRUBBED_PREFIXES = ("PIP_", "UV_", "PYTHON", "VIRTUAL_ENV", "CONDA_")
-_SECRET = re.compile(r"(?i)(://[^:/@\s]+:)[^@\s]+@")
 _POLL = 0.05  # seconds between looks at the clock and the cancel flag while a child is quiet
 
 Killed = Literal["idle", "timeout", "cancelled"]
@@ -47,11 +46,6 @@ def clean_env(extra: Mapping[str, str] | None = None, *, base: Mapping[str, str]
     if extra:
         env.update(extra)
     return env
-
-
-def redact(text: str) -> str:
-    """Hide passwords in URLs such as ``https://user:secret@index``."""
-    return _SECRET.sub(r"\1***@", text)
 
 
 @dataclass(frozen=True)
