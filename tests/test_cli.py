@@ -315,6 +315,12 @@ def test_a_bad_index_url_from_the_environment_names_the_variable(
     assert err.startswith("error: UV_INDEX_URL (read as --index-url) 'index.example.com/simple' has no scheme")
 
 
+def test_a_password_in_a_url_without_scheme_is_masked(package: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["pack", str(package), "--index-url", "me:s3cret@nexus.example.com/simple", "--json"], capsys)
+    assert code == ExitCode.USAGE and "s3cret" not in out + err
+    assert "'me:****@nexus.example.com/simple' has no scheme" in err
+
+
 def test_a_supported_python_other_than_312_is_accepted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(["pack", str(tmp_path / "missing"), "--python", "3.13"], capsys)
     assert code == ExitCode.USAGE and "no such file" in err  # got past --python

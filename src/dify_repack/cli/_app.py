@@ -18,6 +18,7 @@ from rich.markup import escape
 
 from .. import __version__
 from ..errors import DifyRepackError, ExitCode, UsageError
+from ..redaction import redact
 from ..report import ConsoleReporter
 from ..resolve import DEFAULT_INDEX
 from ..targets import ARCH_CHOICES, DEFAULT_PYTHON, PYTHONS, canonical_arch, parse_python
@@ -159,7 +160,9 @@ def check_urls(ctx: click.Context, param: click.Parameter, value: str | tuple[st
             where = _where(ctx, param)
             if "://" in url:
                 raise UsageError(f"{where} {url!r}: only http:// and https:// URLs are supported")
-            raise UsageError(f"{where} {url!r} has no scheme", tip=f"write the whole URL: https://{url}")
+            # A password typed without the scheme is masked too: redact() recognises URLs by their scheme.
+            shown = redact(f"https://{url}").removeprefix("https://")
+            raise UsageError(f"{where} {shown!r} has no scheme", tip=f"write the whole URL: https://{shown}")
     return value
 
 
@@ -247,6 +250,7 @@ def _command_of(args: Sequence[str]) -> str | None:
 
 def _fail(args: Sequence[str], message: str, tip: str | None, exit_code: int) -> int:
     """Render an error: one ``error:`` line (+ ``tip:``) on stderr, and with --json the one document on stdout."""
+    message, tip = redact(message), tip and redact(tip)  # click's messages and unexpected errors quote input too
     stderr.print(f"[bold red]error:[/] {escape(one_line(message))}")
     if tip:
         stderr.print(f"[bold]tip:[/] {escape(tip)}")
