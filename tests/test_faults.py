@@ -28,6 +28,23 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {**env, "PIP_CONFIG_FILE": os.devnull, "TMPDIR": str(tmp_path / "tmp"), **extra}
 
 
+# Runs "$@" with a fresh tmpfs (options "$1") on "$2", private to that process tree, then lists what is left there.
+_ON_TMPFS = (
+    'mount -t tmpfs -o "$1" tmpfs "$2" || exit 99; dir="$2"; shift 2; "$@"; code=$?; '
+    'echo "left: $(ls -A "$dir" | tr "\\n" " ")" >&2; exit $code'
+)
+
+
+def _on_tmpfs(folder: Path, options: str, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = ["unshare", "-m", "--propagation", "private", "sh", "-c", _ON_TMPFS, "sh", options, str(folder), *argv]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+def _left_on_tmpfs(result: subprocess.CompletedProcess[str]) -> list[str]:
+    line = next(line for line in result.stderr.splitlines() if line.startswith("left:"))
+    return line.removeprefix("left:").split()
+
+
 def _pack_with_mount(
     tmp_path: Path, index: LocalIndex, folder: str, mount_options: str
 ) -> subprocess.CompletedProcess[str]:
@@ -37,15 +54,7 @@ def _pack_with_mount(
         (tmp_path / name).mkdir()
     pack = [sys.executable, "-m", "dify_repack", "pack", str(plugin), "--no-verify", "--index-url", index.url]
     pack += ["-o", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
-    script = f'mount -t tmpfs -o {mount_options} tmpfs "$1" && shift && exec "$@"'
-    return subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", str(tmp_path / folder), *pack],
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return _on_tmpfs(tmp_path / folder, mount_options, pack, _env(tmp_path))
 
 
 @needs_mounts
@@ -65,6 +74,7 @@ def test_an_unusable_folder_is_found_before_any_download(
     assert len(errors) == 1 and str(tmp_path / folder) in errors[0] and says in errors[0], result.stderr
     assert "tip:" in result.stderr and "Traceback" not in result.stderr
     assert index.requests[asked:] == []  # not even the resolution asked the index
+    assert _left_on_tmpfs(result) == []  # not even a probe file
     assert not list((tmp_path / "out").iterdir())
 
 
@@ -80,27 +90,16 @@ def test_a_disk_that_fills_during_a_download_is_exit_9_naming_the_folder(tmp_pat
         "from dify_repack.http import download, make_client\n"
         "try:\n"
         "    with make_client() as client:\n"
-        "        download(client, sys.argv[1], Path(sys.argv[2]) / 'big.whl')\n"
+        f"        download(client, sys.argv[1], Path({str(full)!r}) / 'big.whl')\n"
         "except EnvironmentProblem as error:\n"
         "    print(error.message)\n"
-        "    print(sorted(p.name for p in Path(sys.argv[2]).iterdir()))\n"
     )
     with serve() as web:
         web.route("/big.whl", Reply(body=b"x" * (2 * 1024 * 1024)))
-        script = 'mount -t tmpfs -o size=256k tmpfs "$1" && shift && exec "$@"'
-        fetch = [sys.executable, "-c", code, web.url + "/big.whl", str(full)]
-        result = subprocess.run(
-            ["unshare", "-m", "sh", "-c", script, "sh", str(full), *fetch],
-            env=_env(tmp_path),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = _on_tmpfs(full, "size=256k", [sys.executable, "-c", code, web.url + "/big.whl"], _env(tmp_path))
     assert result.returncode == 0, result.stderr
-    message, listing = result.stdout.splitlines()
-    assert message == f"{full}: cannot write there: No space left on device"
-    assert listing == "[]"
+    assert result.stdout.strip() == f"{full}: cannot write there: No space left on device"
+    assert _left_on_tmpfs(result) == []
 
 
 def test_cannot_write_says_what_is_wrong_and_where_to_go() -> None:
@@ -154,3 +153,21 @@ def test_verbose_shows_the_commands_and_their_output_not_http_debug(tmp_path: Pa
     version_asked = lines.index(next(line for line in lines if line.startswith("$ ") and line.endswith(" --version")))
     assert lines[version_asked + 1].startswith("  uv "), "a command's output follows it, indented"
     assert not [line for line in lines if line.startswith(("httpx", "httpcore"))]
+
+
+@needs_mounts
+def test_an_output_folder_that_fills_while_zipping_is_exit_9_and_left_empty(tmp_path: Path, index: LocalIndex) -> None:
+    """The space check passed (its minimum is lowered here), then the zip does not fit: no partial package stays."""
+    plugin = make_plugin(tmp_path / "plugin", {"requirements.txt": "dify_plugin==0.7.4\n"})
+    (plugin / "model.bin").write_bytes(os.urandom(512 * 1024))
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "tmp").mkdir()
+    argv = ["pack", str(plugin), "--no-verify", "--index-url", index.url, "-o", str(out)]
+    argv += ["--cache-dir", str(tmp_path / "cache")]
+    code = f"import sys, dify_repack.packing as p; p.MIN_FREE_BYTES = 0; from dify_repack.cli import main; sys.exit(main({argv!r}))"
+    result = _on_tmpfs(out, "size=128k", [sys.executable, "-c", code], _env(tmp_path))
+    assert result.returncode == 9, result.stderr
+    assert f"error: {out}: cannot write there: No space left on device" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert _left_on_tmpfs(result) == []

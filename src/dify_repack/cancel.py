@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import TypeVar
@@ -78,7 +78,7 @@ def executor(workers: int) -> Iterator[ThreadPoolExecutor]:
     pool.shutdown(wait=True)
 
 
-def as_completed(futures: Iterator[Future[T]] | list[Future[T]], poll: float = 0.1) -> Iterator[Future[T]]:
+def as_completed(futures: Iterable[Future[T]], poll: float = 0.1) -> Iterator[Future[T]]:
     """Like ``concurrent.futures.as_completed``, but the waiting thread notices a stop request too."""
     pending = set(futures)
     while pending:

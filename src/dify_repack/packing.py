@@ -202,7 +202,7 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             }
             resolved: dict[Target, list[Pin]] = {}
             prefetching = None
-            for future in cancel.as_completed(list(futures)):
+            for future in cancel.as_completed(futures):
                 resolved[futures[future]] = future.result()
                 if prefetching is None and len(targets) > 1:
                     target = futures[future]
