@@ -161,18 +161,9 @@ def _scrubbed_env(root: Path) -> dict[str, str]:
     return {**env, "PIP_CONFIG_FILE": os.devnull, "TMPDIR": str(root / "tmp"), "COLUMNS": "200"}
 
 
-def _pack_and_signal(
-    root: Path,
-    argv: list[str],
-    phase: str | None,
-    signals: tuple[int, ...],
-    *,
-    settle: float = 0.5,
-    ready: Callable[[], bool] = lambda: True,
-) -> Stopped:
-    """``dify-repack pack ARGV`` into ``root``/out with the cache in ``root``/cache, stopped in ``phase``."""
-    argv = ["pack", *argv, "-o", str(root / "out"), "--cache-dir", str(root / "cache")]
-    return _run_and_signal(root, argv, phase, signals, settle=settle, ready=ready)
+def _pack(root: Path, argv: list[str]) -> list[str]:
+    """``pack ARGV`` into ``root``/out with its cache in ``root``/cache."""
+    return ["pack", *argv, "-o", str(root / "out"), "--cache-dir", str(root / "cache")]
 
 
 def _run_and_signal(
@@ -257,56 +248,50 @@ def _assert_stopped_cleanly(stopped: Stopped, signum: int, root: Path) -> None:
     assert gone(str(root), within=1.0), f"children left: {alive(str(root))}"
 
 
-def _plugin(root: Path, requirements: str) -> Path:
-    return make_plugin(root / "plugin", {"requirements.txt": requirements})
+@dataclass(frozen=True)
+class Phase:
+    requirements: str
+    line: str  # the progress line that says the run has reached the phase
+    stall_pages: bool = False
+    trickle_files: bool = False
+    verify: bool = False
 
 
-SIGNALS = pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+PHASES = {
+    "resolving": Phase("dify_plugin==0.7.4\n", "resolving", stall_pages=True),
+    "downloading": Phase("dify_plugin==0.7.4\n", "downloading", trickle_files=True),
+    "building an sdist": Phase("dify_plugin==0.7.4\nslowsdist\n", "building slowsdist"),
+    "verifying": Phase("dify_plugin==0.7.4\n", "verifying", verify=True),
+}
 
 
-@SIGNALS
-def test_resolving(tmp_path: Path, slow_index: SlowIndex, signum: int) -> None:
-    slow_index.stall_pages = True
-    plugin = _plugin(tmp_path, "dify_plugin==0.7.4\n")
-    argv = [str(plugin), "--index-url", slow_index.url, "--no-verify"]
-    stopped = _pack_and_signal(tmp_path, argv, "resolving", (signum,), settle=1.0)
-    assert stopped.children, "no child process was running: the phase was not reached"
-    _assert_stopped_cleanly(stopped, signum, tmp_path)
-
-
-@SIGNALS
-def test_downloading(tmp_path: Path, slow_index: SlowIndex, signum: int) -> None:
-    slow_index.trickle_files = True
-    plugin = _plugin(tmp_path, "dify_plugin==0.7.4\n")
-    argv = [str(plugin), "--index-url", slow_index.url, "--no-verify"]
-    stopped = _pack_and_signal(tmp_path, argv, "downloading", (signum,), settle=1.0)
-    assert slow_index.trickled, "no download was under way"
-    _assert_stopped_cleanly(stopped, signum, tmp_path)
-
-
-@SIGNALS
-def test_building_an_sdist(tmp_path: Path, slow_index: SlowIndex, signum: int) -> None:
-    plugin = _plugin(tmp_path, "dify_plugin==0.7.4\nslowsdist\n")
-    argv = [str(plugin), "--index-url", slow_index.url, "--no-verify"]
-    stopped = _pack_and_signal(tmp_path, argv, "building slowsdist", (signum,), settle=1.0)
-    assert stopped.children, "no child process was running: the phase was not reached"
-    _assert_stopped_cleanly(stopped, signum, tmp_path)
-
-
-@SIGNALS
-def test_verifying(tmp_path: Path, slow_index: SlowIndex, signum: int, python312: Path) -> None:
-    plugin = _plugin(tmp_path, "dify_plugin==0.7.4\n")
-    argv = [str(plugin), "--index-url", slow_index.url, "--uv", own_uv_version()]
-    stopped = _pack_and_signal(tmp_path, argv, "verifying", (signum,), settle=2.0)
-    assert stopped.children, "no child process was running: the phase was not reached"
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_a_signal_in_each_phase_stops_the_run_cleanly(
+    tmp_path: Path, slow_index: SlowIndex, phase: str, signum: int, request: pytest.FixtureRequest
+) -> None:
+    setting = PHASES[phase]
+    slow_index.stall_pages, slow_index.trickle_files = setting.stall_pages, setting.trickle_files
+    if setting.verify:
+        request.getfixturevalue("python312")
+    plugin = make_plugin(tmp_path / "plugin", {"requirements.txt": setting.requirements})
+    argv = [str(plugin), "--index-url", slow_index.url]
+    argv += ["--uv", own_uv_version()] if setting.verify else ["--no-verify"]
+    stopped = _run_and_signal(
+        tmp_path, _pack(tmp_path, argv), setting.line, (signum,), settle=2.0 if setting.verify else 1.0
+    )
+    # Under way when the signal came: a child process (uv, a build backend, a replay) or a download.
+    assert stopped.children or slow_index.trickled, f"{phase} was not reached"
     _assert_stopped_cleanly(stopped, signum, tmp_path)
 
 
 def test_a_second_ctrl_c_neither_hangs_nor_prints_a_traceback(tmp_path: Path, slow_index: SlowIndex) -> None:
     slow_index.trickle_files = True
-    plugin = _plugin(tmp_path, "dify_plugin==0.7.4\n")
+    plugin = make_plugin(tmp_path / "plugin", {"requirements.txt": "dify_plugin==0.7.4\n"})
     argv = [str(plugin), "--index-url", slow_index.url, "--no-verify"]
-    stopped = _pack_and_signal(tmp_path, argv, "downloading", (signal.SIGINT, signal.SIGINT, signal.SIGINT))
+    stopped = _run_and_signal(
+        tmp_path, _pack(tmp_path, argv), "downloading", (signal.SIGINT, signal.SIGINT, signal.SIGINT)
+    )
     assert slow_index.trickled
     _assert_stopped_cleanly(stopped, signal.SIGINT, tmp_path)
 
@@ -315,7 +300,9 @@ def test_fetching_a_url_source(tmp_path: Path, slow_index: SlowIndex) -> None:
     slow_index.trickle_files = True
     url = slow_index.url.replace("/simple", "/files/helper-1.0.0-py3-none-any.whl")
     argv = [url + "?as=plugin.difypkg", "--no-verify"]
-    stopped = _pack_and_signal(tmp_path, argv, None, (signal.SIGINT,), ready=lambda: slow_index.trickled > 0)
+    stopped = _run_and_signal(
+        tmp_path, _pack(tmp_path, argv), None, (signal.SIGINT,), ready=lambda: slow_index.trickled > 0
+    )
     _assert_stopped_cleanly(stopped, signal.SIGINT, tmp_path)
 
 
@@ -324,7 +311,7 @@ def test_a_batch_side_by_side(tmp_path: Path, slow_index: SlowIndex) -> None:
     first = make_plugin(tmp_path / "one", {"requirements.txt": "dify_plugin==0.7.4\n"})
     second = make_plugin(tmp_path / "two", {"requirements.txt": "helper\n", "manifest.yaml": manifest_yaml(name="two")})
     argv = [str(first), str(second), "-j", "2", "--index-url", slow_index.url, "--no-verify"]
-    stopped = _pack_and_signal(tmp_path, argv, "downloading", (signal.SIGTERM,), settle=1.0)
+    stopped = _run_and_signal(tmp_path, _pack(tmp_path, argv), "downloading", (signal.SIGTERM,), settle=1.0)
     _assert_stopped_cleanly(stopped, signal.SIGTERM, tmp_path)
 
 
@@ -332,18 +319,18 @@ def test_verify_waiting_for_a_plugin_that_never_starts(tmp_path: Path, slow_inde
     """The verify command works in the main thread; the plugin it starts is killed with its process group."""
     silent = "import time\ntime.sleep(600)  # never sends a heartbeat\n"
     plugin = make_plugin(tmp_path / "plugin", {"requirements.txt": "dify_plugin==0.7.4\n", "main.py": silent})
-    env = _scrubbed_env(tmp_path)
-    pack = [sys.executable, "-m", "dify_repack", "pack", str(plugin), "--no-verify", "--index-url", slow_index.url]
+    argv = [str(plugin), "--no-verify", "--index-url", slow_index.url]
     packed = subprocess.run(
-        [*pack, "-o", str(tmp_path / "packed"), "--cache-dir", str(tmp_path / "cache")],
-        env=env,
+        [sys.executable, "-m", "dify_repack", *_pack(tmp_path, argv)],
+        env=_scrubbed_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
     assert packed.returncode == 0, packed.stderr
-    (package,) = (tmp_path / "packed").iterdir()
+    (written,) = (tmp_path / "out").iterdir()
+    package = written.rename(tmp_path / written.name)
     argv = ["verify", str(package), "--profile", "uv-pip", "--uv", own_uv_version()]
     argv += ["--cache-dir", str(tmp_path / "cache")]
 
