@@ -173,10 +173,10 @@ def _run_and_signal(
     signals: tuple[int, ...],
     *,
     settle: float = 0.5,
-    ready: Callable[[], bool] = lambda: True,
+    ready: Callable[[list[int]], bool] = lambda _children: True,
 ) -> Stopped:
-    """Start ``dify-repack ARGV``, wait for a stderr line holding ``phase`` (if any), then until ``ready()``, then
-    ``settle`` seconds, then send ``signals`` 0.2 s apart."""
+    """Start ``dify-repack ARGV``, wait for a stderr line holding ``phase`` (if any), then until ``ready(pids of
+    the run's children)``, then ``settle`` seconds, then send ``signals`` 0.2 s apart."""
     command = [sys.executable, "-m", "dify_repack", *argv]
     process = subprocess.Popen(
         command, env=_scrubbed_env(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -200,7 +200,7 @@ def _run_and_signal(
             assert line is not None, f"exited (code {process.wait()}) before {phase!r}:\n{''.join(err)}"
             if phase in line:
                 break
-        while not ready():
+        while not ready([pid for pid in alive(str(root)) if pid != process.pid]):
             assert time.monotonic() < deadline and process.poll() is None, f"never ready:\n{''.join(err)}"
             time.sleep(0.1)
         time.sleep(settle)
@@ -251,7 +251,7 @@ def _assert_stopped_cleanly(stopped: Stopped, signum: int, root: Path) -> None:
 @dataclass(frozen=True)
 class Phase:
     requirements: str
-    line: str  # the progress line that says the run has reached the phase
+    line: str  # the progress line that says the run has reached the phase; then a child or a download is awaited
     stall_pages: bool = False
     trickle_files: bool = False
     verify: bool = False
@@ -277,11 +277,12 @@ def test_a_signal_in_each_phase_stops_the_run_cleanly(
     plugin = make_plugin(tmp_path / "plugin", {"requirements.txt": setting.requirements})
     argv = [str(plugin), "--index-url", slow_index.url]
     argv += ["--uv", own_uv_version()] if setting.verify else ["--no-verify"]
-    stopped = _run_and_signal(
-        tmp_path, _pack(tmp_path, argv), setting.line, (signum,), settle=2.0 if setting.verify else 1.0
-    )
-    # Under way when the signal came: a child process (uv, a build backend, a replay) or a download.
-    assert stopped.children or slow_index.trickled, f"{phase} was not reached"
+
+    def under_way(children: list[int]) -> bool:
+        return slow_index.trickled > 0 if setting.trickle_files else bool(children)
+
+    stopped = _run_and_signal(tmp_path, _pack(tmp_path, argv), setting.line, (signum,), ready=under_way)
+    assert stopped.children or slow_index.trickled, f"{phase} was not under way"
     _assert_stopped_cleanly(stopped, signum, tmp_path)
 
 
@@ -301,7 +302,7 @@ def test_fetching_a_url_source(tmp_path: Path, slow_index: SlowIndex) -> None:
     url = slow_index.url.replace("/simple", "/files/helper-1.0.0-py3-none-any.whl")
     argv = [url + "?as=plugin.difypkg", "--no-verify"]
     stopped = _run_and_signal(
-        tmp_path, _pack(tmp_path, argv), None, (signal.SIGINT,), ready=lambda: slow_index.trickled > 0
+        tmp_path, _pack(tmp_path, argv), None, (signal.SIGINT,), ready=lambda _children: slow_index.trickled > 0
     )
     _assert_stopped_cleanly(stopped, signal.SIGINT, tmp_path)
 
@@ -334,8 +335,8 @@ def test_verify_waiting_for_a_plugin_that_never_starts(tmp_path: Path, slow_inde
     argv = ["verify", str(package), "--profile", "uv-pip", "--uv", own_uv_version()]
     argv += ["--cache-dir", str(tmp_path / "cache")]
 
-    def plugin_started() -> bool:
-        return bool(set(alive(str(tmp_path))) & set(alive("-m\0main")))
+    def plugin_started(children: list[int]) -> bool:
+        return bool(set(children) & set(alive("-m\0main")))
 
     stopped = _run_and_signal(tmp_path, argv, "replaying", (signal.SIGINT,), ready=plugin_started)
     assert stopped.children
