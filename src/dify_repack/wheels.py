@@ -14,13 +14,13 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import platformdirs
 
+from . import cancel
 from .errors import BuildError, DifyRepackError
 from .http import ProgressCallback, download, make_client
 from .report import NullReporter, Reporter
@@ -136,7 +136,7 @@ def fetch_all(
     # sdists first: they are few and small, and building them overlaps with the wheel downloads.
     sdist_of = {key: sdist for key in needs_build if (sdist := pins[key].sdist) is not None}
     sdists = _download_many(list(sdist_of.values()), cache, reporter)
-    with ThreadPoolExecutor(1) as builder:
+    with cancel.executor(1) as builder:
         builds = {
             key: builder.submit(
                 build_wheels, pins[key], sdists[sdist.url], needs_build[key], cache, indexes=indexes, reporter=reporter
@@ -188,7 +188,7 @@ def _download_many(artifacts: Sequence[Artifact], cache: WheelCache, reporter: R
     with (
         make_client(timeout=120) as client,
         reporter.task("downloading", total or None, unit="bytes") as advance,
-        ThreadPoolExecutor(PARALLEL_DOWNLOADS) as pool,
+        cancel.executor(PARALLEL_DOWNLOADS) as pool,
     ):
         futures = {artifact.url: pool.submit(cache.fetch, client, artifact, advance) for artifact in todo}
         for url, future in futures.items():
