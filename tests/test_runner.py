@@ -139,3 +139,11 @@ def test_a_killed_child_leaves_no_temp_files(tmp_path: Path, monkeypatch: pytest
     made = Path(result.stdout.strip())
     assert result.killed == "idle" and made.is_relative_to(tmp_path)
     assert not made.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_crlf_and_endless_lines_are_handled() -> None:
+    seen: list[str] = []
+    code = "import sys; sys.stdout.write('a\\r\\nb\\r\\n' + 'x' * 200000); sys.stdout.flush()"
+    result = runner.run([PY, "-c", code], on_line=seen.append)
+    assert result.stdout.startswith("a\nb\nxxx") and len(result.stdout) == 4 + 200000
+    assert seen[:2] == ["a", "b"] and sum(map(len, seen[2:])) == 200000 and max(map(len, seen)) < 200000

@@ -34,6 +34,7 @@ commands = logging.getLogger("dify_repack.commands")
 # the daemon never sees them, so a package that only works with them is broken.
 _SCRUBBED_PREFIXES = ("PIP_", "UV_", "PYTHON", "VIRTUAL_ENV", "CONDA_")
 _POLL = 0.05  # seconds between looks at the clock and the cancel flag while a child is quiet
+_LONGEST_LINE = 64 * 1024
 
 Killed = Literal["idle", "timeout", "cancelled"]
 
@@ -231,10 +232,12 @@ def _supervise(
             text = decoders[index].decode(data, final=not data)
             texts[index].append(text)
             *lines, partial[index] = (partial[index] + text).split("\n")
-            if not data:
-                open_streams -= 1
+            # At the end, or when a line grows without bound (progress redrawn with \r): out with it as it is.
+            if not data or len(partial[index]) > _LONGEST_LINE:
                 lines.append(partial[index])
                 partial[index] = ""
+            if not data:
+                open_streams -= 1
             for line in lines:
                 if line or data:
                     emit(line)
@@ -254,7 +257,8 @@ def _supervise(
             kill_group(process)
     longest = max(longest, time.monotonic() - last)
     returncode = process.wait()
-    stdout, stderr = (redact("".join(parts)) for parts in texts)
+    # Universal newlines, as text-mode pipes give them.
+    stdout, stderr = (redact("".join(parts).replace("\r\n", "\n").replace("\r", "\n")) for parts in texts)
     if killed == "timeout":
         stderr += f"\ntimed out after {timeout:.0f} s"
     elif killed == "idle":
