@@ -353,3 +353,21 @@ def test_zip_writing_stops_between_entries_and_leaves_no_file(tmp_path: Path) ->
     finally:
         cancel.reset()
     assert list(output.parent.iterdir()) == []
+
+
+def test_a_run_that_cannot_unwind_is_ended_after_the_grace_period() -> None:
+    """Work stuck where no check reaches (here: a plain sleep) does not keep an interrupted process alive."""
+    code = textwrap.dedent(
+        """\
+        import os, signal, time
+        from dify_repack.cli import _app
+        _app.STOP_GRACE_SECONDS = 0.5
+        with _app.stop_on_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(20)
+        """
+    )
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 143 and result.stderr == "error: interrupted\n"
+    assert time.monotonic() - started < 5
