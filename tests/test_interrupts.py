@@ -42,7 +42,8 @@ class SlowIndex:
     index: LocalIndex
     stall_pages: bool = False  # uv waits for /simple/ pages forever: the run hangs in "resolving"
     trickle_files: bool = False  # dify-repack's downloads get one byte every 0.1 s: "downloading" forever
-    trickled: int = 0  # downloads that were being trickled
+    trickled: int = 0  # downloads that were being trickled (or left without an answer)
+    silent_files: bool = False  # dify-repack's downloads get no answer at all: only a shut socket ends the wait
     stopping: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -66,6 +67,9 @@ def slow_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlowIndex]:
         def do_GET(self) -> None:
             ours = self.headers.get("User-Agent", "").startswith("dify-repack")
             if slow.stall_pages and self.path.startswith("/simple/") and not ours:
+                slow.stopping.wait(300)
+            elif slow.silent_files and self.path.startswith("/files/") and ours:
+                slow.trickled += 1
                 slow.stopping.wait(300)
             elif slow.trickle_files and self.path.startswith("/files/") and ours:
                 self._trickle((root / self.path.split("?")[0].lstrip("/")).read_bytes())
@@ -254,12 +258,15 @@ class Phase:
     line: str  # the progress line that says the run has reached the phase; then a child or a download is awaited
     stall_pages: bool = False
     trickle_files: bool = False
+    silent_files: bool = False
     verify: bool = False
 
 
 PHASES = {
     "resolving": Phase("dify_plugin==0.7.4\n", "resolving", stall_pages=True),
     "downloading": Phase("dify_plugin==0.7.4\n", "downloading", trickle_files=True),
+    # Blocked reading a socket that gets nothing: no check runs until the stop request shuts the socket.
+    "waiting for a silent server": Phase("dify_plugin==0.7.4\n", "downloading", silent_files=True),
     "building an sdist": Phase("dify_plugin==0.7.4\nslowsdist\n", "building slowsdist"),
     "verifying": Phase("dify_plugin==0.7.4\n", "verifying", verify=True),
 }
@@ -272,6 +279,7 @@ def test_a_signal_in_each_phase_stops_the_run_cleanly(
 ) -> None:
     setting = PHASES[phase]
     slow_index.stall_pages, slow_index.trickle_files = setting.stall_pages, setting.trickle_files
+    slow_index.silent_files = setting.silent_files
     if setting.verify:
         request.getfixturevalue("python312")
     plugin = make_plugin(tmp_path / "plugin", {"requirements.txt": setting.requirements})
@@ -279,7 +287,7 @@ def test_a_signal_in_each_phase_stops_the_run_cleanly(
     argv += ["--uv", own_uv_version()] if setting.verify else ["--no-verify"]
 
     def under_way(children: list[int]) -> bool:
-        return slow_index.trickled > 0 if setting.trickle_files else bool(children)
+        return slow_index.trickled > 0 if setting.trickle_files or setting.silent_files else bool(children)
 
     stopped = _run_and_signal(tmp_path, _pack(tmp_path, argv), setting.line, (signum,), ready=under_way)
     assert stopped.children or slow_index.trickled, f"{phase} was not under way"
