@@ -6,6 +6,7 @@ import base64
 import hashlib
 import html
 import io
+import ssl
 import tarfile
 import textwrap
 import threading
@@ -132,11 +133,17 @@ def make_sdist(directory: Path, name: str, version: str, *, mode: str = "pure") 
 
 @dataclass
 class LocalIndex:
-    """A PEP 503 index on 127.0.0.1 serving ``files``; ``requests`` logs every path asked for."""
+    """A PEP 503 index on 127.0.0.1 serving ``files``; ``requests`` logs every path asked for.
+
+    With ``auth`` (user, password) every request needs HTTP basic auth, else 401; ``authorization`` logs the
+    Authorization header each request came with (None when absent).
+    """
 
     root: Path
     url: str = ""
     requests: list[str] = field(default_factory=list)
+    auth: tuple[str, str] | None = None
+    authorization: list[tuple[str, str | None]] = field(default_factory=list)
 
     @property
     def files(self) -> Path:
@@ -165,18 +172,39 @@ class LocalIndex:
 
 
 @contextmanager
-def serve_index(root: Path) -> Iterator[LocalIndex]:
-    index = LocalIndex(root)
+def serve_index(
+    root: Path, *, auth: tuple[str, str] | None = None, tls: tuple[Path, Path] | None = None
+) -> Iterator[LocalIndex]:
+    """Serve ``root`` as an index; ``tls`` is (certificate, key) for https (see fakeweb.self_signed_cert)."""
+    index = LocalIndex(root, auth=auth)
     index.files.mkdir(parents=True, exist_ok=True)
+    expected = "Basic " + base64.b64encode(":".join(auth).encode()).decode() if auth else None
 
     class Handler(SimpleHTTPRequestHandler):
         def log_message(self, format: str, *args: object) -> None:
             index.requests.append(self.path)
 
+        def send_head(self):  # type: ignore[no-untyped-def]
+            given = self.headers.get("Authorization")
+            index.authorization.append((self.path, given))
+            if expected is not None and given != expected:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="test index"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return None
+            return super().send_head()
+
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
+    scheme = "http"
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    index.url = f"http://127.0.0.1:{server.server_address[1]}/simple"
+    index.url = f"{scheme}://127.0.0.1:{server.server_address[1]}/simple"
     try:
         yield index
     finally:

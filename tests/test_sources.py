@@ -379,7 +379,11 @@ def test_ca_bundle_from_the_environment(tmp_path: Path, monkeypatch: pytest.Monk
 
         monkeypatch.delenv("SSL_CERT_FILE", raising=False)
         error = failure(url, tmp_path / "untrusted", attempts=1)
-        assert "cannot connect" in str(error)
+        assert "TLS certificate is not trusted (self-signed certificate)" in str(error)
+        assert error.tip is not None and "--cert FILE" in error.tip and "--native-tls" in error.tip
 
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))
         assert fetch(url, tmp_path / "trusted").read_bytes() == ZIP
+        monkeypatch.delenv("SSL_CERT_FILE")
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+        assert fetch(url, tmp_path / "requests-bundle").read_bytes() == ZIP

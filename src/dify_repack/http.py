@@ -1,5 +1,7 @@
 """HTTP for every download: one client setup honouring proxies and CA bundles, retries, streamed files.
 
+Logins and trust are the ones uv gets (credentials.py), so resolution and downloads reach the same servers.
+
 A download keeps a temporary name until its size and sha256 are checked, so an interrupted run never leaves a
 file that a later run would trust.
 """
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from .credentials import HostAuth, ca_bundle, certificate_error, is_certificate_error, system_certs
 from .errors import NetworkError, StatusError
 
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -25,19 +28,31 @@ ProgressCallback = Callable[[int], None]
 
 
 def ssl_context() -> ssl.SSLContext:
-    """Trust the bundle in ``SSL_CERT_FILE``/``REQUESTS_CA_BUNDLE`` (corporate CAs), else the system's."""
-    bundle = os.environ.get("SSL_CERT_FILE") or os.environ.get("REQUESTS_CA_BUNDLE")
-    context = ssl.create_default_context(cafile=bundle if bundle and Path(bundle).is_file() else None)
-    if not bundle and not context.get_ca_certs():
-        import certifi
+    """The trust uv has with the same settings: a CA bundle, the system store, or the Mozilla roots."""
+    bundle = ca_bundle()
+    if system_certs():
+        try:
+            import truststore  # the OS verifier itself (keychain, Windows store), when installed
 
-        context.load_verify_locations(certifi.where())
-    return context
+            context: ssl.SSLContext = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        except ImportError:
+            context = ssl.create_default_context()  # OpenSSL's system paths
+        if bundle is not None:
+            context.load_verify_locations(bundle)
+        return context
+    if bundle is not None:
+        return ssl.create_default_context(cafile=bundle)
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
 
 
-def make_client(*, timeout: float = 60.0, headers: dict[str, str] | None = None) -> httpx.Client:
+def make_client(
+    *, timeout: float = 60.0, headers: dict[str, str] | None = None, auth: HostAuth | None = None
+) -> httpx.Client:
     """A client that follows redirects and reads ``HTTPS_PROXY``/``NO_PROXY`` from the environment.
 
+    ``auth`` adds index logins per request, redirect hops included (see credentials.HostAuth).
     No ``transport=`` here: httpx ignores the proxy variables when given one. open_stream does the retrying.
     """
     return httpx.Client(
@@ -46,6 +61,7 @@ def make_client(*, timeout: float = 60.0, headers: dict[str, str] | None = None)
         follow_redirects=True,
         trust_env=True,
         headers={"User-Agent": USER_AGENT, **(headers or {})},
+        event_hooks={"request": [auth]} if auth is not None else None,
     )
 
 
@@ -78,6 +94,8 @@ def open_stream(
             if attempt == attempts:
                 raise NetworkError(f"{url}: timed out after {attempts} attempts") from None
         except httpx.TransportError as exc:
+            if is_certificate_error(str(exc)):
+                raise certificate_error(url, str(exc)) from None  # no retry can make it trusted
             if attempt == attempts:
                 raise NetworkError(
                     f"{url}: cannot connect ({exc})", tip="check the network, proxy and CA settings"
@@ -90,7 +108,7 @@ def describe_status(url: str, status: int) -> str:
     if status == 404:
         return f"{url}: not found (HTTP 404)"
     if status in (401, 403):
-        return f"{url}: access denied (HTTP {status}); check credentials or tokens"
+        return f"{url}: access denied (HTTP {status}); check the login (in the URL, ~/.netrc or a keyring) or token"
     if status == 429:
         return f"{url}: rate limited (HTTP 429); wait and retry, or use a token"
     return f"{url}: HTTP {status}"

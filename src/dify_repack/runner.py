@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,15 +17,51 @@ logger = logging.getLogger(__name__)
 # Settings a user or the machine may have for pip/uv must not leak into what we resolve, build or verify:
 # the daemon never sees them, so a package that only works with them is broken.
 _SCRUBBED_PREFIXES = ("PIP_", "UV_", "PYTHON", "VIRTUAL_ENV", "CONDA_")
+# Except the uv settings that concern only this machine: how its uv gets a CPython, trusts servers, logs in and
+# times out. They change how the work is done, never what the package holds (indexes, find-links, resolution,
+# offline mode and the cache stay ours).
+UV_MACHINE_SETTINGS = frozenset(
+    {
+        "UV_PYTHON_DOWNLOADS",
+        "UV_PYTHON_INSTALL_MIRROR",
+        "UV_PYPY_INSTALL_MIRROR",
+        "UV_GRAALPY_INSTALL_MIRROR",
+        "UV_PYTHON_DOWNLOADS_JSON_URL",
+        "UV_PYTHON_INSTALL_DIR",
+        "UV_PYTHON_PREFERENCE",
+        "UV_MANAGED_PYTHON",
+        "UV_NO_MANAGED_PYTHON",
+        "UV_SYSTEM_CERTS",
+        "UV_NATIVE_TLS",
+        "UV_KEYRING_PROVIDER",
+        "UV_HTTP_TIMEOUT",
+        "UV_REQUEST_TIMEOUT",
+        "UV_HTTP_CONNECT_TIMEOUT",
+        "UV_HTTP_RETRIES",
+        "UV_CONCURRENT_DOWNLOADS",
+        "UV_CONCURRENT_BUILDS",
+        "UV_CONCURRENT_INSTALLS",
+    }
+)
+_UV_INDEX_LOGIN = re.compile(r"UV_INDEX_\w+_(?:USERNAME|PASSWORD)")
+
+
+def _kept(name: str) -> bool:
+    if not name.startswith(_SCRUBBED_PREFIXES):
+        return True
+    return name in UV_MACHINE_SETTINGS or bool(_UV_INDEX_LOGIN.fullmatch(name))
 
 
 def clean_env(extra: Mapping[str, str] | None = None, *, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The current environment without pip/uv/Python settings, plus ``extra``.
+    """The current environment without pip/uv/Python settings (but uv's machine settings), plus ``extra``.
 
-    ``PIP_CONFIG_FILE=os.devnull`` makes pip ignore every pip.conf (global, user and site).
+    ``PIP_CONFIG_FILE=os.devnull`` makes pip ignore every pip.conf (global, user and site). uv reads only
+    ``SSL_CERT_FILE``, so a ``REQUESTS_CA_BUNDLE`` alone is handed to it under that name: httpx trusts the same.
     """
     source = os.environ if base is None else base
-    env = {key: value for key, value in source.items() if not key.startswith(_SCRUBBED_PREFIXES)}
+    env = {key: value for key, value in source.items() if _kept(key)}
+    if not env.get("SSL_CERT_FILE") and env.get("REQUESTS_CA_BUNDLE"):
+        env["SSL_CERT_FILE"] = env["REQUESTS_CA_BUNDLE"]
     env["PIP_CONFIG_FILE"] = os.devnull
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     if extra:

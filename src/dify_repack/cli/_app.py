@@ -15,7 +15,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from .. import __version__
+from ..credentials import use_tls_options
 from ..errors import DifyRepackError, ExitCode
+from ..redaction import RedactingFilter
 from ..report import ConsoleReporter
 from ..resolve import DEFAULT_INDEX
 from ..targets import ARCH_CHOICES, DEFAULT_PYTHON
@@ -42,6 +44,8 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
 
 
 def echo_json(payload: dict[str, object]) -> None:
@@ -69,6 +73,25 @@ index_options = [
         envvar=["UV_EXTRA_INDEX_URL", "PIP_EXTRA_INDEX_URL"],
         metavar="URL",
         help="Another index to use as well (repeatable). Env: UV_EXTRA_INDEX_URL, PIP_EXTRA_INDEX_URL.",
+    ),
+    # Both stand for the variables uv reads too (see http.py), so they take effect by setting them.
+    click.option(
+        "--cert",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        expose_value=False,
+        callback=lambda _ctx, _param, value: use_tls_options(value, False),
+        metavar="FILE",
+        help="CA bundle (PEM) to trust for the index and downloads, instead of the default roots. "
+        "Env: SSL_CERT_FILE, REQUESTS_CA_BUNDLE.",
+    ),
+    click.option(
+        "--native-tls",
+        "--system-certs",
+        is_flag=True,
+        expose_value=False,
+        callback=lambda _ctx, _param, value: use_tls_options(None, value),
+        help="Trust the system's certificate store (a corporate CA installed there), as uv's flag of that name. "
+        "Env: UV_SYSTEM_CERTS.",
     ),
 ]
 cache_option = click.option(
