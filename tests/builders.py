@@ -131,19 +131,26 @@ def make_sdist(directory: Path, name: str, version: str, *, mode: str = "pure") 
     return path
 
 
+@dataclass(frozen=True)
+class IndexRequest:
+    path: str
+    authorization: str | None  # the header as sent, None when absent
+    user_agent: str  # "dify-repack" for our downloads, uv's own for uv
+
+
 @dataclass
 class LocalIndex:
     """A PEP 503 index on 127.0.0.1 serving ``files``; ``requests`` logs every path asked for.
 
-    With ``auth`` (user, password) every request needs HTTP basic auth, else 401; ``authorization`` logs the
-    Authorization header each request came with (None when absent).
+    With ``auth`` (user, password) every request needs HTTP basic auth, else 401; ``seen`` logs each request
+    with its Authorization header.
     """
 
     root: Path
     url: str = ""
     requests: list[str] = field(default_factory=list)
     auth: tuple[str, str] | None = None
-    authorization: list[tuple[str, str | None]] = field(default_factory=list)
+    seen: list[IndexRequest] = field(default_factory=list)
 
     @property
     def files(self) -> Path:
@@ -186,7 +193,7 @@ def serve_index(
 
         def send_head(self):  # type: ignore[no-untyped-def]
             given = self.headers.get("Authorization")
-            index.authorization.append((self.path, given))
+            index.seen.append(IndexRequest(self.path, given, self.headers.get("User-Agent", "")))
             if expected is not None and given != expected:
                 self.send_response(401)
                 self.send_header("WWW-Authenticate", 'Basic realm="test index"')

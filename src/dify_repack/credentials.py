@@ -85,9 +85,15 @@ def is_certificate_error(text: str) -> bool:
     return bool(_CERTIFICATE_ERROR.search(text))
 
 
-def certificate_error(url: str, detail: str) -> NetworkError:
-    """One message for an untrusted server certificate, from httpx or from uv, naming the flag that fixes it."""
-    reason = detail.split("certificate verify failed:", 1)[-1].split("(_ssl", 1)[0].strip(" :)") or detail
+def certificate_error(url: str, output: str) -> NetworkError:
+    """One message for an untrusted server certificate, from httpx's error or uv's output, naming the fix.
+
+    The reason is the line that says what is wrong with the certificate (uv's hints name only uv's flags).
+    """
+    lines = [line.strip() for line in output.splitlines() if is_certificate_error(line)]
+    reason = lines[-1] if lines else output.strip()
+    reason = reason.removeprefix("cause:").removeprefix("Caused by:").strip()
+    reason = reason.split("certificate verify failed:", 1)[-1].split("(_ssl", 1)[0].strip(" :)")
     return NetworkError(f"{url}: the server's TLS certificate is not trusted ({reason})", tip=CERTIFICATE_TIP)
 
 

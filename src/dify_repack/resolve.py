@@ -183,7 +183,7 @@ def _explain_failure(output: str, target: Target, indexes: Indexes) -> Exception
     text = " ".join(lines)
     where = ", ".join(indexes.public_urls())
     if is_certificate_error(text):
-        return certificate_error(where, lines[-1] if lines else text)
+        return certificate_error(where, output)
     if re.search(r"\b40[13] (?:Unauthorized|Forbidden)\b", text):
         return NetworkError(
             f"the package index {where} refused access: {lines[-1] if lines else text}",

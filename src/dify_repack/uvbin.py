@@ -99,7 +99,7 @@ def fetch_uv(version: str, cache_dir: Path, indexes: Indexes | None = None) -> P
     if result.returncode != 0 or not binary.is_file():
         shutil.rmtree(staging, ignore_errors=True)
         if is_certificate_error(result.output):
-            raise certificate_error(", ".join(indexes.public_urls()), result.tail(1))
+            raise certificate_error(", ".join(indexes.public_urls()), result.output)
         raise NetworkError(f"could not fetch {spec} for verification: {result.tail(3)}")
     found = _version_of(str(binary))
     final = cache_dir / "uv" / str(found or version)
@@ -164,7 +164,7 @@ def provide_python(version: str, announce: Callable[[str], None] | None = None) 
         result = run([uv_bin(), "python", "install", version], timeout=600)
         if result.returncode != 0:
             if is_certificate_error(result.output):
-                raise certificate_error(f"uv python install {version}", result.tail(1))
+                raise certificate_error(f"uv python install {version}", result.output)
             raise EnvironmentProblem(
                 f"no CPython {version} on this host, and `uv python install {version}` failed: {result.tail(2)}",
                 tip=_python_tip(version),
