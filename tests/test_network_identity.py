@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -340,3 +341,79 @@ def test_the_machines_uv_settings_pass_and_the_packages_settings_do_not() -> Non
     env = clean_env(base={**machine, **package})
     assert {name: env[name] for name in machine} == machine
     assert not set(package) & set(env)
+
+
+# The daemon's CPython, up front
+
+
+@pytest.fixture
+def no_python312(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """A host with no CPython 3.12 anywhere: not in PATH, not under pyenv, not managed by uv."""
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "empty-pyenv"))
+    monkeypatch.setenv("UV_PYTHON_INSTALL_DIR", str(tmp_path / "empty-uv-pythons"))
+    uvbin._find_python.cache_clear()
+    yield
+    uvbin._find_python.cache_clear()
+
+
+@pytest.fixture
+def plain_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalIndex]:
+    with serve_index(tmp_path_factory.mktemp("plain-index")) as index:
+        yield _publish(index)
+
+
+@pytest.mark.usefixtures("no_python312")
+@pytest.mark.parametrize("verify", ["--verify", "--no-verify"])
+def test_no_cpython_fails_at_once_before_any_request(
+    verify: str,
+    tmp_path: Path,
+    plain_index: LocalIndex,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("UV_PYTHON_DOWNLOADS", "never")
+    assert uvbin.find_python("3.12") is None, "the fixture hides every CPython 3.12"
+    uvbin._find_python.cache_clear()
+    argv = pack_argv(plugin_with_pyproject(tmp_path), tmp_path / "out", tmp_path / "cache", plain_index.url)
+    started = time.monotonic()
+    assert main([*argv, verify, "-q"]) == 9
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith(
+        "error: no CPython 3.12 on this host (PATH, pyenv, uv-managed), and UV_PYTHON_DOWNLOADS=never"
+    )
+    assert err[1].startswith("tip: install it with `uv python install 3.12` (UV_PYTHON_INSTALL_MIRROR names a mirror)")
+    assert plain_index.requests == [], "no resolution, no download before the check"
+    assert elapsed < 1.5, f"found out in {elapsed:.2f} s"
+
+
+@pytest.mark.usefixtures("no_python312")
+def test_no_cpython_is_found_before_a_source_is_downloaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("UV_PYTHON_DOWNLOADS", "manual")  # uv installs only when asked by its user
+    with serve() as web:
+        web.route("/plugin.difypkg", Reply(body=b"PK\x03\x04"))
+        assert main(["pack", web.url + "/plugin.difypkg", "-o", str(tmp_path / "out"), "-q"]) == 9
+        assert web.requests == []
+    assert "UV_PYTHON_DOWNLOADS=manual" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("no_python312")
+def test_uv_installs_a_managed_cpython_from_the_mirror_the_machine_names(
+    tmp_path: Path, plain_index: LocalIndex, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # uv's default is to download; its mirror setting reaches it. Offline here, the mirror is a local server
+    # without the file: the install fails, still before any request to the index.
+    with serve() as mirror:
+        monkeypatch.setenv("UV_PYTHON_INSTALL_MIRROR", mirror.url + "/python")
+        argv = pack_argv(plugin_with_pyproject(tmp_path), tmp_path / "out", tmp_path / "cache", plain_index.url)
+        assert main([*argv, "--no-verify"]) == 9
+        assert any(
+            request.target.startswith("/python/") and "cpython-3.12" in request.target for request in mirror.requests
+        )
+    err = capsys.readouterr().err
+    assert "no CPython 3.12 on this host: uv installs a managed one" in err
+    assert "error: no CPython 3.12 on this host, and `uv python install 3.12` failed" in err
+    assert plain_index.requests == []

@@ -154,7 +154,10 @@ _install_lock = threading.Lock()
 
 
 def provide_python(version: str, announce: Callable[[str], None] | None = None) -> Path | None:
-    """A CPython ``version``: found on this host, else installed by uv when its settings allow; None otherwise."""
+    """A CPython ``version``: found on this host, else installed by uv when its settings allow; None otherwise.
+
+    Raises EnvironmentProblem (or NetworkError for a certificate) when uv tried to install one and failed.
+    """
     with _install_lock:  # plugins of a batch ask at once; one install is enough
         found = find_python(version)
         if found is not None or not python_downloads_allowed():
@@ -166,7 +169,7 @@ def provide_python(version: str, announce: Callable[[str], None] | None = None) 
             if is_certificate_error(result.output):
                 raise certificate_error(f"uv python install {version}", result.output)
             raise EnvironmentProblem(
-                f"no CPython {version} on this host, and `uv python install {version}` failed: {result.tail(2)}",
+                f"no CPython {version} on this host, and `uv python install {version}` failed: {result.tail(1)}",
                 tip=_python_tip(version),
             )
         _find_python.cache_clear()

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .credentials import Indexes
-from .errors import EnvironmentProblem, UsageError, VerificationError
+from .errors import EnvironmentProblem, NetworkError, UsageError, VerificationError
 from .manifest import Manifest, read_manifest
 from .offline import WHEELS_DIR
 from .package import extract_package, open_package, zip_checksum
@@ -144,7 +144,11 @@ def verify_package(
         identifier = f"{manifest.plugin_id}:{manifest.version}@{zip_checksum(package)}"
         targets = make_targets(options.python, list(options.arches or manifest.arches), options.glibc)
         host_machine = platform.machine()
-        interpreter = provide_python(options.python, reporter.step)
+        try:
+            interpreter = provide_python(options.python, reporter.step)
+        except (EnvironmentProblem, NetworkError) as problem:
+            interpreter = None  # static checks still prove something
+            reporter.warn(problem.message)
         live = [target for target in targets if target.machine == host_machine and interpreter is not None]
         static = [target for target in targets if target not in live]
         if interpreter is None:
