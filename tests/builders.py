@@ -6,7 +6,6 @@ import base64
 import hashlib
 import html
 import io
-import ssl
 import tarfile
 import textwrap
 import threading
@@ -19,6 +18,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
+
+from fakeweb import use_tls
 
 
 def _record_line(path: str, data: bytes) -> str:
@@ -182,7 +183,7 @@ class LocalIndex:
 def serve_index(
     root: Path, *, auth: tuple[str, str] | None = None, tls: tuple[Path, Path] | None = None
 ) -> Iterator[LocalIndex]:
-    """Serve ``root`` as an index; ``tls`` is (certificate, key) for https (see fakeweb.self_signed_cert)."""
+    """Serve ``root`` as an index; ``tls`` is (certificate, key) for https (see fakeweb.private_ca)."""
     index = LocalIndex(root, auth=auth)
     index.files.mkdir(parents=True, exist_ok=True)
     expected = "Basic " + base64.b64encode(":".join(auth).encode()).decode() if auth else None
@@ -203,12 +204,7 @@ def serve_index(
             return super().send_head()
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
-    scheme = "http"
-    if tls is not None:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(*tls)
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-        scheme = "https"
+    scheme = use_tls(server, tls)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     index.url = f"{scheme}://127.0.0.1:{server.server_address[1]}/simple"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import socketserver
 import ssl
 import threading
 from collections.abc import Iterator, Mapping
@@ -92,16 +93,21 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # keep test output clean
 
 
+def use_tls(server: socketserver.TCPServer, tls: tuple[Path, Path] | None) -> str:
+    """Make ``server`` speak TLS with (certificate, key) when given; its URL scheme."""
+    if tls is None:
+        return "http"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*tls)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    return "https"
+
+
 @contextmanager
 def serve(*, tls: tuple[Path, Path] | None = None, host: str = "127.0.0.1") -> Iterator[FakeWeb]:
     """A running server; ``tls`` is (certificate, key) for an https:// one; ``host`` another loopback address."""
     server = _Server((host, 0), _Handler)
-    scheme = "http"
-    if tls is not None:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(*tls)
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-        scheme = "https"
+    scheme = use_tls(server, tls)
     stopping = threading.Event()
     server.web = FakeWeb(f"{scheme}://{host}:{server.server_address[1]}", stopping)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -115,44 +121,12 @@ def serve(*, tls: tuple[Path, Path] | None = None, host: str = "127.0.0.1") -> I
         thread.join()
 
 
-def self_signed_cert(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 that is its own CA, so a test can trust it through SSL_CERT_FILE."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dify-repack test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    public = key.public_key()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
-
-
 @dataclass(frozen=True)
 class PrivateCA:
     """A private CA and a server certificate it issued for 127.0.0.1, as a corporate network has them.
 
-    uv (rustls) refuses a CA certificate used as the server's own, so a test that uv must trust needs both.
+    A test trusts ``ca`` through SSL_CERT_FILE or --cert. uv (rustls) refuses a CA certificate used as the
+    server's own, hence two certificates.
     """
 
     ca: Path  # what a client trusts: --cert, SSL_CERT_FILE, REQUESTS_CA_BUNDLE
