@@ -304,12 +304,15 @@ def test_native_tls_reaches_uv_and_httpx_alike(monkeypatch: pytest.MonkeyPatch, 
     assert clean_env()["SSL_CERT_FILE"] == str(tmp_path / "ca.pem"), "uv reads only SSL_CERT_FILE"
 
 
-def test_a_missing_ca_bundle_is_named(
+def test_a_missing_or_unreadable_ca_bundle_is_a_usage_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
     assert main(["pack", "https://127.0.0.1:9/x.difypkg", "--no-verify"]) == 2
-    assert f"SSL_CERT_FILE={tmp_path / 'missing.pem'}: no such file" in capsys.readouterr().err
+    assert f"error: SSL_CERT_FILE={tmp_path / 'missing.pem'}: no such file" in capsys.readouterr().err
+    (tmp_path / "bad.pem").write_text("not a certificate\n")
+    assert main(["pack", "https://127.0.0.1:9/x.difypkg", "--no-verify", "--cert", str(tmp_path / "bad.pem")]) == 2
+    assert f"error: {tmp_path / 'bad.pem'}: not a PEM file of CA certificates" in capsys.readouterr().err
 
 
 def test_the_machines_uv_settings_pass_and_the_packages_settings_do_not() -> None:

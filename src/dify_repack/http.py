@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from .credentials import HostAuth, ca_bundle, certificate_error, is_certificate_error, system_certs
-from .errors import NetworkError, StatusError
+from .errors import NetworkError, StatusError, UsageError
 
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 USER_AGENT = "dify-repack"
@@ -28,23 +28,38 @@ ProgressCallback = Callable[[int], None]
 
 
 def ssl_context() -> ssl.SSLContext:
-    """The trust uv has with the same settings: a CA bundle, the system store, or the Mozilla roots."""
-    bundle = ca_bundle()
-    if system_certs():
-        try:
-            import truststore  # the OS verifier itself (keychain, Windows store), when installed
+    """The trust uv has with the same settings: a CA bundle, the system store, or the Mozilla roots.
 
-            context: ssl.SSLContext = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        except ImportError:
-            context = ssl.create_default_context()  # OpenSSL's system paths
-        if bundle is not None:
-            context.load_verify_locations(bundle)
-        return context
-    if bundle is not None:
-        return ssl.create_default_context(cafile=bundle)
+    ``SSL_CERT_DIR`` (a hashed folder of certificates) adds to any of them, as for uv.
+    """
+    bundle = ca_bundle()
+    folder = os.environ.get("SSL_CERT_DIR")
+    try:
+        if system_certs():
+            try:
+                import truststore  # the OS verifier itself (keychain, Windows store), when installed
+
+                context: ssl.SSLContext = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            except ImportError:
+                context = ssl.create_default_context()  # OpenSSL's system paths
+            if bundle is not None:
+                context.load_verify_locations(cafile=bundle)
+        else:  # a bundle replaces the default roots, as it does for uv
+            context = ssl.create_default_context(cafile=bundle or _mozilla_roots())
+        if folder and Path(folder).is_dir():
+            context.load_verify_locations(capath=folder)
+    except ssl.SSLError as exc:
+        raise UsageError(
+            f"{bundle}: not a PEM file of CA certificates ({exc.reason or exc})",
+            tip="give --cert (or SSL_CERT_FILE / REQUESTS_CA_BUNDLE) a file of -----BEGIN CERTIFICATE----- blocks",
+        ) from None
+    return context
+
+
+def _mozilla_roots() -> str:
     import certifi
 
-    return ssl.create_default_context(cafile=certifi.where())
+    return str(certifi.where())
 
 
 def make_client(
