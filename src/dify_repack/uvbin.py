@@ -180,10 +180,14 @@ def require_python(version: str, announce: Callable[[str], None] | None = None) 
     """``provide_python``, or an error with the fix before any work is done."""
     found = provide_python(version, announce)
     if found is None:
-        setting = os.environ.get("UV_PYTHON_DOWNLOADS", "")
+        why = (
+            f"UV_PYTHON_DOWNLOADS={os.environ.get('UV_PYTHON_DOWNLOADS', '')} keeps uv from installing one"
+            if not python_downloads_allowed()
+            else "uv installed one that it does not find (UV_PYTHON_PREFERENCE?)"
+        )
         raise EnvironmentProblem(
-            f"no CPython {version} on this host (PATH, pyenv, uv-managed), and UV_PYTHON_DOWNLOADS={setting} "
-            "keeps uv from installing one; uv lock and the install replays need it",
+            f"no CPython {version} on this host (PATH, pyenv, uv-managed), and {why}; "
+            "uv lock and the install replays need it",
             tip=_python_tip(version),
         )
     return found
