@@ -17,7 +17,7 @@ from rich.markup import escape
 from .. import __version__
 from ..credentials import use_tls_options
 from ..errors import DifyRepackError, ExitCode
-from ..redaction import RedactingFilter
+from ..redaction import RedactingFilter, redact
 from ..report import ConsoleReporter
 from ..resolve import DEFAULT_INDEX
 from ..targets import ARCH_CHOICES, DEFAULT_PYTHON
@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "-v" in args or "--verbose" in args:
             traceback.print_exc()
         stderr.print(
-            f"[bold red]error:[/] unexpected {type(error).__name__}: {escape(str(error))} (run with -v for the traceback)"
+            f"[bold red]error:[/] unexpected {type(error).__name__}: {escape(redact(str(error)))} (run with -v for the traceback)"
         )
         return int(ExitCode.FAILURE)
     return code if isinstance(code, int) else int(ExitCode.OK)
