@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .errors import NetworkError, UsageError
+from .redaction import redact
 
 if TYPE_CHECKING:
     import httpx
@@ -223,6 +224,9 @@ class Indexes:
 
     url: str = DEFAULT_INDEX
     extra: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:  # options get logged and shown in tracebacks: never with a password
+        return redact(f"Indexes(url={self.url!r}, extra={self.extra!r})")
 
     def logins(self) -> tuple[tuple[str, Credentials | None], ...]:
         """Each index's public URL and login, looked up once (a keyring may ask its user to unlock it)."""
