@@ -66,7 +66,7 @@ def tls_index(tmp_path_factory: pytest.TempPathFactory, ca: PrivateCA) -> Iterat
 @pytest.fixture(autouse=True)
 def _own_network_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No netrc or CA of the machine; and --cert/--native-tls set variables, which must not outlive a test."""
-    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "SSL_CERT_DIR"):
+    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "SSL_CERT_DIR", "UV_SYSTEM_CERTS"):
         monkeypatch.setenv(name, "")  # records the machine's value, restored afterwards
         monkeypatch.delenv(name)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
@@ -129,26 +129,39 @@ def test_pack_with_a_netrc(tmp_path: Path, auth_index: LocalIndex, monkeypatch: 
     assert all(request.authorization == BASIC for request in auth_index.seen)
 
 
+class FakeKeyring:
+    """The two calls of the ``keyring`` API that are used, answering for one service."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+
+    def get_credential(self, service: str, username: str | None) -> Credentials | None:
+        return Credentials(USER, PASSWORD) if service == self.service else None
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return PASSWORD if (service, username) == (self.service, USER) else None
+
+
 def test_a_keyring_login_when_keyring_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
-    class FakeKeyring:
-        @staticmethod
-        def get_credential(service: str, username: str | None) -> Credentials | None:
-            return Credentials(USER, PASSWORD) if service == "https://corp.example/simple" else None
-
-        @staticmethod
-        def get_password(service: str, username: str) -> str | None:
-            return PASSWORD if (service, username) == ("corp.example", USER) else None
-
-    monkeypatch.setitem(sys.modules, "keyring", FakeKeyring)
-    assert index_credentials("https://corp.example/simple") == (
-        "https://corp.example/simple",
-        Credentials(USER, PASSWORD),
-    )
+    monkeypatch.setitem(sys.modules, "keyring", FakeKeyring("https://corp.example/simple"))
+    expected = Credentials(USER, PASSWORD)
+    assert index_credentials("https://corp.example/simple") == ("https://corp.example/simple", expected)
     # A user name in the URL takes its password from the keyring, as pip does.
-    assert index_credentials(f"https://{USER}@corp.example/simple")[1] == Credentials(USER, PASSWORD)
+    assert index_credentials(f"https://{USER}@corp.example/simple")[1] == expected
     indexes = Indexes("https://corp.example/simple")
     assert indexes.uv_args() == ["--default-index", "repack0=https://corp.example/simple"]
     assert indexes.uv_env() == {"UV_INDEX_REPACK0_USERNAME": USER, "UV_INDEX_REPACK0_PASSWORD": PASSWORD}
+
+
+def test_pack_with_a_keyring_login_gives_it_to_uv_too(
+    tmp_path: Path, auth_index: LocalIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "keyring", FakeKeyring(auth_index.url))
+    auth_index.seen.clear()
+    argv = pack_argv(plugin_with_pyproject(tmp_path), tmp_path / "out", tmp_path / "cache", auth_index.url)
+    assert main([*argv, "--no-verify", "-q"]) == 0
+    assert {request.user_agent.startswith("dify-repack") for request in auth_index.seen} == {True, False}
+    assert all(request.authorization == BASIC for request in auth_index.seen)
 
 
 def test_logins_reach_uv_as_variables_never_in_its_command_line() -> None:
@@ -294,7 +307,7 @@ def test_an_untrusted_certificate_is_one_error_naming_the_flags(
 
 
 def test_native_tls_reaches_uv_and_httpx_alike(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("UV_SYSTEM_CERTS", "1")
+    assert main(["pack", "--native-tls", str(tmp_path / "missing")]) == 2  # the flag applies before the source
     assert clean_env()["UV_SYSTEM_CERTS"] == "1"
     context = ssl_context()  # the system store (truststore when installed): not certifi's roots alone
     assert context.verify_mode.name == "CERT_REQUIRED"
