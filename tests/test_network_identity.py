@@ -193,8 +193,11 @@ def test_pack_without_the_login_fails_with_one_line(
     argv = pack_argv(plugin_with_pyproject(tmp_path), tmp_path / "out", tmp_path / "cache", auth_index.url)
     assert main([*argv, "--no-verify", "-q"]) == 6
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[0].startswith(f"error: the package index {auth_index.url} refused access")
-    assert err[1].startswith("tip: give its login in the URL") and len(err) == 2
+    assert err == [
+        f"error: the package index {auth_index.url} refused access (401 Unauthorized): the login is missing or wrong",
+        "tip: give it in the URL as USER:PASSWORD@ before the host, in ~/.netrc (or the file $NETRC names), or in a "
+        "keyring",
+    ]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

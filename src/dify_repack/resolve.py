@@ -184,10 +184,11 @@ def _explain_failure(output: str, target: Target, indexes: Indexes) -> Exception
     where = ", ".join(indexes.public_urls())
     if is_certificate_error(text):
         return certificate_error(where, output)
-    if re.search(r"\b40[13] (?:Unauthorized|Forbidden)\b", text):
+    if denied := re.search(r"\b40[13] (?:Unauthorized|Forbidden)\b", text):
         return NetworkError(
-            f"the package index {where} refused access: {lines[-1] if lines else text}",
-            tip="give its login in the URL (https://USER:PASSWORD@host/...), in ~/.netrc (or $NETRC), or in a keyring",
+            f"the package index {where} refused access ({denied.group(0)}): the login is missing or wrong",
+            tip="give it in the URL as USER:PASSWORD@ before the host, in ~/.netrc (or the file $NETRC names), "
+            "or in a keyring",
         )
     if re.search(r"Failed to fetch|error sending request|dns error|Connect|tcp connect", text):
         return NetworkError(
