@@ -436,3 +436,22 @@ def test_uv_installs_a_managed_cpython_from_the_mirror_the_machine_names(
     assert "no CPython 3.12 on this host: uv installs a managed one" in err
     assert "error: no CPython 3.12 on this host, and `uv python install 3.12` failed" in err
     assert plain_index.requests == []
+
+
+def test_a_managed_cpython_where_the_machine_keeps_them_is_used(
+    python312: Path,
+    no_python312: None,
+    tmp_path: Path,
+    plain_index: LocalIndex,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # uv's layout for a managed CPython, here a link to the host's real one; only uv's discovery finds it.
+    managed = tmp_path / "uv-pythons"
+    interpreter = managed / "cpython-3.12.99-linux-x86_64-gnu" / "bin" / "python3.12"
+    interpreter.parent.mkdir(parents=True)
+    interpreter.symlink_to(python312)
+    monkeypatch.setenv("UV_PYTHON_INSTALL_DIR", str(managed))
+    monkeypatch.setenv("UV_PYTHON_DOWNLOADS", "never")
+    assert uvbin.find_python("3.12") == interpreter
+    argv = pack_argv(plugin_with_pyproject(tmp_path), tmp_path / "out", tmp_path / "cache", plain_index.url)
+    assert main([*argv, "--no-verify", "-q"]) == 0  # uv lock ran with it
