@@ -331,15 +331,14 @@ def test_a_missing_or_unreadable_ca_bundle_is_a_usage_error(
     assert f"error: {tmp_path / 'bad.pem'}: not a PEM file of CA certificates" in capsys.readouterr().err
 
 
-def test_the_machines_uv_settings_pass_and_the_packages_settings_do_not() -> None:
+def test_the_machines_uv_settings_pass_and_the_packages_settings_do_not(monkeypatch: pytest.MonkeyPatch) -> None:
     machine = {
         "UV_PYTHON_INSTALL_MIRROR": "https://mirror.example/python",
         "UV_PYTHON_DOWNLOADS": "manual",
         "UV_PYTHON_INSTALL_DIR": "/opt/pythons",
         "UV_SYSTEM_CERTS": "1",
         "UV_HTTP_TIMEOUT": "90",
-        "UV_INDEX_NEXUS_USERNAME": "u",
-        "UV_INDEX_NEXUS_PASSWORD": "p",
+        "UV_KEYRING_PROVIDER": "subprocess",
         "HTTPS_PROXY": "http://proxy.example:3128",
     }
     package = {
@@ -357,9 +356,13 @@ def test_the_machines_uv_settings_pass_and_the_packages_settings_do_not() -> Non
         "PIP_INDEX_URL": "https://elsewhere.example/simple",
         "PYTHONPATH": "/x",
     }
-    env = clean_env(base={**machine, **package})
+    logins = {"UV_INDEX_NEXUS_USERNAME": "u", "UV_INDEX_NEXUS_PASSWORD": "p"}
+    env = clean_env(base={**machine, **package, **logins})
     assert {name: env[name] for name in machine} == machine
-    assert not set(package) & set(env)
+    assert not (set(package) | set(logins)) & set(env), "a replay runs the plugin's code: no login goes there"
+    for name, value in logins.items():
+        monkeypatch.setenv(name, value)
+    assert Indexes("https://nexus.example/simple").uv_env() == logins, "the index commands get them"
 
 
 # The daemon's CPython, up front

@@ -43,6 +43,8 @@ Origin = tuple[str, str, int | None]
 DEFAULT_INDEX = "https://pypi.org/simple"
 # uv's name for our indexes: logins then go in UV_INDEX_REPACK<N>_USERNAME/PASSWORD, not in argv.
 _INDEX_NAME = "repack"
+# Logins the machine gives uv for indexes it names in its own uv.toml: for index commands only.
+_UV_INDEX_LOGIN = re.compile(r"UV_INDEX_\w+_(?:USERNAME|PASSWORD)")
 _logins_lock = threading.Lock()
 
 
@@ -251,7 +253,8 @@ class Indexes:
         return args
 
     def uv_env(self) -> dict[str, str]:
-        env = {}
+        """The logins for the uv commands that talk to the indexes (and the machine's own ``UV_INDEX_*`` ones)."""
+        env = {name: value for name, value in os.environ.items() if _UV_INDEX_LOGIN.fullmatch(name)}
         for number, (_, login) in enumerate(self.logins()):
             if login is not None:
                 prefix = f"UV_INDEX_{_INDEX_NAME.upper()}{number}"

@@ -11,7 +11,6 @@ import codecs
 import logging
 import os
 import queue
-import re
 import shlex
 import signal
 import subprocess
@@ -30,9 +29,10 @@ commands = logging.getLogger("dify_repack.commands")
 # Settings a user or the machine may have for pip/uv must not leak into what we resolve, build or verify:
 # the daemon never sees them, so a package that only works with them is broken.
 _SCRUBBED_PREFIXES = ("PIP_", "UV_", "PYTHON", "VIRTUAL_ENV", "CONDA_")
-# Except the uv settings that concern only this machine: how its uv gets a CPython, trusts servers, logs in and
-# times out. They change how the work is done, never what the package holds (indexes, find-links, resolution,
-# offline mode and the cache stay ours).
+# Except the uv settings that concern only this machine: how its uv gets a CPython, trusts servers and times
+# out. They change how the work is done, never what the package holds (indexes, find-links, resolution, offline
+# mode and the cache stay ours). Index logins are no such setting: they go only to the commands that talk to
+# an index (credentials.Indexes.uv_env), never to a replay that runs the plugin's own code.
 UV_MACHINE_SETTINGS = frozenset(
     {
         "UV_PYTHON_DOWNLOADS",
@@ -56,7 +56,6 @@ UV_MACHINE_SETTINGS = frozenset(
         "UV_CONCURRENT_INSTALLS",
     }
 )
-_UV_INDEX_LOGIN = re.compile(r"UV_INDEX_\w+_(?:USERNAME|PASSWORD)")
 
 
 _POLL = 0.05  # seconds between looks at the clock and the cancel flag while a child is quiet
@@ -65,9 +64,7 @@ Killed = Literal["idle", "timeout", "cancelled"]
 
 
 def _kept(name: str) -> bool:
-    if not name.startswith(_SCRUBBED_PREFIXES):
-        return True
-    return name in UV_MACHINE_SETTINGS or bool(_UV_INDEX_LOGIN.fullmatch(name))
+    return not name.startswith(_SCRUBBED_PREFIXES) or name in UV_MACHINE_SETTINGS
 
 
 def clean_env(extra: Mapping[str, str] | None = None, *, base: Mapping[str, str] | None = None) -> dict[str, str]:
