@@ -22,8 +22,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from .. import __version__, cancel
+from ..credentials import use_tls_options
 from ..errors import DifyRepackError, EnvironmentProblem, ExitCode, Interrupted, UsageError
-from ..redaction import redact
+from ..redaction import RedactingFilter, redact
 from ..report import ConsoleReporter
 from ..resolve import DEFAULT_INDEX
 from ..runner import commands
@@ -81,9 +82,12 @@ def setup_logging(verbose: bool) -> None:
     """
     root = logging.getLogger()
     if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_LogFormat())
-        root.addHandler(handler)
+        ours = logging.StreamHandler(sys.stderr)
+        ours.setFormatter(_LogFormat())
+        root.addHandler(ours)
+    for handler in root.handlers:
+        if not any(isinstance(existing, RedactingFilter) for existing in handler.filters):
+            handler.addFilter(RedactingFilter())  # a log line that quotes a URL with a login in it
     root.setLevel(logging.DEBUG if verbose else logging.WARNING)
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -216,6 +220,25 @@ index_options = [
         metavar="URL",
         callback=check_urls,
         help="Another index to use as well (repeatable). Env: UV_EXTRA_INDEX_URL, PIP_EXTRA_INDEX_URL.",
+    ),
+    # Both stand for the variables uv reads too (see http.py), so they take effect by setting them.
+    click.option(
+        "--cert",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        expose_value=False,
+        callback=lambda _ctx, _param, value: use_tls_options(value, False),
+        metavar="FILE",
+        help="CA bundle (PEM) to trust for the index and downloads, instead of the default roots. "
+        "Env: SSL_CERT_FILE, REQUESTS_CA_BUNDLE.",
+    ),
+    click.option(
+        "--native-tls",
+        "--system-certs",
+        is_flag=True,
+        expose_value=False,
+        callback=lambda _ctx, _param, value: use_tls_options(None, value),
+        help="Trust the system's certificate store (a corporate CA installed there), as uv's flag of that name. "
+        "Env: UV_SYSTEM_CERTS.",
     ),
 ]
 cache_option = click.option(
