@@ -33,7 +33,7 @@ def cache_info(cache_dir: Path | None) -> None:
 @cache_group.command("clean")
 @cache_option
 def cache_clean(cache_dir: Path | None) -> None:
-    """Delete everything in the cache."""
+    """Delete everything in the cache (only a folder dify-repack created: it carries a CACHEDIR.TAG)."""
     cache = WheelCache(cache_dir or default_cache_dir())
     cache.clean()
     click.echo(f"emptied {cache.root}")

@@ -6,10 +6,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
-from ..signing import CATEGORIES, generate_keypair, sign_package, trust_instructions, verify_signature
+from ..errors import UsageError
+from ..signing import (
+    CATEGORIES,
+    MAX_BITS,
+    MIN_BITS,
+    generate_keypair,
+    key_permission_warning,
+    same_file,
+    sign_package,
+    trust_instructions,
+    verify_signature,
+)
 from ._app import (
     cli,
+    stderr,
 )
 
 # Signing: keys, signatures and their verification as the daemon does it.
@@ -17,7 +30,13 @@ from ._app import (
 
 @cli.command("keygen")
 @click.argument("name", type=click.Path(dir_okay=False))
-@click.option("--bits", type=int, default=4096, show_default=True, help="RSA key size (2048 at least).")
+@click.option(
+    "--bits",
+    type=click.IntRange(MIN_BITS, MAX_BITS),
+    default=4096,
+    show_default=True,
+    help=f"RSA key size ({MIN_BITS} to {MAX_BITS}).",
+)
 def keygen_command(name: str, bits: int) -> None:
     """Create the key pair NAME.private.pem and NAME.public.pem for signing packages.
 
@@ -58,14 +77,14 @@ def keygen_command(name: str, bits: int) -> None:
     "-o",
     "--output",
     type=click.Path(dir_okay=False),
-    help="Where to write the signed package.  [default: PACKAGE with .signed.difypkg, beside it]",
+    help="Where to write the signed package; never PACKAGE or the key.  [default: PACKAGE with .signed.difypkg, beside it]",
 )
 def sign_command(package: str, key: str, category: str, output: str | None) -> None:
     """Sign PACKAGE so a plugin daemon that trusts your public key installs it.
 
     \b
     Replaces any earlier signature, writes a new package and checks the signature on it;
-    PACKAGE itself is left untouched unless -o names it.
+    PACKAGE itself is left untouched (-o naming it, or the key, is refused).
 
     \b
     Example:
@@ -74,6 +93,13 @@ def sign_command(package: str, key: str, category: str, output: str | None) -> N
     """
     source = Path(package)
     target = Path(output) if output else source.with_name(source.stem + ".signed.difypkg")
+    if same_file(target, source):
+        raise UsageError(
+            f"{target}: is the input package; refusing to replace it",
+            tip="write the signed package elsewhere with -o (the default is PACKAGE.signed.difypkg beside it)",
+        )
+    if warning := key_permission_warning(Path(key)):
+        stderr.print(f"[bold yellow]warning:[/] {escape(warning)}")
     info = sign_package(source, Path(key), target, category=category)
     signed_at = datetime.fromtimestamp(info.time, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     click.echo(f"signed: {target}  (category {info.category}, {signed_at})")

@@ -90,6 +90,12 @@ from ._app import (
     help="Resolve again now; by default a resolution of the same input from the last 24 hours is reused.",
 )
 @click.option(
+    "--follow-symlinks",
+    is_flag=True,
+    help="Package what every symbolic link of a plugin folder points to, even outside the folder and its "
+    "git repository (by default such links are refused).",
+)
+@click.option(
     "-j",
     "--jobs",
     type=click.IntRange(1, 8),
@@ -115,6 +121,7 @@ def pack_command(
     sign_key: Path | None,
     marketplace_url: str | None,
     refresh: bool,
+    follow_symlinks: bool,
     jobs: int,
     as_json: bool,
     quiet: bool,
@@ -159,6 +166,7 @@ def pack_command(
         sign_key=sign_key,
         refresh=refresh,
         glibc=glibc_version,
+        follow_symlinks=follow_symlinks,
     )
     parallel = jobs > 1 and len(parsed) > 1
 
