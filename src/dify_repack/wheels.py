@@ -112,7 +112,8 @@ class WheelCache:
         return scratch
 
     def size(self) -> tuple[int, int]:
-        files = [path for path in self.root.rglob("*") if path.is_file()] if self.root.exists() else []
+        found = self.root.rglob("*") if self.root.exists() else []
+        files = [path for path in found if path.is_file() and path.name != CACHEDIR_TAG]
         return len(files), sum(path.stat().st_size for path in files)
 
     def clean(self) -> None:
