@@ -28,7 +28,7 @@ SIGNATURE_FILE = ".verification.dify.json"
 MAX_UNCOMPRESSED_BYTES = 8 * 1024**3
 # Deflate of real data rarely passes 20:1; above this, a large entry is a bomb (deflate's ceiling is ~1030:1).
 MAX_RATIO = 200
-RATIO_FLOOR = 1024 * 1024  # small entries (an empty placeholder) may compress absurdly well
+RATIO_FLOOR = 8 * 1024 * 1024  # smaller entries (an empty placeholder) may compress absurdly well
 # The central directory is parsed into memory: this bounds it (real packages hold a few thousand files).
 MAX_ENTRIES = 200_000
 # The compression methods Go's archive/zip (the daemon) reads.
@@ -122,6 +122,8 @@ def open_package(package: Path, *, shown_as: object = None) -> Iterator[zipfile.
         archive = zipfile.ZipFile(package)
     except FileNotFoundError:
         raise PackageError(f"{where}: no such file") from None
+    except UnicodeDecodeError:
+        raise PackageError(f"{where}: an entry name is flagged UTF-8 but is not valid UTF-8") from None
     except (*_ZIP_READ_ERRORS, OSError) as exc:
         raise PackageError(
             f"{where}: not a readable .difypkg (zip) file: {_first_line(exc)}",

@@ -311,14 +311,16 @@ def read_signature(package: Path) -> SignatureInfo | None:
 
 
 def _verify(package: Path, key: rsa.RSAPublicKey, *, shown_as: Path) -> SignatureInfo:
-    with open_package(package) as archive:
+    with open_package(package, shown_as=shown_as) as archive:
+        # Every entry is read first: a corrupt package is a bad package (exit 3), signed or not.
+        digests = _signed_digests(archive)
         claim = _read_claim(archive, shown_as)
         if claim is None:
             raise SignatureError(
                 f"{shown_as}: is not signed (its zip comment is empty)",
                 tip=f"sign it: dify-repack sign {shown_as} --key NAME.private.pem",
             )
-        payload = _signed_digests(archive) + str(claim.time).encode()
+        payload = digests + str(claim.time).encode()
     try:
         key.verify(claim.signature, payload, padding.PKCS1v15(), hashes.SHA256())
     except InvalidSignature:
