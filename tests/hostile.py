@@ -55,41 +55,12 @@ def build_zip(path: Path, entries: list[Entry], *, comment: bytes = b"") -> Path
         crc = zlib.crc32(entry.data) if entry.crc is None else entry.crc
         size = len(entry.data) if entry.file_size is None else entry.file_size
         offset = len(body)
-        # version 2.0, time 00:00, date 1980-01-01
-        body += struct.pack(
-            "<4s5H3L2H",
-            b"PK\x03\x04",
-            20,
-            entry.flags,
-            entry.method,
-            0,
-            0x21,
-            crc,
-            len(payload),
-            size,
-            len(local_name),
-            0,
-        )
-        body += local_name + payload
+        # flags, method, time 00:00, date 1980-01-01, CRC, sizes: the same in both headers
+        common = (entry.flags, entry.method, 0, 0x21, crc, len(payload), size)
+        body += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, *common, len(local_name), 0) + local_name + payload
+        # made by unix (3), spec 2.0: the mode in external_attr is read
         central += struct.pack(
-            "<4s6H3L5H2L",
-            b"PK\x01\x02",
-            0x0314,  # made by unix (3), spec 2.0: the mode in external_attr is read
-            20,
-            entry.flags,
-            entry.method,
-            0,
-            0x21,
-            crc,
-            len(payload),
-            size,
-            len(name),
-            0,
-            0,
-            0,
-            0,
-            entry.mode << 16,
-            offset,
+            "<4s6H3L5H2L", b"PK\x01\x02", 0x0314, 20, *common, len(name), 0, 0, 0, 0, entry.mode << 16, offset
         )
         central += name
     end = struct.pack(

@@ -23,6 +23,12 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return generate_keypair(tmp_path_factory.mktemp("keys") / "test", bits=2048)
 
 
+def _key_copy(key: Path, path: Path, mode: int) -> Path:
+    path.write_bytes(key.read_bytes())
+    path.chmod(mode)
+    return path
+
+
 @pytest.fixture
 def package(tmp_path: Path) -> Path:
     plugin = make_plugin(tmp_path / "plugin", {"requirements.txt": "dify_plugin==0.7.4\n"})
@@ -47,9 +53,7 @@ def test_the_library_bounds_bits_too(tmp_path: Path) -> None:
 def test_sign_never_writes_over_the_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], keys: tuple[Path, Path], package: Path
 ) -> None:
-    private = tmp_path / "copy.private.pem"
-    private.write_bytes(keys[0].read_bytes())
-    private.chmod(0o600)
+    private = _key_copy(keys[0], tmp_path / "copy.private.pem", 0o600)
     before = private.read_bytes()
     assert_refused(run(capsys, "sign", package, "--key", private, "-o", private), ExitCode.USAGE, private)
     # The same file under another name (a hard link) is the key too.
@@ -73,9 +77,7 @@ def test_sign_never_replaces_its_input(
 def test_a_readable_private_key_gets_a_warning(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], keys: tuple[Path, Path], package: Path
 ) -> None:
-    loose = tmp_path / "loose.private.pem"
-    loose.write_bytes(keys[0].read_bytes())
-    loose.chmod(0o644)
+    loose = _key_copy(keys[0], tmp_path / "loose.private.pem", 0o644)
     outcome = run(capsys, "sign", package, "--key", loose)
     assert outcome.code == 0
     warnings = [line for line in outcome.err.splitlines() if line.startswith("warning:")]
@@ -96,9 +98,7 @@ class _Warnings(NullReporter):
 def test_pack_warns_about_a_readable_signing_key_and_tags_its_cache(
     tmp_path: Path, keys: tuple[Path, Path], index: LocalIndex
 ) -> None:
-    loose = tmp_path / "loose.private.pem"
-    loose.write_bytes(keys[0].read_bytes())
-    loose.chmod(0o640)
+    loose = _key_copy(keys[0], tmp_path / "loose.private.pem", 0o640)
     plugin = make_plugin(tmp_path / "src", {"requirements.txt": "dify_plugin==0.7.4\n"})
     reporter = _Warnings()
     cache = tmp_path / "cache"
