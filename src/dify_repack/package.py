@@ -21,6 +21,7 @@ from typing import IO
 
 import pathspec
 
+from . import cancel
 from .errors import PackageError
 
 SIGNATURE_FILE = ".verification.dify.json"
@@ -148,6 +149,7 @@ def extract_package(source: Path, dest: Path, *, shown_as: object = None) -> Non
     with open_package(source, shown_as=where) as archive:
         root = dest.resolve()
         for info in archive.infolist():
+            cancel.check()
             if info.is_dir():
                 continue
             target = dest.joinpath(*PurePosixPath(info.filename).parts)
@@ -275,6 +277,7 @@ class _Copier:
             self._copy_file(target, relative)
 
     def _copy_file(self, path: Path, relative: str) -> None:
+        cancel.check()
         target = self.dest / relative
         try:
             mode = path.stat().st_mode
@@ -355,6 +358,7 @@ def write_package(root: Path, output: Path, *, names: Iterable[str] | None = Non
     with atomic_output(output) as temp:
         with zipfile.ZipFile(temp, "w", allowZip64=True) as archive:
             for name in ordered:
+                cancel.check()
                 info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
                 info.external_attr = (stat.S_IFREG | 0o644) << 16
                 info.create_system = 3  # unix, so the mode above is read
@@ -405,6 +409,7 @@ def plugin_checksum(entries: Iterable[tuple[str, str]]) -> str:
 def entry_digests(archive: zipfile.ZipFile) -> Iterator[tuple[str, bytes]]:
     """``(name, sha256 digest)`` of every file entry in zip order, streamed: what the daemon hashes."""
     for info in archive.infolist():
+        cancel.check()
         if info.is_dir():
             continue
         digest = hashlib.sha256()
