@@ -250,3 +250,11 @@ def test_link_to_a_fifo_is_refused(tmp_path: Path, plugin: Path) -> None:
     (plugin / "data").symlink_to("pipe")
     with pytest.raises(PackageError, match="data: is a FIFO"):
         copy_plugin_dir(plugin, tmp_path / "copy")
+
+
+def test_an_ignore_file_linked_to_something_huge_is_refused(tmp_path: Path, plugin: Path) -> None:
+    big = plugin / "big.txt"
+    big.write_bytes(b"#" * (2 * 1024 * 1024))
+    (plugin / ".difyignore").symlink_to("big.txt")
+    with pytest.raises(PackageError, match=r"\.difyignore: larger than"):
+        copy_plugin_dir(plugin, tmp_path / "copy")

@@ -14,6 +14,7 @@ import pytest
 from builders import make_plugin, manifest_yaml
 from dify_repack import yamlsafe
 from dify_repack.errors import DependencyError, ExitCode, PackageError
+from dify_repack.manifest import read_manifest
 from dify_repack.package import write_package
 from dify_repack.yamlsafe import load_yaml
 from hostile import assert_refused, isolated_tmp, leftovers, run
@@ -78,3 +79,10 @@ def test_a_manifest_bomb_fails_pack_and_inspect_in_well_under_a_second(
             assert time.monotonic() - started < 1.0
             assert_refused(outcome, ExitCode.BAD_PACKAGE, argv[1], "manifest.yaml")
     assert leftovers(tmp_path / "out") == [] and leftovers(tmp_path / "cache") == []
+
+
+def test_a_huge_manifest_is_never_read_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("dify_repack.manifest.MAX_YAML_CHARS", 1000)
+    folder = make_plugin(tmp_path / "plugin", {"manifest.yaml": manifest_yaml() + "#" * 5000 + "\n"})
+    with pytest.raises(PackageError, match=r"manifest\.yaml: larger than 1000 bytes"):
+        read_manifest(folder)

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PackageError
-from .yamlsafe import load_yaml
+from .package import read_bounded
+from .yamlsafe import MAX_YAML_CHARS, load_yaml
 
 # The daemon's regular expressions (Go: \d and \w are ASCII there, hence re.ASCII), matched whole.
 _AUTHOR = re.compile(r"[a-z0-9_-]{1,64}")
@@ -52,12 +53,11 @@ def read_manifest(root: Path, *, origin: str | None = None) -> Manifest:
     path = root / "manifest.yaml"
     if not path.is_file():
         raise PackageError(f"{where}: no manifest.yaml at the top level; this is not a Dify plugin")
+    raw = read_bounded(path, MAX_YAML_CHARS, f"{where}: manifest.yaml")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise PackageError(f"{where}: manifest.yaml is not UTF-8 text") from None
-    except OSError as exc:
-        raise PackageError(f"{where}: manifest.yaml cannot be read ({exc.strerror})") from None
     data = load_yaml(text, where=f"{where}: manifest.yaml", error=PackageError)
     if not isinstance(data, dict):
         raise PackageError(f"{where}: manifest.yaml must be a mapping")

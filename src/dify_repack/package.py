@@ -39,6 +39,7 @@ _ZIP_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFErr
 # A fixed timestamp makes the same input give a byte-identical zip (zip's epoch is 1980).
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _CHUNK = 1024 * 1024
+_MAX_RULES_BYTES = 1024 * 1024  # an ignore file of a real plugin is a few hundred bytes
 # Never part of a plugin, whatever its ignore files say: VCS data, local venvs, caches, built packages.
 ALWAYS_IGNORED = (".git/", ".venv/", "__pycache__/", "*.pyc", "*.difypkg", ".DS_Store")
 
@@ -177,9 +178,24 @@ def ignore_spec(root: Path) -> pathspec.GitIgnoreSpec:
     for name in (".difyignore", ".gitignore"):
         rules = root / name
         if rules.is_file():
-            lines = rules.read_text(encoding="utf-8", errors="replace").splitlines()
+            lines = read_bounded(rules, _MAX_RULES_BYTES, f"{root}/{name}").decode("utf-8", "replace").splitlines()
             return pathspec.GitIgnoreSpec.from_lines([*ALWAYS_IGNORED, *lines])
     return pathspec.GitIgnoreSpec.from_lines(ALWAYS_IGNORED)
+
+
+def read_bounded(path: Path, limit: int, shown: str) -> bytes:
+    """A small file's bytes; a file larger than ``limit`` (or unreadable) is a PackageError naming ``shown``.
+
+    Never reads more than ``limit + 1`` bytes, whatever the file (a link to a huge one, a device).
+    """
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise PackageError(f"{shown}: cannot read it ({exc.strerror})") from None
+    if len(data) > limit:
+        raise PackageError(f"{shown}: larger than {limit} bytes; this file is never that large in a real plugin")
+    return data
 
 
 def copy_plugin_dir(source: Path, dest: Path, *, follow_symlinks: bool = False) -> list[str]:

@@ -8,6 +8,7 @@ with one line, in milliseconds.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -40,6 +41,20 @@ class _BoundedLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def _check_flow_depth(text: str) -> None:
+    # PyYAML's scanner tracks a possible key per open bracket and rescans them all per token: thousands of
+    # nested [ take seconds before the composer ever sees a node. Counting brackets first costs one pass; a
+    # bracket inside a quoted string counts too, which only matters for 64 unbalanced ones.
+    depth = 0
+    for match in _BRACKETS.finditer(text):
+        depth = depth + 1 if match.group() in "[{" else max(depth - 1, 0)
+        if depth > MAX_DEPTH:
+            raise _Refused(f"nested deeper than {MAX_DEPTH} levels")
 
 
 def _expanded_size(root: yaml.Node) -> int:
@@ -84,6 +99,7 @@ def load_yaml(text: str, *, where: str, error: type[DifyRepackError]) -> object:
         raise error(f"{where}: {len(text)} characters, above the {MAX_YAML_CHARS} safety limit for a YAML file")
     loader = _BoundedLoader(text)
     try:
+        _check_flow_depth(text)
         node = loader.get_single_node()
         if node is None:
             return None
