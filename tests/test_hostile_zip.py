@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from builders import serve_index
 from dify_repack import package as package_module
 from dify_repack.errors import ExitCode, PackageError
 from dify_repack.inspect import inspect_package
@@ -130,3 +131,16 @@ def test_a_lying_size_never_writes_more_than_declared(tmp_path: Path) -> None:
     with pytest.raises(PackageError, match="corrupt"):
         extract_package(package, dest)
     assert (dest / "data.bin").stat().st_size <= 10
+
+
+def test_a_downloaded_package_is_named_by_its_url_not_its_temp_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with serve_index(tmp_path / "site") as site:
+        write_bad_package(site.files, "duplicate-entry")
+        url = site.url.replace("/simple", "/files/duplicate-entry.difypkg")
+        with isolated_tmp(tmp_path / "tmp", monkeypatch):
+            outcome = run(capsys, "pack", url, "--no-verify", "-o", tmp_path / "out", "--cache-dir", tmp_path / "cache")
+    assert_refused(outcome, ExitCode.BAD_PACKAGE, f"{url}: entry 'main.py' appears twice")
+    assert str(tmp_path / "tmp") not in outcome.err
+    assert leftovers(tmp_path / "out") == [] and leftovers(tmp_path / "cache") == []

@@ -60,6 +60,7 @@ class PackOptions:
     refresh: bool = False  # resolve again even when a recent resolution of the same input is cached
     glibc: tuple[int, int] = DEFAULT_GLIBC  # the newest manylinux level the daemon's host can run
     follow_symlinks: bool = False  # follow links of a plugin folder that lead outside it and its repository
+    origin: str | None = None  # the source as the user gave it (a URL, a Marketplace id): named in errors
 
 
 @dataclass(frozen=True)
@@ -120,12 +121,15 @@ def output_path(manifest: Manifest, output_dir: Path | None) -> Path:
     return output
 
 
-def load_plugin(source: Path, dest: Path, *, follow_symlinks: bool = False) -> list[str]:
-    """Put the plugin's files into ``dest``: a source directory is copied, a .difypkg extracted; notes."""
+def load_plugin(source: Path, dest: Path, *, follow_symlinks: bool = False, shown_as: str | None = None) -> list[str]:
+    """Put the plugin's files into ``dest``: a source directory is copied, a .difypkg extracted; notes.
+
+    ``shown_as`` names a downloaded package in messages (its URL), instead of its temporary path.
+    """
     if source.is_dir():
         return copy_plugin_dir(source, dest, follow_symlinks=follow_symlinks)
     if source.is_file():
-        extract_package(source, dest)
+        extract_package(source, dest, shown_as=shown_as)
         return []
     raise PackageError(f"{source}: no such file or directory")
 
@@ -143,8 +147,9 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
     with tempfile.TemporaryDirectory(prefix="dify-repack-") as temp:
         root = Path(temp) / "plugin"
         root.mkdir()
-        link_notes = load_plugin(source, root, follow_symlinks=options.follow_symlinks)
-        manifest = read_manifest(root, origin=str(source))
+        shown = options.origin or str(source)
+        link_notes = load_plugin(source, root, follow_symlinks=options.follow_symlinks, shown_as=shown)
+        manifest = read_manifest(root, origin=shown)
         output = output_path(manifest, options.output_dir)
         if source.is_file() and output.resolve() == source.resolve():
             raise UsageError(

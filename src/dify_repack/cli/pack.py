@@ -181,7 +181,8 @@ def pack_command(
             require_pass(report)
             return report
 
-        options = dataclasses.replace(base_options, check=check if verify else None)
+        # Errors name the source as typed (a URL, a Marketplace id), not the download's temp path.
+        options = dataclasses.replace(base_options, check=check if verify else None, origin=source.text)
         started = time.monotonic()
         try:
             # One folder a source: two URLs may end in the same file name.
