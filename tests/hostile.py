@@ -110,6 +110,8 @@ BAD_ZIPS: dict[str, Callable[[], list[Entry]]] = {
     "absolute-name": lambda: [*plugin_entries(), Entry("/tmp/evil.py", b"x = 1\n")],
     "dotdot-name": lambda: [*plugin_entries(), Entry("../evil.py", b"x = 1\n")],
     "backslash-name": lambda: [*plugin_entries(), Entry("..\\evil.py", b"x = 1\n")],
+    "name-too-long": lambda: [*plugin_entries(), Entry("a" * 300 + ".py", b"x = 1\n")],
+    "path-too-deep": lambda: [*plugin_entries(), Entry("d/" * 600 + "x.py", b"x = 1\n")],
     "header-name-mismatch": lambda: [*plugin_entries(), Entry("good.py", b"x = 1\n", local_name="evil.py")],
 }
 

@@ -7,6 +7,7 @@ and the run leaves nothing in -o, the cache or TMPDIR.
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from builders import serve_index
 from dify_repack import package as package_module
-from dify_repack.errors import ExitCode, PackageError
+from dify_repack.errors import EnvironmentProblem, ExitCode, PackageError
 from dify_repack.inspect import inspect_package
 from dify_repack.package import extract_package, zip_checksum
 from dify_repack.signing import generate_keypair
@@ -144,3 +145,18 @@ def test_a_downloaded_package_is_named_by_its_url_not_its_temp_path(
     assert_refused(outcome, ExitCode.BAD_PACKAGE, f"{url}: entry 'main.py' appears twice")
     assert str(tmp_path / "tmp") not in outcome.err
     assert leftovers(tmp_path / "out") == [] and leftovers(tmp_path / "cache") == []
+
+
+def test_a_full_disk_while_extracting_is_a_host_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = build_zip(tmp_path / "ok.difypkg", plugin_entries())
+    real_open = Path.open
+
+    def full(self: Path, mode: str = "r", *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        if "w" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(self, mode, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "open", full)
+    with pytest.raises(EnvironmentProblem, match="No space left on device") as caught:
+        extract_package(package, tmp_path / "dest")
+    assert caught.value.exit_code == ExitCode.ENVIRONMENT

@@ -22,7 +22,7 @@ from typing import IO
 import pathspec
 
 from . import cancel
-from .errors import PackageError
+from .errors import EnvironmentProblem, PackageError
 
 SIGNATURE_FILE = ".verification.dify.json"
 # Far above any real plugin (torch-sized packages are ~3 GiB) and far below what would fill a disk.
@@ -39,6 +39,9 @@ _ZIP_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFErr
 # A fixed timestamp makes the same input give a byte-identical zip (zip's epoch is 1980).
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _CHUNK = 1024 * 1024
+# Linux's NAME_MAX, and a path length far above real plugins' (<300) and below PATH_MAX with any temp prefix.
+_MAX_PART_BYTES = 255
+_MAX_NAME_BYTES = 1024
 _MAX_RULES_BYTES = 1024 * 1024  # an ignore file of a real plugin is a few hundred bytes
 # Never part of a plugin, whatever its ignore files say: VCS data, local venvs, caches, built packages.
 ALWAYS_IGNORED = (".git/", ".venv/", "__pycache__/", "*.pyc", "*.difypkg", ".DS_Store")
@@ -61,6 +64,8 @@ def _check_member_name(name: str, source: object) -> PurePosixPath:
         raise PackageError(f"{source}: entry {name!r} points outside the package ('..'); refusing to extract it")
     if not posix.parts or posix.parts == (".",):
         raise PackageError(f"{source}: entry {name!r} has an empty path")
+    if len(name.encode()) > _MAX_NAME_BYTES or any(len(part.encode()) > _MAX_PART_BYTES for part in posix.parts):
+        raise PackageError(f"{source}: entry {name[:60]!r}… has a name too long for a file system")
     return posix
 
 
@@ -157,10 +162,20 @@ def extract_package(source: Path, dest: Path, *, shown_as: object = None) -> Non
             # Names were checked; this guards against a folder of dest being a link planted earlier.
             if not target.parent.resolve().is_relative_to(root):
                 raise PackageError(f"{where}: entry {info.filename!r} would be written outside the package folder")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(info) as src, target.open("wb") as out:
-                _copy_limited(src, out, info.file_size, info.filename, where)
-            target.chmod(0o644)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(info) as src, target.open("wb") as out:
+                    _copy_limited(src, out, info.file_size, info.filename, where)
+                target.chmod(0o644)
+            except OSError as exc:
+                raise _unwritable(dest, exc) from None
+
+
+def _unwritable(folder: Path, exc: OSError) -> EnvironmentProblem:
+    return EnvironmentProblem(
+        f"{folder}: cannot write there ({exc.strerror})",
+        tip="free some space or point TMPDIR at a folder with room",
+    )
 
 
 def _copy_limited(src: IO[bytes], out: IO[bytes], declared: int, name: str, source: object) -> None:
@@ -309,11 +324,14 @@ class _Copier:
                 tip="make it readable, or list it in .difyignore",
             ) from None
         with source:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with target.open("wb") as out:
-                while chunk := self._read(source, relative):
-                    out.write(chunk)
-        target.chmod(0o644)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with target.open("wb") as out:
+                    while chunk := self._read(source, relative):
+                        out.write(chunk)
+                target.chmod(0o644)
+            except OSError as exc:
+                raise _unwritable(self.dest, exc) from None
 
     def _read(self, source: IO[bytes], relative: str) -> bytes:
         try:
