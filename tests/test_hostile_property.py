@@ -90,6 +90,7 @@ names = st.one_of(
     st.sampled_from(["manifest.yaml", "main.py", "x", "x/y", "wheels/", "../a", "/abs", "a\\b", "", "."]),
     st.text(alphabet="ab/.\\\x00-é", min_size=0, max_size=12),
     st.binary(min_size=1, max_size=8),
+    st.integers(200, 1200).map(lambda n: ("ab/" * n)[:n]),  # long names and deep paths
 )
 entries = st.builds(
     Entry,
