@@ -140,3 +140,8 @@ def test_cache_clean_removes_what_the_tool_created(tmp_path: Path, capsys: pytes
     assert run(capsys, "cache", "clean", "--cache-dir", cache).code == 0
     assert not cache.exists()
     assert run(capsys, "cache", "clean", "--cache-dir", cache).code == 0  # nothing there: nothing to do
+
+
+def test_a_public_key_given_by_mistake_gets_no_permission_warning(keys: tuple[Path, Path]) -> None:
+    assert keys[1].stat().st_mode & 0o044  # public keys are 0644 on purpose
+    assert key_permission_warning(keys[1]) is None

@@ -122,7 +122,13 @@ def key_permission_warning(path: Path) -> str | None:
     """A warning when a private key file can be read by its group or by everyone, else None."""
     try:
         mode = path.stat().st_mode
+        with path.open("rb") as handle:
+            head = handle.read(4096)
     except OSError:
+        return None
+    block = _PEM_BEGIN.search(head)
+    # A public key (or anything else) given by mistake is refused later, with its own message.
+    if block is None or block.group(1).decode() not in _PRIVATE_BLOCKS:
         return None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         return (
