@@ -128,7 +128,8 @@ def output_path(manifest: Manifest, output_dir: Path | None) -> Path:
 def check_folders(options: PackOptions) -> None:
     """Find a read-only, unwritable or full output folder, cache or temp folder now, before any download.
 
-    Each gets a probe file written and removed, and its free space compared with ``MIN_FREE_BYTES``.
+    Each gets a probe file written and removed, and its free space compared with ``MIN_FREE_BYTES``; a folder
+    that does not exist yet is judged by the nearest one above it (and not created: a refusal leaves nothing).
     """
     temp = os.environ.get("TMPDIR")
     folders = (
@@ -138,15 +139,17 @@ def check_folders(options: PackOptions) -> None:
         (Path(temp) if temp else Path(tempfile.gettempdir()), "TMPDIR=DIR"),
     )
     for folder, elsewhere in folders:
+        existing = folder.absolute()
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            handle, probe = tempfile.mkstemp(prefix=".dify-repack-probe-", dir=folder)
+            handle, probe = tempfile.mkstemp(prefix=".dify-repack-probe-", dir=existing)
             try:
                 os.write(handle, b"probe")
             finally:
                 os.close(handle)
                 Path(probe).unlink()
-            free = shutil.disk_usage(folder).free
+            free = shutil.disk_usage(existing).free
         except OSError as exc:
             raise EnvironmentProblem.cannot_write(folder, exc, elsewhere=elsewhere) from None
         if free < MIN_FREE_BYTES:
