@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from .package import (
     package_stats,
     write_package,
 )
+from .pins import PinChange, check_hashes, pin_changes, preferences_for
 from .report import NullReporter, Reporter
 from .requirements import SDK, declared_dependencies
 from .resolve import Indexes, Pin, ResolutionCache, resolve
@@ -73,6 +73,7 @@ class PackResult:
     notes: tuple[str, ...]
     signed: bool
     verification: VerifyReport | None = None  # what the check found, when one ran
+    pin_changes: tuple[PinChange, ...] = ()  # shipped versions that differ from a version the plugin pinned
 
     @property
     def dify_settings(self) -> tuple[str, ...]:
@@ -122,7 +123,7 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
     if options.sign_key is not None:
         # A wrong or SPKI key should fail in a second, not after every download and build.
         load_private_key(options.sign_key)
-    cache = WheelCache(options.cache_dir or default_cache_dir())
+    cache = WheelCache(options.cache_dir or default_cache_dir(), warn=reporter.warn)
     with tempfile.TemporaryDirectory(prefix="dify-repack-") as temp:
         root = Path(temp) / "plugin"
         root.mkdir()
@@ -159,7 +160,8 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
                     declared.requirements,
                     target,
                     indexes=options.indexes,
-                    preferences=declared.lock_pins,
+                    preferences=preferences_for(declared.preferred, target),
+                    constraints=declared.constraints,
                     uv_cache=cache.uv_cache,
                     cache=resolutions,
                 ): target
@@ -176,12 +178,16 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             if prefetching is not None:
                 prefetching.result()
         selected = fetch_all(plan, cache, indexes=options.indexes, reporter=reporter)
+        check_hashes(declared, selected)
+        changes = pin_changes(declared.pins, selected)
+        if changes:
+            reporter.warn(f"{len(changes)} of {len(declared.pins)} versions the plugin pinned are shipped changed")
 
         wheel_dir = root / WHEELS_DIR
         wheel_dir.mkdir()
         wheel_files = {path for item in selected for path in item.files.values()}
         for path in wheel_files:
-            _link_or_copy(path, wheel_dir / path.name)
+            cache.export(path, wheel_dir / path.name)
 
         reporter.step("writing the offline configuration")
         write_requirements(root, selected, targets)
@@ -224,17 +230,10 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
         notes=tuple(notes),
         signed=options.sign_key is not None,
         verification=verification,
+        pin_changes=changes,
     )
 
 
 def _single_version(selected: list[Selected], name: str) -> str | None:
     versions = {item.pin.version for item in selected if item.pin.name == name}
     return versions.pop() if len(versions) == 1 else None
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    # A hard link costs nothing; the cache may be on another file system, then copy.
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packaging.markers import InvalidMarker, Marker
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
@@ -20,14 +23,54 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 SDK = "dify-plugin"
-_INCLUDE = re.compile(r"^(-r|--requirement|-c|--constraint)(\s+|=)(?P<path>\S+)$")
+# Long options pip accepts in requirement files that pull in another file; optparse also takes any unique
+# prefix (``--constr``), so a prefix counts as the option: it is then confined like the full spelling.
+_INCLUDES = {"--requirement": "requirement", "--constraint": "constraint"}
+_SHORT_INCLUDES = {"-r": "requirement", "-c": "constraint"}
 # Options that configure where pip looks: the package replaces them all with its own wheels.
 _IGNORED_OPTION = re.compile(
     r"^(-i|-f|--index-url|--extra-index-url|--find-links|--no-index|--trusted-host|--pre|"
     r"--prefer-binary|--only-binary|--no-binary|--use-feature|--no-build-isolation)\b"
 )
 _INDEX_OPTION = re.compile(r"^(-i|--index-url|--extra-index-url)\b")
-_INLINE_OPTION = re.compile(r"\s+--(hash|config-settings|global-option|install-option)[=\s]\S+")
+# Per-requirement options that only steer a build; dropped, as the package ships built wheels.
+_BUILD_OPTIONS = ("--config-settings", "--global-option", "--install-option")
+# pip's --hash algorithms, with the hex length of their digests.
+HASH_ALGORITHMS = {"sha256": 64, "sha384": 96, "sha512": 128}
+# A line from a plugin is shown at most this long: enough to recognise it, never a whole file.
+_SHOWN_CHARS = 120
+
+
+@dataclass(frozen=True)
+class DeclaredPin:
+    """An exact version the plugin stated, and where: ``uv.lock`` or ``requirements.txt:LINE``."""
+
+    name: str  # canonical
+    version: str
+    where: str
+    marker: Marker | None = None  # the pin holds only where this is true (a platform- or Python-specific line)
+
+
+@dataclass(frozen=True)
+class HashPin:
+    """``--hash`` values for one package: the file shipped for it must match one of them."""
+
+    name: str  # canonical
+    version: str
+    hashes: frozenset[str]  # "sha256:<hex>" ...
+    where: str
+    marker: Marker | None = None
+
+
+@dataclass
+class RequirementsFile:
+    """What a requirements file (and the files it includes) declares."""
+
+    requirements: list[Requirement] = field(default_factory=list)
+    constraints: list[Requirement] = field(default_factory=list)  # from -c files: narrow versions, add nothing
+    pins: list[DeclaredPin] = field(default_factory=list)
+    hashes: list[HashPin] = field(default_factory=list)
+    require_hashes: bool = False
 
 
 @dataclass(frozen=True)
@@ -40,43 +83,181 @@ class Declared:
     lock_pins: dict[str, str] = field(default_factory=dict)  # canonical name -> version in an existing uv.lock
     has_pyproject_project: bool = False
     added_to_pyproject: tuple[Requirement, ...] = ()  # requirements pyproject.toml must gain to match the set
+    # Hard limits for resolution: constraint files, and the exact versions of hash-pinned packages.
+    constraints: tuple[Requirement, ...] = ()
+    # Every exact pin stated (uv.lock first, then requirements files); ``preferred`` ones steer resolution.
+    pins: tuple[DeclaredPin, ...] = ()
+    preferred: tuple[DeclaredPin, ...] = ()
+    hashes: tuple[HashPin, ...] = ()
+    require_hashes: bool = False  # --require-hashes: every shipped package needs a pinned hash
 
 
-def read_requirements_file(
-    path: Path, *, root: Path, notes: list[str] | None = None, _seen: frozenset[Path] = frozenset()
-) -> list[Requirement]:
-    """Parse a pip requirements file; invalid lines raise DependencyError naming file and line.
+def shown_line(text: str) -> str:
+    """A line of a plugin's file for a message: quoted, control characters escaped, length bounded."""
+    return repr(text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "…")
 
+
+def read_requirements_file(path: Path, *, root: Path, notes: list[str] | None = None) -> list[Requirement]:
+    """The requirements of a pip requirements file (see ``parse_requirements_file``)."""
+    return parse_requirements_file(path, root=root, notes=notes).requirements
+
+
+def parse_requirements_file(path: Path, *, root: Path, notes: list[str] | None = None) -> RequirementsFile:
+    """Parse a pip requirements file and what it includes; invalid lines raise DependencyError naming file and line.
+
+    Includes (``-r``/``-c`` in every spelling pip accepts) must stay inside ``root`` once symbolic links are
+    resolved: a file outside it is never opened, so its content cannot leak into messages or resolution.
     Index options are not followed (the package installs from its own wheels); ``notes`` learns of them.
     """
-    shown = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
-    if path.resolve() in _seen:
+    result = RequirementsFile()
+    _read_into(result, path, root=root.resolve(), shown=_shown(path, root), notes=notes, kind="requirement")
+    return result
+
+
+def _shown(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+
+
+def _read_into(
+    result: RequirementsFile,
+    path: Path,
+    *,
+    root: Path,
+    shown: str,
+    notes: list[str] | None,
+    kind: str,
+    seen: frozenset[Path] = frozenset(),
+) -> None:
+    real = path.resolve()
+    if not real.is_relative_to(root):
+        raise DependencyError(f"{shown}: leads outside the plugin folder; refusing to read it")
+    if real in seen:
         raise DependencyError(f"{shown}: includes itself (-r loop)")
-    if not path.is_file():
+    if not real.is_file():
         raise DependencyError(f"{shown}: no such requirements file")
-    requirements: list[Requirement] = []
-    for lineno, line in logical_lines(path.read_text(encoding="utf-8", errors="replace")):
+    # utf-8-sig: pip drops a byte order mark, and so must the first requirement's name.
+    for lineno, line in logical_lines(real.read_text(encoding="utf-8-sig", errors="replace")):
         where = f"{shown}:{lineno}"
-        include = _INCLUDE.match(line)
-        if include:
-            if line.startswith(("-c", "--constraint")):
-                continue  # constraints narrow versions; the resolver picks within the plugin's own pins anyway
-            nested = path.parent / include.group("path")
-            requirements += read_requirements_file(nested, root=root, notes=notes, _seen=_seen | {path.resolve()})
-            continue
-        if _IGNORED_OPTION.match(line):
-            if notes is not None and _INDEX_OPTION.match(line):
-                notes.append(f"{where}: {line} is not used to resolve; give it to dify-repack as --index-url")
-            continue
-        if line.startswith(("-e", "--editable")):
-            raise DependencyError(
-                f"{where}: editable requirement {line!r} cannot be packaged",
-                tip="list the package by name and version",
-            )
         if line.startswith("-"):
-            raise DependencyError(f"{where}: unsupported requirements-file option {line.split()[0]!r}")
-        requirements.append(parse_requirement(_INLINE_OPTION.sub("", line), where))
-    return requirements
+            include = _include(line, where)
+            if include is None:
+                _option(result, line, where, notes)
+                continue
+            nested_kind, target = include
+            nested = real.parent / target
+            if "://" in target or target.startswith("file:") or not nested.resolve().is_relative_to(root):
+                raise DependencyError(
+                    f"{where}: {'-c' if nested_kind == 'constraint' else '-r'} {shown_line(target)} is outside the "
+                    "plugin folder; only files inside the plugin can be included",
+                    tip="copy what it needs into the plugin folder and include that file",
+                )
+            # A constraint file's requirements are constraints, whatever the file including it was.
+            _read_into(
+                result,
+                nested,
+                root=root,
+                shown=_shown(nested.resolve(), root),
+                notes=notes,
+                kind="constraint" if kind == "constraint" else nested_kind,
+                seen=seen | {real},
+            )
+            continue
+        requirement, options = _split_options(line)
+        parsed = parse_requirement(requirement, where)
+        hashes = _hashes(options, where)
+        (result.constraints if kind == "constraint" else result.requirements).append(parsed)
+        exact = exact_version(parsed)
+        if exact is not None:
+            result.pins.append(DeclaredPin(canonicalize_name(parsed.name), exact, where, parsed.marker))
+        if hashes:
+            if exact is None:
+                raise DependencyError(
+                    f"{where}: {parsed.name} has --hash values but no exact == version, so the hashes cannot "
+                    "name its file (pip refuses it too)",
+                    tip=f"pin it: {parsed.name}==VERSION --hash=...",
+                )
+            result.hashes.append(
+                HashPin(canonicalize_name(parsed.name), exact, frozenset(hashes), where, parsed.marker)
+            )
+
+
+def _include(line: str, where: str) -> tuple[str, str] | None:
+    """``(kind, path)`` when the line is an include: -r/-c/--requirement/--constraint, spaced, ``=``, attached or quoted."""
+    try:
+        tokens = shlex.split(line)
+    except ValueError:
+        raise DependencyError(f"{where}: unbalanced quotes in an option line") from None
+    if not tokens:
+        return None
+    first, value = tokens[0], tokens[1] if len(tokens) > 1 else None
+    kind = None
+    if first.startswith("--"):
+        name, equals, attached = first.partition("=")
+        kind = next((k for option, k in _INCLUDES.items() if len(name) > 3 and option.startswith(name)), None)
+        value = attached if equals else value
+    elif first[:2] in _SHORT_INCLUDES:
+        kind = _SHORT_INCLUDES[first[:2]]
+        value = first[2:].removeprefix("=") or value
+    if kind is None:
+        return None
+    if not value:
+        raise DependencyError(f"{where}: {first} names no file")
+    return kind, value
+
+
+def _option(result: RequirementsFile, line: str, where: str, notes: list[str] | None) -> None:
+    if line.split()[0] == "--require-hashes":
+        result.require_hashes = True
+        return
+    if _IGNORED_OPTION.match(line):
+        if notes is not None and _INDEX_OPTION.match(line):
+            notes.append(f"{where}: {line} is not used to resolve; give it to dify-repack as --index-url")
+        return
+    if line.startswith(("-e", "--editable")):
+        raise DependencyError(
+            f"{where}: editable requirement {shown_line(line)} cannot be packaged",
+            tip="list the package by name and version",
+        )
+    raise DependencyError(f"{where}: unsupported requirements-file option {shown_line(line.split()[0])}")
+
+
+def _split_options(line: str) -> tuple[str, list[str]]:
+    """The requirement and its per-line options: as pip does, options start at the first word beginning with -."""
+    words = line.split()
+    first = next((index for index, word in enumerate(words) if word.startswith("-")), len(words))
+    if first == len(words):
+        return line, []
+    return " ".join(words[:first]), words[first:]
+
+
+def _hashes(options: list[str], where: str) -> list[str]:
+    """``alg:hex`` values of ``--hash``; build options are dropped; anything else is an error."""
+    hashes, index = [], 0
+    while index < len(options):
+        option = options[index]
+        name, equals, value = option.partition("=")
+        if not equals and index + 1 < len(options) and not options[index + 1].startswith("-"):
+            value, index = options[index + 1], index + 1
+        index += 1
+        if name in _BUILD_OPTIONS:
+            continue
+        if name != "--hash":
+            raise DependencyError(f"{where}: unsupported option {shown_line(name)} after a requirement")
+        algorithm, _, digest = value.partition(":")
+        if HASH_ALGORITHMS.get(algorithm) != len(digest) or not re.fullmatch(r"[0-9a-fA-F]+", digest):
+            raise DependencyError(
+                f"{where}: --hash {shown_line(value)} is not sha256:, sha384: or sha512: with a hex digest"
+            )
+        hashes.append(f"{algorithm}:{digest.lower()}")
+    return hashes
+
+
+def exact_version(requirement: Requirement) -> str | None:
+    """The version an ``==`` specifier names exactly (no wildcard), if any."""
+    for spec in requirement.specifier:
+        if spec.operator in ("==", "===") and not spec.version.endswith(".*"):
+            return spec.version
+    return None
 
 
 def logical_lines(text: str) -> list[tuple[int, str]]:
@@ -119,9 +300,9 @@ def parse_requirement(text: str, where: str) -> Requirement:
         versions = (match.group("version") for match in _VERSION_AFTER_OPERATOR.finditer(text))
         bad = next((version for version in versions if not _is_version(version)), None)
         if bad is not None:
-            reason = f"{bad!r} is not a valid version"
+            reason = f"{shown_line(bad)} is not a valid version"
         raise DependencyError(
-            f"{where}: invalid requirement {text!r}: {reason}",
+            f"{where}: invalid requirement {shown_line(text)}: {reason}",
             tip="fix the line (a version looks like 1.2.3, e.g. dify_plugin==0.7.4)",
         ) from None
     if requirement.url:
@@ -139,21 +320,38 @@ def read_pyproject(path: Path) -> dict[str, Any]:
         raise DependencyError(f"pyproject.toml: not valid TOML: {exc}") from None
 
 
-def read_lock_pins(path: Path) -> dict[str, str]:
-    """Versions an existing uv.lock chose, to prefer them; the project itself and unparsable entries are skipped."""
+def read_lock_pins(path: Path, notes: list[str] | None = None) -> list[DeclaredPin]:
+    """Versions an existing uv.lock chose, to prefer them; the project itself and unparsable entries are skipped.
+
+    A lock that cannot be read only loses its preference (``notes`` says so): the plugin still declares its set.
+    """
+    notes = [] if notes is None else notes
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
-        return {}
-    pins: dict[str, str] = {}
-    for package in data.get("package", []):
-        source = package.get("source", {})
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        notes.append(f"uv.lock: not valid TOML ({exc}); its versions are not preferred")
+        return []
+    packages = data.get("package", [])
+    if not isinstance(packages, list):
+        notes.append("uv.lock: `package` is not a list of tables; its versions are not preferred")
+        return []
+    pins, skipped = [], 0
+    for package in packages:
+        source = package.get("source") if isinstance(package, dict) else None
         if not isinstance(source, dict) or "registry" not in source:
+            skipped += not isinstance(package, dict)
             continue
+        name, version, markers = package.get("name"), package.get("version"), package.get("resolution-markers")
         try:
-            pins[canonicalize_name(package["name"])] = str(Version(package["version"]))
-        except (KeyError, InvalidVersion):
-            continue
+            if not isinstance(name, str) or not isinstance(version, str):
+                raise TypeError(name)
+            # A package locked in several versions holds each only where its resolution markers say.
+            marker = Marker(" or ".join(f"({m})" for m in markers)) if isinstance(markers, list) and markers else None
+            pins.append(DeclaredPin(canonicalize_name(name), str(Version(version)), "uv.lock", marker))
+        except (TypeError, InvalidVersion, InvalidMarker):
+            skipped += 1
+    if skipped:
+        notes.append(f"uv.lock: {skipped} malformed package entries skipped; their versions are not preferred")
     return pins
 
 
@@ -162,6 +360,8 @@ def remote_lock_sources(lock: dict[str, Any]) -> list[str]:
     remote: list[str] = []
     packages = lock.get("package")
     for package in packages if isinstance(packages, list) else []:
+        if not isinstance(package, dict):
+            continue
         source = package.get("source")
         for kind, value in (source if isinstance(source, dict) else {}).items():
             if kind in ("git", "url") or (kind == "registry" and "://" in str(value)):
@@ -173,23 +373,24 @@ def remote_lock_sources(lock: dict[str, Any]) -> list[str]:
 
 def declared_dependencies(root: Path) -> Declared:
     """The one dependency set to resolve: pyproject.toml's when it declares any, else requirements.txt's."""
-    pyproject_path, requirements_path = root / "pyproject.toml", root / "requirements.txt"
+    pyproject_path = _confined(root / "pyproject.toml", root)
+    requirements_path = _confined(root / "requirements.txt", root)
     pyproject = read_pyproject(pyproject_path) if pyproject_path.is_file() else {}
     project = pyproject.get("project")
-    from_pyproject: list[Requirement] | None = None
-    if isinstance(project, dict) and project.get("dependencies"):
-        from_pyproject = [
-            parse_requirement(str(text), f"pyproject.toml [project].dependencies[{index}]")
-            for index, text in enumerate(project["dependencies"])
-        ]
+    from_pyproject = _pyproject_dependencies(project) if isinstance(project, dict) else None
     file_notes: list[str] = []
-    from_requirements = (
-        read_requirements_file(requirements_path, root=root, notes=file_notes) if requirements_path.is_file() else None
+    from_file = (
+        parse_requirements_file(requirements_path, root=root, notes=file_notes) if requirements_path.is_file() else None
     )
-    lock = root / "uv.lock"
-    pins = read_lock_pins(lock) if lock.is_file() else {}
-    has_project = isinstance(project, dict)
-    if from_pyproject is not None:
+    from_requirements = from_file.requirements if from_file is not None else None
+    lock = _confined(root / "uv.lock", root)
+    lock_pins = read_lock_pins(lock, file_notes) if lock.is_file() else []
+    agrees = (
+        from_pyproject is None or from_requirements is None or not _disagreements(from_pyproject, from_requirements)
+    )
+    file_pins = from_file.pins if from_file is not None else []
+    if from_pyproject:
+        source, requirements = "pyproject.toml", from_pyproject
         notes = _disagreements(from_pyproject, from_requirements) if from_requirements is not None else []
         notes += file_notes
         added: tuple[Requirement, ...] = ()
@@ -202,15 +403,81 @@ def declared_dependencies(root: Path) -> Declared:
                 f"{requirement.name} is only in {where}, not in [project].dependencies: added {requirement} there, "
                 "since `uv sync` installs only [project].dependencies and the daemon imports dify_plugin"
             )
-        notes += _missing_sdk(from_pyproject)
-        return Declared(tuple(from_pyproject), "pyproject.toml", tuple(notes), pins, has_project, added)
-    if from_requirements is not None:
-        notes = file_notes + _missing_sdk(from_requirements)
-        return Declared(tuple(from_requirements), "requirements.txt", tuple(notes), pins, has_project)
-    raise DependencyError(
-        f"{root}: neither requirements.txt nor pyproject.toml [project].dependencies declares the dependencies",
-        tip="a Python plugin lists at least dify_plugin in requirements.txt or pyproject.toml",
+    elif from_requirements is not None:
+        source, requirements, notes, added = "requirements.txt", from_requirements, file_notes, ()
+    else:
+        raise DependencyError(
+            f"{root}: neither requirements.txt nor pyproject.toml [project].dependencies declares the dependencies",
+            tip="a Python plugin lists at least dify_plugin in requirements.txt or pyproject.toml",
+        )
+    return Declared(
+        tuple(requirements),
+        source,
+        tuple(notes + _missing_sdk(requirements)),
+        lock_pins={pin.name: pin.version for pin in lock_pins if pin.marker is None},
+        has_pyproject_project=isinstance(project, dict),
+        added_to_pyproject=added,
+        constraints=tuple(_uv_constraints(pyproject) + _hash_constraints(from_file)),
+        pins=tuple(lock_pins + file_pins),
+        # uv.lock first: daemons 0.5.5+ install from it. A requirements.txt contradicting pyproject.toml is stale.
+        preferred=tuple(lock_pins + (file_pins if agrees else [])),
+        hashes=tuple(from_file.hashes) if from_file is not None else (),
+        require_hashes=from_file is not None and from_file.require_hashes,
     )
+
+
+def _confined(path: Path, root: Path) -> Path:
+    """``path`` when it stays inside the plugin once links are resolved; a link leading out is refused unread."""
+    if path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
+        raise DependencyError(f"{path.name}: leads outside the plugin folder; refusing to read it")
+    return path
+
+
+def _pyproject_dependencies(project: dict[str, Any]) -> list[Requirement]:
+    """``[project].dependencies`` (and a valid ``requires-python``), or a DependencyError naming the entry."""
+    requires = project.get("requires-python")
+    if requires is not None:
+        try:
+            SpecifierSet(requires if isinstance(requires, str) else repr(requires))
+        except InvalidSpecifier:
+            raise DependencyError(
+                f"pyproject.toml: requires-python {shown_line(str(requires))} is not a version specifier",
+                tip='write it like ">=3.12"',
+            ) from None
+    dependencies = project.get("dependencies", [])
+    if not isinstance(dependencies, list):
+        raise DependencyError(
+            f"pyproject.toml: [project].dependencies is a {type(dependencies).__name__}, not a list of requirements",
+            tip='write it as dependencies = ["dify_plugin==0.7.4", ...]',
+        )
+    where = "pyproject.toml [project].dependencies"
+    for index, text in enumerate(dependencies):
+        if not isinstance(text, str):
+            raise DependencyError(f"{where}[{index}]: a {type(text).__name__}, not a requirement string")
+    return [parse_requirement(text, f"{where}[{index}]") for index, text in enumerate(dependencies)]
+
+
+def _uv_constraints(pyproject: dict[str, Any]) -> list[Requirement]:
+    """``[tool.uv] constraint-dependencies``: honoured while resolving, as uv would."""
+    tool = pyproject.get("tool")
+    uv = tool.get("uv") if isinstance(tool, dict) else None
+    entries = uv.get("constraint-dependencies") if isinstance(uv, dict) else None
+    if entries is None:
+        return []
+    where = "pyproject.toml [tool.uv].constraint-dependencies"
+    if not isinstance(entries, list) or not all(isinstance(entry, str) for entry in entries):
+        raise DependencyError(f"{where}: not a list of requirement strings")
+    return [parse_requirement(entry, f"{where}[{index}]") for index, entry in enumerate(entries)]
+
+
+def _hash_constraints(parsed: RequirementsFile | None) -> list[Requirement]:
+    """Constraint files' lines, and the exact version of every hash-pinned package: hashes name those files only."""
+    if parsed is None:
+        return []
+    pinned = [
+        Requirement(f"{pin.name}=={pin.version}" + (f"; {pin.marker}" if pin.marker else "")) for pin in parsed.hashes
+    ]
+    return parsed.constraints + pinned
 
 
 def _missing_sdk(requirements: list[Requirement]) -> list[str]:
