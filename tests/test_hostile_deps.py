@@ -19,6 +19,7 @@ import pytest
 from builders import FAKE_SDK_FILES, LocalIndex, make_plugin, make_wheel, serve_index
 from dify_repack.cli import main
 from dify_repack.errors import DependencyError
+from dify_repack.package import write_package
 from dify_repack.requirements import declared_dependencies, parse_requirements_file
 
 TOKEN = "tok-6f1d9c0e-not-a-real-secret"
@@ -500,3 +501,39 @@ def test_a_requirement_line_with_odd_bytes_is_a_clean_error(setup: Setup, line: 
 def test_a_byte_order_mark_is_not_part_of_the_first_name(tmp_path: Path) -> None:
     (tmp_path / "requirements.txt").write_bytes(b"\xef\xbb\xbfdify_plugin==0.7.4\n")
     assert [str(r) for r in declared_dependencies(tmp_path).requirements] == ["dify_plugin==0.7.4"]
+
+
+@pytest.mark.parametrize("line", ["-r /proc/self/environ", "-c ../../../../proc/self/environ"], ids=["abs", "dotdot"])
+def test_inspect_never_reads_an_include_outside_the_package(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, line: str
+) -> None:
+    monkeypatch.setenv("DIFY_TEST_TOKEN", TOKEN)
+    root = make_plugin(tmp_path / "src", {"requirements.txt": f"--no-index\ndify_plugin==0.7.4\n{line}\n"})
+    package = write_package(root, tmp_path / "demo.difypkg").path
+
+    assert main(["inspect", "--json", str(package)]) == 0  # inspect reports problems, it does not fail on them
+    out = capsys.readouterr().out
+    assert TOKEN not in out
+    problems = json.loads(out)["problems"]
+    assert any(problem.startswith("requirements.txt:3:") and "outside the plugin" in problem for problem in problems)
+
+
+def test_verify_refuses_to_replay_a_package_whose_includes_lead_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pip and uv would follow the include and print the file's lines as invalid requirements.
+    monkeypatch.setenv("DIFY_TEST_TOKEN", TOKEN)
+    root = make_plugin(
+        tmp_path / "src",
+        {
+            "requirements.txt": "--no-index\n-r more.txt\n",
+            "more.txt": "dify_plugin==0.7.4\n--requirement=/proc/self/environ\n",
+        },
+    )
+    package = write_package(root, tmp_path / "demo.difypkg").path
+
+    assert main(["verify", str(package)]) == 4
+    captured = capsys.readouterr()
+    assert TOKEN not in captured.out + captured.err
+    assert "error: more.txt:2: -r '/proc/self/environ' is outside the plugin folder" in captured.err
+    assert "replaying" not in captured.err

@@ -144,13 +144,7 @@ def _read_into(
                 _option(result, line, where, notes)
                 continue
             nested_kind, target = include
-            nested = real.parent / target
-            if "://" in target or target.startswith("file:") or not nested.resolve().is_relative_to(root):
-                raise DependencyError(
-                    f"{where}: {'-c' if nested_kind == 'constraint' else '-r'} {shown_line(target)} is outside the "
-                    "plugin folder; only files inside the plugin can be included",
-                    tip="copy what it needs into the plugin folder and include that file",
-                )
+            nested = _confine(nested_kind, target, real.parent, root, where)
             # A constraint file's requirements are constraints, whatever the file including it was.
             _read_into(
                 result,
@@ -179,6 +173,43 @@ def _read_into(
             result.hashes.append(
                 HashPin(canonicalize_name(parsed.name), exact, frozenset(hashes), where, parsed.marker)
             )
+
+
+def check_includes(path: Path, *, root: Path) -> None:
+    """Refuse a requirements file that includes, at any depth, a file outside ``root``; nothing else is checked.
+
+    For a package whose files pip or uv will read as they are (``verify``): they would follow such an include.
+    """
+    root = root.resolve()
+    todo, seen = [path], set()
+    while todo:
+        real = todo.pop().resolve()
+        shown = _shown(real, root)
+        if not real.is_relative_to(root):
+            raise DependencyError(f"{shown}: leads outside the plugin folder; refusing to read it")
+        if real in seen or not real.is_file():
+            continue  # loops and missing files are the installer's to report
+        seen.add(real)
+        for lineno, line in logical_lines(real.read_text(encoding="utf-8-sig", errors="replace")):
+            where = f"{shown}:{lineno}"
+            try:
+                include = _include(line, where) if line.startswith("-") else None
+            except DependencyError:
+                continue  # malformed, not an include pip could follow
+            if include is not None:
+                todo.append(_confine(*include, real.parent, root, where))
+
+
+def _confine(kind: str, target: str, directory: Path, root: Path, where: str) -> Path:
+    """The included file when it stays inside ``root`` (links resolved); otherwise refused, never opened."""
+    nested = directory / target
+    if "://" in target or target.startswith("file:") or not nested.resolve().is_relative_to(root):
+        raise DependencyError(
+            f"{where}: {'-c' if kind == 'constraint' else '-r'} {shown_line(target)} is outside the "
+            "plugin folder; only files inside the plugin can be included",
+            tip="copy what it needs into the plugin folder and include that file",
+        )
+    return nested
 
 
 def _include(line: str, where: str) -> tuple[str, str] | None:
