@@ -537,3 +537,26 @@ def test_verify_refuses_to_replay_a_package_whose_includes_lead_out(
     assert TOKEN not in captured.out + captured.err
     assert "error: more.txt:2: -r '/proc/self/environ' is outside the plugin folder" in captured.err
     assert "replaying" not in captured.err
+
+
+INDEX_LINKS = {
+    "query": ("https://h/files/a-1.0-py3-none-any.whl?X-Amz-Signature=s", "a-1.0-py3-none-any.whl"),
+    "encoded-local-version": ("https://h/whl/cpu/torch-2.5.1%2Bcpu-cp312-cp312-linux_x86_64.whl#sha256=00", None),
+    "relative-path": ("../../files/a-1.0.tar.gz", "a-1.0.tar.gz"),
+}
+
+
+@pytest.mark.parametrize("url, filename", INDEX_LINKS.values(), ids=INDEX_LINKS.keys())
+def test_file_names_of_index_links_are_the_decoded_last_segment(url: str, filename: str | None) -> None:
+    from dify_repack.resolve import _artifact
+
+    expected = filename or "torch-2.5.1+cpu-cp312-cp312-linux_x86_64.whl"
+    assert _artifact({"url": url}, "a").filename == expected
+
+
+@pytest.mark.parametrize("segment", ["..%2F..%2Fevil-1.0-py3-none-any.whl", "%2E%2E", "a%00b.whl", "a%5Cb.whl"])
+def test_an_index_link_whose_name_is_not_one_path_segment_is_refused(segment: str) -> None:
+    from dify_repack.resolve import _artifact
+
+    with pytest.raises(DependencyError, match="unusable name"):
+        _artifact({"url": f"https://h/files/{segment}"}, "evil")

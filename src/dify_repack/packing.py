@@ -28,7 +28,7 @@ from .package import (
     package_stats,
     write_package,
 )
-from .pins import PinChange, check_hashes, pin_changes, preferences_for
+from .pins import PinChange, check_hashes, compare_pins, preferences_for
 from .report import NullReporter, Reporter
 from .requirements import SDK, declared_dependencies
 from .resolve import Indexes, Pin, ResolutionCache, resolve
@@ -179,9 +179,9 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
                 prefetching.result()
         selected = fetch_all(plan, cache, indexes=options.indexes, reporter=reporter)
         check_hashes(declared, selected)
-        changes = pin_changes(declared.pins, selected)
+        compared, changes = compare_pins(declared.pins, selected)
         if changes:
-            reporter.warn(f"{len(changes)} of {len(declared.pins)} versions the plugin pinned are shipped changed")
+            reporter.warn(f"{len(changes)} of {compared} versions the plugin pinned are shipped in another version")
 
         wheel_dir = root / WHEELS_DIR
         wheel_dir.mkdir()

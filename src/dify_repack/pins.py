@@ -48,21 +48,24 @@ def preferences_for(pins: Sequence[DeclaredPin], target: Target) -> dict[str, st
     return chosen
 
 
-def pin_changes(pins: Sequence[DeclaredPin], selected: Sequence[Selected]) -> tuple[PinChange, ...]:
-    """Every declared pin whose package is shipped, where it applies, in another version."""
-    changes = []
+def compare_pins(pins: Sequence[DeclaredPin], selected: Sequence[Selected]) -> tuple[int, tuple[PinChange, ...]]:
+    """How many declared pins name a shipped package where they apply, and those shipped in another version."""
+    compared, changes = 0, []
     for pin in pins:
         versions = sorted(
             {
                 item.pin.version
                 for item in selected
-                if item.pin.name == pin.name and any(holds(pin, t) for t in item.files)
+                if item.pin.name == pin.name and any(holds(pin, target) for target in item.files)
             },
             key=_version_key,
         )
-        if versions and [_version_key(v) for v in versions] != [_version_key(pin.version)]:
+        if not versions:
+            continue  # not shipped where the pin applies (a dev tool, another platform): nothing to compare
+        compared += 1
+        if [_version_key(v) for v in versions] != [_version_key(pin.version)]:
             changes.append(PinChange(pin.name, pin.version, ", ".join(versions), pin.where))
-    return tuple(changes)
+    return compared, tuple(changes)
 
 
 def _version_key(text: str) -> Version | str:
