@@ -52,7 +52,7 @@ class Setup:
     def tempdir(self) -> Path:
         return self.tmp / "tmpdir"
 
-    def pack(self, plugin: Path, *args: str, index_url: str | None = None) -> Run:
+    def pack(self, plugin: Path, *args: str, index_url: str | None = None, verify: bool = False) -> Run:
         self.capsys.readouterr()
         code = main(
             [
@@ -64,7 +64,7 @@ class Setup:
                 str(self.cache),
                 "--index-url",
                 index_url or self.index.url,
-                "--no-verify",
+                *([] if verify else ["--no-verify"]),
                 *args,
             ]
         )
@@ -96,6 +96,15 @@ def setup(
     monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
     monkeypatch.setenv("DIFY_TEST_TOKEN", TOKEN)
     return result
+
+
+@pytest.fixture(scope="session")
+def own_uv() -> str:
+    """Our own uv's version: verify then replays with our binary and downloads no uv."""
+    from dify_repack.runner import run
+    from dify_repack.uvbin import uv_bin
+
+    return run([uv_bin(), "--version"]).output.split()[1]
 
 
 def _wheel_sha256(index: LocalIndex, filename: str) -> str:
@@ -262,6 +271,20 @@ def test_matching_hash_pins_are_accepted_and_keep_their_version(setup: Setup) ->
     run = setup.pack(plugin, "--json")
     assert run.code == 0, run.err
     assert "helper==1.0.0" in _shipped(_package(setup.out), "requirements.txt").splitlines()
+
+
+def test_a_hash_pinning_plugin_ships_hashes_that_every_daemon_installer_checks(
+    setup: Setup, python312: Path, own_uv: str
+) -> None:
+    sdk = _wheel_sha256(setup.index, "dify_plugin-0.7.4-py3-none-any.whl")
+    plugin = make_plugin(setup.tmp / "src", {"requirements.txt": f"dify_plugin==0.7.4 --hash=sha256:{sdk}\n"})
+    run = setup.pack(plugin, "--uv", own_uv, "--json", verify=True)
+    assert run.code == 0, run.err
+    assert json.loads(run.out)["results"][0]["verification"]["ok"] is True
+    shipped = _shipped(_package(setup.out), "requirements.txt")
+    assert f"dify_plugin==0.7.4 \\\n    --hash=sha256:{sdk}\n" in shipped
+    helper = _wheel_sha256(setup.index, "helper-1.1.0-py3-none-any.whl")
+    assert f"helper==1.1.0 \\\n    --hash=sha256:{helper}\n" in shipped, "pip wants a hash on every line"
 
 
 def test_a_shipped_file_that_matches_no_hash_pin_fails_naming_the_package(setup: Setup) -> None:

@@ -18,6 +18,7 @@ from tomlkit.items import Array, Table
 
 from .errors import DependencyError, EnvironmentProblem
 from .manifest import Manifest
+from .package import file_sha256
 from .requirements import SDK
 from .runner import clean_env, run
 from .targets import Target
@@ -38,22 +39,30 @@ PROTECTED = (
 )
 
 
-def requirements_lines(selected: Sequence[Selected], targets: Sequence[Target]) -> list[str]:
-    """Exact pins for every package; an architecture marker only where the targets differ."""
+def requirements_lines(selected: Sequence[Selected], targets: Sequence[Target], *, hashes: bool = False) -> list[str]:
+    """Exact pins for every package; an architecture marker only where the targets differ.
+
+    With ``hashes`` every line also names the sha256 of each shipped file of it, so pip and uv check them when
+    they install (a plugin that pinned hashes keeps that check; pip then wants one on every line).
+    """
     lines = []
     for item in selected:
         name = SDK_NAME if item.pin.name == "dify-plugin" else item.pin.name
         covered = [target for target in targets if target in item.files]
-        if len(covered) == len(targets):
-            lines.append(f"{name}=={item.pin.version}")
-        else:
-            marker = " or ".join(target.arch_marker for target in covered)
-            lines.append(f"{name}=={item.pin.version} ; {marker}")
+        line = f"{name}=={item.pin.version}"
+        if len(covered) != len(targets):
+            line += f" ; {' or '.join(target.arch_marker for target in covered)}"
+        if hashes:
+            digests = sorted({file_sha256(path) for path in item.files.values()})
+            line += "".join(f" \\\n    --hash=sha256:{digest}" for digest in digests)
+        lines.append(line)
     return lines
 
 
-def write_requirements(root: Path, selected: Sequence[Selected], targets: Sequence[Target]) -> None:
-    body = "".join(f"{line}\n" for line in requirements_lines(selected, targets))
+def write_requirements(
+    root: Path, selected: Sequence[Selected], targets: Sequence[Target], *, hashes: bool = False
+) -> None:
+    body = "".join(f"{line}\n" for line in requirements_lines(selected, targets, hashes=hashes))
     text = f"{HEADER}--no-index\n--find-links=./{WHEELS_DIR}/\n{body}"
     (root / "requirements.txt").write_text(text, encoding="utf-8")
 

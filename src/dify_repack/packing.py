@@ -190,7 +190,7 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             cache.export(path, wheel_dir / path.name)
 
         reporter.step("writing the offline configuration")
-        write_requirements(root, selected, targets)
+        write_requirements(root, selected, targets, hashes=bool(declared.hashes))
         if (root / "pyproject.toml").is_file():
             notes += edit_pyproject(
                 root,
