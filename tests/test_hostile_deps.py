@@ -20,7 +20,8 @@ from builders import FAKE_SDK_FILES, LocalIndex, make_plugin, make_wheel, serve_
 from dify_repack.cli import main
 from dify_repack.errors import DependencyError
 from dify_repack.package import write_package
-from dify_repack.requirements import declared_dependencies, parse_requirements_file
+from dify_repack.reqfile import logical_lines, parse_requirements_file
+from dify_repack.requirements import declared_dependencies
 
 TOKEN = "tok-6f1d9c0e-not-a-real-secret"
 
@@ -114,6 +115,12 @@ def _wheel_sha256(index: LocalIndex, filename: str) -> str:
 def _shipped(package: Path, name: str) -> str:
     with zipfile.ZipFile(package) as archive:
         return archive.read(name).decode()
+
+
+def _pins(out: Path) -> list[str]:
+    """The requirement of each line of the shipped requirements.txt, without its --hash options."""
+    text = _shipped(_package(out), "requirements.txt")
+    return [line.split(" --hash")[0].strip() for _, line in logical_lines(text) if not line.startswith("-")]
 
 
 def _package(out: Path) -> Path:
@@ -226,7 +233,7 @@ def test_a_constraint_file_limits_the_resolution(setup: Setup) -> None:
     )
     run = setup.pack(plugin)
     assert run.code == 0, run.err
-    assert "helper==1.0.0" in _shipped(_package(setup.out), "requirements.txt").splitlines()
+    assert "helper==1.0.0" in _pins(setup.out)
 
 
 def test_uv_constraint_dependencies_are_honoured(setup: Setup) -> None:
@@ -237,7 +244,7 @@ def test_uv_constraint_dependencies_are_honoured(setup: Setup) -> None:
     plugin = make_plugin(setup.tmp / "src", {"pyproject.toml": pyproject})
     run = setup.pack(plugin)
     assert run.code == 0, run.err
-    assert "helper==1.0.0" in _shipped(_package(setup.out), "requirements.txt").splitlines()
+    assert "helper==1.0.0" in _pins(setup.out)
 
 
 def test_an_impossible_constraint_fails_naming_the_package(setup: Setup) -> None:
@@ -270,7 +277,7 @@ def test_matching_hash_pins_are_accepted_and_keep_their_version(setup: Setup) ->
     )
     run = setup.pack(plugin, "--json")
     assert run.code == 0, run.err
-    assert "helper==1.0.0" in _shipped(_package(setup.out), "requirements.txt").splitlines()
+    assert "helper==1.0.0" in _pins(setup.out)
 
 
 def test_a_hash_pinning_plugin_ships_hashes_that_every_daemon_installer_checks(
@@ -333,7 +340,7 @@ def test_exact_pins_of_an_agreeing_requirements_file_are_preferred(setup: Setup)
     )
     run = setup.pack(plugin, "--json")
     assert run.code == 0, run.err
-    assert "helper==1.0.0" in _shipped(_package(setup.out), "requirements.txt").splitlines()
+    assert "helper==1.0.0" in _pins(setup.out)
     assert json.loads(run.out)["results"][0]["pin_changes"] == []
 
 
@@ -449,7 +456,7 @@ def test_links_with_a_query_and_an_encoded_local_version_are_packed(setup: Setup
     assert run.code == 0, run.err
     with zipfile.ZipFile(_package(setup.out)) as archive:
         assert "wheels/localver-1.0.0+cpu-py3-none-any.whl" in archive.namelist()
-    assert "localver==1.0.0+cpu" in _shipped(_package(setup.out), "requirements.txt").splitlines()
+    assert "localver==1.0.0+cpu" in _pins(setup.out)
 
 
 # Malformed files: clean errors (or notes), never exit 1.

@@ -16,7 +16,8 @@ from packaging.markers import UndefinedComparison, UndefinedEnvironmentName
 from packaging.version import InvalidVersion, Version
 
 from .errors import DependencyError
-from .requirements import Declared, DeclaredPin, HashPin
+from .reqfile import DeclaredPin, HashPin
+from .requirements import Declared
 from .targets import Target
 from .wheels import Selected
 

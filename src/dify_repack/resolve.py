@@ -26,7 +26,8 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import InvalidVersion
 
 from .errors import DependencyError, NetworkError
-from .requirements import shown_line, tomllib
+from .reqfile import shown_line
+from .requirements import tomllib
 from .runner import clean_env, run
 from .targets import Target
 from .uvbin import find_python, uv_bin

@@ -26,7 +26,8 @@ from .manifest import Manifest, read_manifest
 from .offline import WHEELS_DIR
 from .package import extract_package, open_package, zip_checksum
 from .report import NullReporter, Reporter
-from .requirements import check_includes, remote_lock_sources, tomllib
+from .reqfile import check_includes
+from .requirements import remote_lock_sources, tomllib
 from .runner import Completed, clean_env, run
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, make_targets
 from .uvbin import fetch_uv, find_python, own_uv_version, uv_bin
