@@ -144,6 +144,7 @@ OUTSIDE_INCLUDES = {
     "abbreviated-option": "--constr /proc/self/environ",
     "url": "-r https://example.invalid/requirements.txt",
     "file-url": "-r file:///etc/passwd",
+    "environment-variable": "-r ${HOME}/.netrc",
 }
 
 
@@ -155,7 +156,7 @@ def test_an_include_outside_the_plugin_is_refused_unread(setup: Setup, line: str
 
     run = setup.pack(plugin, "--json")
 
-    error = setup.assert_refused(run, 4, "requirements.txt:2:", "outside the plugin folder")
+    error = setup.assert_refused(run, 4, "requirements.txt:2:", "only plain paths inside the plugin folder")
     assert TOKEN not in run.out + run.err
     assert "root:" not in run.out + run.err, "nothing of /etc/passwd"
     assert error.count("\n") == 0

@@ -179,10 +179,17 @@ def check_includes(path: Path, *, root: Path) -> None:
 def _confine(kind: str, target: str, directory: Path, root: Path, where: str) -> Path:
     """The included file when it stays inside ``root`` (links resolved); otherwise refused, never opened."""
     nested = directory / target
+    if "${" in target:
+        # pip and uv expand ${VAR} in requirement files: the file it names is not known until install time.
+        raise DependencyError(
+            f"{where}: {'-c' if kind == 'constraint' else '-r'} {shown_line(target)} names an environment variable, "
+            "which pip would expand; only plain paths inside the plugin folder can be included",
+            tip="write the path of a file inside the plugin folder",
+        )
     if "://" in target or target.startswith("file:") or not nested.resolve().is_relative_to(root):
         raise DependencyError(
             f"{where}: {'-c' if kind == 'constraint' else '-r'} {shown_line(target)} is outside the "
-            "plugin folder; only files inside the plugin can be included",
+            "plugin folder; only plain paths inside the plugin folder can be included",
             tip="copy what it needs into the plugin folder and include that file",
         )
     return nested
