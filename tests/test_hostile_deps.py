@@ -19,9 +19,10 @@ import pytest
 from builders import FAKE_SDK_FILES, LocalIndex, make_plugin, make_wheel, serve_index
 from dify_repack.cli import main
 from dify_repack.errors import DependencyError
-from dify_repack.package import write_package
+from dify_repack.package import write_package, zip_checksum
 from dify_repack.reqfile import logical_lines, parse_requirements_file
 from dify_repack.requirements import declared_dependencies
+from fakeweb import Reply, serve
 
 TOKEN = "tok-6f1d9c0e-not-a-real-secret"
 
@@ -591,3 +592,26 @@ def test_an_index_link_whose_name_is_not_one_path_segment_is_refused(segment: st
 
     with pytest.raises(DependencyError, match="unusable name"):
         _artifact({"url": f"https://h/files/{segment}"}, "evil")
+
+
+def test_a_requires_python_excluding_the_daemons_python_fails_before_any_download(setup: Setup) -> None:
+    pyproject = PYPROJECT_HEAD + 'requires-python = "<3.12"\ndependencies = ["dify_plugin==0.7.4"]\n'
+    plugin = make_plugin(setup.tmp / "src", {"pyproject.toml": pyproject})
+    requests_before = len(setup.index.requests)
+    setup.assert_refused(setup.pack(plugin), 4, "requires-python <3.12 excludes CPython 3.12")
+    assert len(setup.index.requests) == requests_before
+
+
+def test_a_marketplace_package_with_another_checksum_is_refused_and_removed(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The Marketplace (here a fake one) serves a package that is not the one the identifier names.
+    plugin = make_plugin(setup.tmp / "src", {"requirements.txt": "dify_plugin==0.7.4\n"})
+    served = write_package(plugin, setup.tmp / "served.difypkg").path
+    wanted = "cd" * 32
+    with serve() as web:
+        web.route("/api/v1/plugins/tester/demo/0.1.0/download", Reply(body=served.read_bytes()))
+        monkeypatch.setenv("DIFY_MARKETPLACE_URL", web.url)
+        run = setup.pack(Path(f"tester/demo:0.1.0@{wanted}"))
+    error = setup.assert_refused(run, 6, wanted, zip_checksum(served))
+    assert "tester/demo:0.1.0" in error

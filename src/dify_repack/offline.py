@@ -11,7 +11,6 @@ from pathlib import Path
 import pathspec
 import tomlkit
 from packaging.requirements import Requirement
-from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from tomlkit.container import OutOfOrderTableProxy
 from tomlkit.items import Array, Table
@@ -19,7 +18,7 @@ from tomlkit.items import Array, Table
 from .errors import DependencyError, EnvironmentProblem
 from .manifest import Manifest
 from .package import file_sha256
-from .requirements import SDK
+from .requirements import SDK, check_requires_python
 from .runner import clean_env, run
 from .targets import Target
 from .uvbin import find_python, uv_bin
@@ -93,11 +92,7 @@ def edit_pyproject(
     requires = project.get("requires-python")
     python = targets[0].python
     if requires is not None:
-        if not SpecifierSet(str(requires)).contains(f"{python}.0"):
-            raise DependencyError(
-                f"pyproject.toml requires-python {requires!s} excludes CPython {python}, which the daemon always uses",
-                tip=f"allow {python} in requires-python",
-            )
+        check_requires_python(str(requires), python)
     else:
         project["requires-python"] = f">={python}"
     if declared_in_pyproject and added:

@@ -30,7 +30,7 @@ from .package import (
 )
 from .pins import PinChange, check_hashes, compare_pins, preferences_for
 from .report import NullReporter, Reporter
-from .requirements import SDK, declared_dependencies
+from .requirements import SDK, check_requires_python, declared_dependencies
 from .resolve import Indexes, Pin, ResolutionCache, resolve
 from .signing import load_private_key, sign_tree
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, chosen_arches, make_targets
@@ -141,6 +141,8 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
 
         targets = make_targets(options.python, chosen_arches(options.arch, manifest.arches), options.glibc)
         declared = declared_dependencies(root)
+        if declared.requires_python is not None:
+            check_requires_python(declared.requires_python, options.python)  # before anything is downloaded
         reporter.step(
             f"{manifest.plugin_id} {manifest.version}: {len(declared.requirements)} requirements from "
             f"{declared.source}, for {', '.join(map(str, targets))}"

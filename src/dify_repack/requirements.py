@@ -42,6 +42,7 @@ class Declared:
     preferred: tuple[DeclaredPin, ...] = ()
     hashes: tuple[HashPin, ...] = ()
     require_hashes: bool = False  # --require-hashes: every shipped package needs a pinned hash
+    requires_python: str | None = None  # pyproject.toml's, validated
 
 
 def read_pyproject(path: Path) -> dict[str, Any]:
@@ -154,7 +155,19 @@ def declared_dependencies(root: Path) -> Declared:
         preferred=tuple(lock_pins + (file_pins if agrees else [])),
         hashes=tuple(from_file.hashes) if from_file is not None else (),
         require_hashes=from_file is not None and from_file.require_hashes,
+        requires_python=str(project["requires-python"])
+        if isinstance(project, dict) and "requires-python" in project
+        else None,
     )
+
+
+def check_requires_python(requires: str, python: str) -> None:
+    """Refuse a requires-python that excludes the daemon's CPython: uv sync would refuse to install."""
+    if not SpecifierSet(requires).contains(f"{python}.0"):
+        raise DependencyError(
+            f"pyproject.toml requires-python {requires} excludes CPython {python}, which the daemon always uses",
+            tip=f"allow {python} in requires-python",
+        )
 
 
 def _confined(path: Path, root: Path) -> Path:
