@@ -615,3 +615,16 @@ def test_a_marketplace_package_with_another_checksum_is_refused_and_removed(
         run = setup.pack(Path(f"tester/demo:0.1.0@{wanted}"))
     error = setup.assert_refused(run, 6, wanted, zip_checksum(served))
     assert "tester/demo:0.1.0" in error
+
+
+@pytest.mark.parametrize("matches", [True, False], ids=["sdist-hash", "other-hash"])
+def test_a_wheel_built_here_is_checked_through_its_sdists_hash(setup: Setup, matches: bool) -> None:
+    sdist = _wheel_sha256(setup.index, "puresdist-1.0.0.tar.gz") if matches else "ab" * 32
+    plugin = make_plugin(
+        setup.tmp / "src", {"requirements.txt": f"dify_plugin==0.7.4\npuresdist==1.0.0 --hash=sha256:{sdist}\n"}
+    )
+    run = setup.pack(plugin)
+    if matches:
+        assert run.code == 0, run.err
+    else:
+        setup.assert_refused(run, 4, "puresdist 1.0.0: its sdist puresdist-1.0.0.tar.gz matches none", ":2")

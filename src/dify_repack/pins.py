@@ -95,7 +95,7 @@ def check_hashes(declared: Declared, selected: Sequence[Selected]) -> None:
         algorithms = {"sha256"} | {value.split(":", 1)[0] for value in allowed}
         if item.built:
             sdist = item.pin.sdist
-            found = {f"sha256:{sdist.sha256}"} if sdist is not None and sdist.sha256 else set()
+            found = {f"sha256:{sdist.sha256.lower()}"} if sdist is not None and sdist.sha256 else set()
             shipped = [(f"its sdist {sdist.filename if sdist else ''}", found)]
         else:
             ordered = sorted(item.files.items(), key=lambda entry: str(entry[0]))
