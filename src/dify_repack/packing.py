@@ -34,6 +34,7 @@ from .requirements import SDK, check_requires_python, declared_dependencies
 from .resolve import Indexes, Pin, ResolutionCache, resolve
 from .signing import load_private_key, sign_tree
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, chosen_arches, make_targets
+from .uvbin import require_python
 from .verify import VerifyReport
 from .wheels import Selected, WheelCache, default_cache_dir, fetch_all, prefetch
 
@@ -143,6 +144,9 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
         declared = declared_dependencies(root)
         if declared.requires_python is not None:
             check_requires_python(declared.requires_python, options.python)  # before anything is downloaded
+        if options.check is not None or (root / "pyproject.toml").is_file():
+            # uv lock and the replays need the daemon's CPython: find it, or have uv install it, before any download.
+            require_python(options.python, reporter.step)
         reporter.step(
             f"{manifest.plugin_id} {manifest.version}: {len(declared.requirements)} requirements from "
             f"{declared.source}, for {', '.join(map(str, targets))}"
