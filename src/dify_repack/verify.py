@@ -28,6 +28,7 @@ from .manifest import Manifest, read_manifest
 from .offline import WHEELS_DIR
 from .package import extract_package, open_package, zip_checksum
 from .report import NullReporter, Reporter
+from .reqfile import check_includes
 from .requirements import remote_lock_sources, tomllib
 from .runner import Completed, clean_env, kill_group, run, spawn
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, make_targets
@@ -142,6 +143,8 @@ def verify_package(
         probe = work / "probe"
         extract_package(package, probe)
         manifest = read_manifest(probe, origin=str(package))
+        # pip and uv follow -r/-c as written: an include leading out of the package would read this host's files.
+        check_includes(probe / "requirements.txt", root=probe)
         identifier = f"{manifest.plugin_id}:{manifest.version}@{zip_checksum(package)}"
         targets = make_targets(options.python, list(options.arches or manifest.arches), options.glibc)
         host_machine = platform.machine()
