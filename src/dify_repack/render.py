@@ -56,6 +56,7 @@ def pack_json(text: str, outcome: PackResult | DifyRepackError, seconds: float) 
             "ok": outcome.verification.ok,
         },
         "notes": list(outcome.notes),
+        "license_attention": list(outcome.license_attention),
         "dify_settings": list(outcome.dify_settings),
         "seconds": round(seconds, 2),
     }
@@ -83,6 +84,8 @@ def print_pack_result(result: PackResult) -> None:
         out.print("  verified  [yellow]skipped (--no-verify)[/]: run `dify-repack verify` before carrying it across")
     for note in result.notes:
         out.print(f"  note      {note}", markup=False)
+    for line in result.license_attention:
+        out.print(f"  [bold yellow]license[/]   {escape(line)}")
     out.print("Dify settings for this upload:" if result.dify_settings else "Dify settings: the defaults accept it.")
     for setting in result.dify_settings:
         out.print(f"  {setting}", markup=False)

@@ -22,6 +22,7 @@ from ..render import (
 )
 from ..report import PrefixedReporter, Reporter
 from ..resolve import Indexes
+from ..review import ReviewPaths, packed_dossier, write_documents
 from ..sources import Source, fetch_source, parse_source, read_source_list
 from ..targets import Target, parse_glibc
 from ..verify import DEFAULT_UV_VERSIONS, VerifyOptions, VerifyReport, require_pass, verify_package
@@ -36,6 +37,7 @@ from ._app import (
     make_reporter,
     one_line,
     python_option,
+    review_options,
     stderr,
     uv_option,
     with_options,
@@ -97,6 +99,7 @@ from ._app import (
     show_default=True,
     help="Plugins of a batch packed side by side (they share the cache, so a wheel is still fetched once).",
 )
+@with_options(review_options)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result (schema 1) on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print the result and errors.")
 def pack_command(
@@ -116,6 +119,8 @@ def pack_command(
     marketplace_url: str | None,
     refresh: bool,
     jobs: int,
+    sbom: Path | None,
+    report: Path | None,
     as_json: bool,
     quiet: bool,
 ) -> int:
@@ -195,16 +200,23 @@ def pack_command(
         futures = [pool.submit(pack_one, number, source, Path(downloads)) for number, source in enumerate(parsed)]
         outcomes = [future.result() for future in futures]
     failures = [outcome for _, outcome, _ in outcomes if isinstance(outcome, DifyRepackError)]
+    packed = [outcome for _, outcome, _ in outcomes if isinstance(outcome, PackResult)]
+    documents = ReviewPaths(sbom, report)
+    written = write_documents([packed_dossier(result) for result in packed], documents) if documents and packed else []
     if as_json:
         echo_json(
             {
                 "schema": 1,
                 "status": "error" if len(failures) == len(outcomes) else "partial" if failures else "success",
                 "results": [pack_json(text, outcome, seconds) for text, outcome, seconds in outcomes],
+                "documents": [str(path) for path in written],
             }
         )
-    elif len(outcomes) > 1:
-        print_batch_table(outcomes)
+    else:
+        if len(outcomes) > 1:
+            print_batch_table(outcomes)
+        for path in written:
+            stderr.print(f"wrote {escape(str(path))}")
     if not failures:
         return int(ExitCode.OK)
     return int(failures[0].exit_code) if len(outcomes) == 1 else int(ExitCode.PARTIAL)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
+from ..dossier import read_dossier
 from ..errors import ExitCode
 from ..inspect import inspect_package
 from ..render import (
@@ -13,6 +15,7 @@ from ..render import (
     print_verify_report,
 )
 from ..resolve import Indexes
+from ..review import ReviewPaths, write_documents
 from ..targets import chosen_arches, parse_glibc
 from ..verify import DEFAULT_UV_VERSIONS, PROFILES, VerifyOptions, verify_package
 from ._app import (
@@ -24,6 +27,8 @@ from ._app import (
     index_options,
     make_reporter,
     python_option,
+    review_options,
+    stderr,
     uv_option,
     with_options,
 )
@@ -98,8 +103,9 @@ def verify_command(
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A public key (PEM PKCS#1) to verify the signature with, as the daemon would.",
 )
+@with_options(review_options)
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON (schema 1) on stdout instead.")
-def inspect_command(package: str, key: Path | None, as_json: bool) -> None:
+def inspect_command(package: str, key: Path | None, sbom: Path | None, report: Path | None, as_json: bool) -> None:
     """Show what PACKAGE holds and predict, per daemon version, whether it installs offline.
 
     \b
@@ -124,8 +130,16 @@ def inspect_command(package: str, key: Path | None, as_json: bool) -> None:
     which replays each install with the network cut off. Exits 0 whenever PACKAGE could be
     read, whatever the verdicts; 3 when it is not a readable, safe Dify plugin package.
     """
-    result = inspect_package(Path(package), public_key=key)
+    documents = ReviewPaths(sbom, report)
+    if documents:
+        dossier = read_dossier(Path(package), public_key=key)
+        written = write_documents([dossier], documents)
+        result = dossier.inspection
+    else:
+        result, written = inspect_package(Path(package), public_key=key), []
     if as_json:
-        echo_json(result.to_json())
+        echo_json({**result.to_json(), "documents": [str(path) for path in written]})
         return
     print_inspection(result)
+    for path in written:
+        stderr.print(f"wrote {escape(str(path))}")
