@@ -15,7 +15,7 @@ from pathlib import Path
 from . import __version__
 from .dossier import PluginDossier, WheelEntry
 from .package import atomic_output, file_sha256
-from .runner import redact
+from .redaction import redact
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#1d2430;margin:2rem auto;max-width:72rem;padding:0 1rem}

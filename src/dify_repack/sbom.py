@@ -24,7 +24,7 @@ from . import __version__
 from .dossier import FileEntry, PluginDossier, WheelEntry
 from .licenses import License
 from .package import atomic_output, file_sha256
-from .runner import redact
+from .redaction import redact
 
 PREFIX = "dify-repack"
 
