@@ -24,7 +24,7 @@ from dify_repack.sources import (
     parse_source,
     read_source_list,
 )
-from fakeweb import FakeWeb, Reply, self_signed_cert, serve
+from fakeweb import FakeWeb, Reply, private_ca, serve
 
 CHECKSUM = "ab" * 32
 RELEASE_PATH = "/owner/repo/releases/download/v1.0/demo.difypkg"
@@ -210,14 +210,46 @@ def test_marketplace_download(web: FakeWeb, tmp_path: Path, monkeypatch: pytest.
 
 def test_marketplace_falls_back_to_the_unique_identifier_form(web: FakeWeb, tmp_path: Path) -> None:
     web.route(LEGACY_PATH, Reply(body=ZIP))
+    checksum = zip_checksum_of(ZIP, tmp_path)
 
-    path = fetch(f"langgenius/demo:0.0.1@{CHECKSUM}", tmp_path, marketplace_url=web.url)
+    path = fetch(f"langgenius/demo:0.0.1@{checksum}", tmp_path, marketplace_url=web.url)
 
     assert path.read_bytes() == ZIP
     first, second = web.requests
     assert first.target == MARKET_PATH
     query = parse_qs(urlsplit(second.target).query)
-    assert query == {"unique_identifier": [f"langgenius/demo:0.0.1@{CHECKSUM}"]}
+    assert query == {"unique_identifier": [f"langgenius/demo:0.0.1@{checksum}"]}
+
+
+def zip_checksum_of(data: bytes, tmp_path: Path) -> str:
+    """The daemon's checksum of a package given as bytes."""
+    (tmp_path / "probe").mkdir(exist_ok=True)
+    path = tmp_path / "probe" / "package.difypkg"
+    path.write_bytes(data)
+    return zip_checksum(path)
+
+
+@pytest.mark.parametrize("path", [MARKET_PATH, LEGACY_PATH])
+def test_marketplace_checksum_must_match_the_download(web: FakeWeb, tmp_path: Path, path: str) -> None:
+    # Another plugin's package (or another build of this version) served for a pinned identifier.
+    web.route(path, Reply(body=ZIP))
+    wanted = "cd" * 32
+    dest = tmp_path / "downloads"
+
+    error = failure(f"langgenius/demo:0.0.1@{wanted}", dest, marketplace_url=web.url)
+
+    assert isinstance(error, NetworkError) and error.exit_code == 6
+    assert wanted in error.message and zip_checksum_of(ZIP, tmp_path) in error.message
+    assert not dest.exists() or not list(dest.iterdir()), "a refused download is not left behind"
+
+
+def test_marketplace_checksum_is_compared_case_insensitively(web: FakeWeb, tmp_path: Path) -> None:
+    web.route(MARKET_PATH, Reply(body=ZIP))
+    checksum = zip_checksum_of(ZIP, tmp_path).upper()
+
+    path = fetch(f"langgenius/demo:0.0.1@{checksum}", tmp_path / "downloads", marketplace_url=web.url)
+
+    assert path.read_bytes() == ZIP
 
 
 def test_marketplace_404_names_the_plugin_and_version(web: FakeWeb, tmp_path: Path) -> None:
@@ -382,18 +414,23 @@ def test_no_proxy_from_the_environment(web: FakeWeb, tmp_path: Path, monkeypatch
 
 
 def test_ca_bundle_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cert, key = self_signed_cert(tmp_path)
+    ca = private_ca(tmp_path)
+    cert = ca.ca
     monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
-    with serve(tls=(cert, key)) as tls_web:
+    with serve(tls=(ca.cert, ca.key)) as tls_web:
         tls_web.route("/demo.difypkg", Reply(body=ZIP))
         url = tls_web.url + "/demo.difypkg"
 
         monkeypatch.delenv("SSL_CERT_FILE", raising=False)
         error = failure(url, tmp_path / "untrusted", attempts=1)
-        assert "cannot connect" in str(error)
+        assert "TLS certificate is not trusted (unable to get local issuer certificate)" in str(error)
+        assert error.tip is not None and "--cert FILE" in error.tip and "--native-tls" in error.tip
 
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))
         assert fetch(url, tmp_path / "trusted").read_bytes() == ZIP
+        monkeypatch.delenv("SSL_CERT_FILE")
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+        assert fetch(url, tmp_path / "requests-bundle").read_bytes() == ZIP
 
 
 # A Marketplace id without a version: the latest, as the plugin document Dify's console reads names it.

@@ -14,6 +14,7 @@ from rich.markup import escape
 from ..errors import DifyRepackError, ExitCode, UsageError
 from ..manifest import Manifest
 from ..packing import PackOptions, PackResult, pack
+from ..redaction import redact
 from ..render import (
     Outcome,
     pack_json,
@@ -25,6 +26,7 @@ from ..resolve import Indexes
 from ..review import ReviewPaths, packed_dossier, write_documents
 from ..sources import Source, fetch_source, latest_on_marketplace, parse_source, read_source_list
 from ..targets import Target, parse_glibc
+from ..uvbin import require_python
 from ..verify import DEFAULT_UV_VERSIONS, VerifyOptions, VerifyReport, require_pass, verify_package
 from ..wheels import default_cache_dir
 from ._app import (
@@ -97,6 +99,12 @@ from ._app import (
     help="Resolve again now; by default a resolution of the same input from the last 24 hours is reused.",
 )
 @click.option(
+    "--follow-symlinks",
+    is_flag=True,
+    help="Package what every symbolic link of a plugin folder points to, even outside the folder and its "
+    "git repository (by default such links are refused).",
+)
+@click.option(
     "-j",
     "--jobs",
     type=click.IntRange(1, 8),
@@ -122,6 +130,7 @@ def pack_command(
     sign_key: Path | None,
     marketplace_url: str | None,
     refresh: bool,
+    follow_symlinks: bool,
     jobs: int,
     sbom: Path | None,
     report: Path | None,
@@ -165,7 +174,7 @@ def pack_command(
         python=python_version,
         cache_dir=cache,
         start=not no_start,
-        index_args=indexes.uv_args(),
+        indexes=indexes,
         glibc=glibc_version,
     )
     base_options = PackOptions(
@@ -177,12 +186,16 @@ def pack_command(
         sign_key=sign_key,
         refresh=refresh,
         glibc=glibc_version,
+        follow_symlinks=follow_symlinks,
     )
     parallel = jobs > 1 and len(parsed) > 1
+    if verify:  # before any source is downloaded: the replays need the daemon's CPython
+        require_python(python_version, console_reporter.step)
 
     def pack_one(number: int, source: Source, downloads: Path) -> Outcome:
+        shown = redact(source.text)  # a URL source may carry a login
         # Plugins packed side by side share one console: their lines carry the plugin, and no live bars.
-        reporter: Reporter = PrefixedReporter(console_reporter, source.text) if parallel else console_reporter
+        reporter: Reporter = PrefixedReporter(console_reporter, shown) if parallel else console_reporter
 
         def check(staged: Path, _manifest: Manifest, targets: tuple[Target, ...]) -> VerifyReport:
             reporter.step("verifying: replaying each daemon profile with the network cut off")
@@ -191,7 +204,8 @@ def pack_command(
             require_pass(report)
             return report
 
-        options = dataclasses.replace(base_options, check=check if verify else None)
+        # Errors name the source as typed (a URL, a Marketplace id), not the download's temp path.
+        options = dataclasses.replace(base_options, check=check if verify else None, origin=source.text)
         started = time.monotonic()
         try:
             if source.plugin is not None and source.plugin.version is None:
@@ -203,11 +217,11 @@ def pack_command(
         except DifyRepackError as error:
             if len(parsed) == 1:
                 raise
-            stderr.print(f"[bold red]error:[/] {escape(source.text)}: {escape(one_line(error.message))}")
+            stderr.print(f"[bold red]error:[/] {escape(shown)}: {escape(one_line(error.message))}")
             result = error
         if isinstance(result, PackResult) and not as_json:
             print_pack_result(result)
-        return source.text, result, time.monotonic() - started
+        return shown, result, time.monotonic() - started
 
     with (
         tempfile.TemporaryDirectory(prefix="dify-repack-sources-") as downloads,
