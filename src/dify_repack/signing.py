@@ -24,7 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from .errors import SignatureError, UsageError
+from .errors import EnvironmentProblem, SignatureError, UsageError
 from .package import (
     SIGNATURE_FILE,
     atomic_output,
@@ -96,9 +96,12 @@ def generate_keypair(name_prefix: Path, bits: int = 4096) -> tuple[Path, Path]:
         serialization.NoEncryption(),
     )
     public_pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.PKCS1)
-    private_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_key_file(private_path, private_pem, 0o600)
-    _write_key_file(public_path, public_pem, 0o644)
+    try:
+        private_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_key_file(private_path, private_pem, 0o600)
+        _write_key_file(public_path, public_pem, 0o644)
+    except OSError as exc:
+        raise EnvironmentProblem.cannot_write(private_path.parent, exc, elsewhere="NAME") from None
     return private_path, public_path
 
 
