@@ -29,6 +29,7 @@ import pytest
 
 from builders import LocalIndex, make_plugin, manifest_yaml, serve_index
 from dify_repack.cli import main
+from dify_repack.http import download, make_client
 from dify_repack.signing import generate_keypair
 from fakeweb import FakeWeb, Reply, serve
 from hostile import DEFLATED, Entry, build_zip, plugin_entries
@@ -816,3 +817,18 @@ def test_bad_input(
     after = {path: info for path, info in _snapshot(world.root).items() if not path.startswith(("evil-index", "home"))}
     written = sorted(path for path, info in after.items() if before.get(path) != info)
     assert written == [], f"written outside -o: {written}"
+
+
+def test_a_download_is_stored_as_served_whatever_its_content_encoding(tmp_path: Path) -> None:
+    """As pip does: a Content-Encoding is not undone, so a gzip bomb stays small and broken gzip is no error here
+    (the size, sha256 or zip check that follows decides)."""
+    bomb = _gzip_bomb()
+    with serve() as web:
+        web.route("/bomb", Reply(body=bomb, headers={"Content-Encoding": "gzip"}))
+        web.route("/broken", Reply(body=b"not gzip at all", headers={"Content-Encoding": "gzip"}))
+        with make_client() as client:
+            download(client, f"{web.url}/bomb", tmp_path / "bomb")
+            download(client, f"{web.url}/broken", tmp_path / "broken")
+        assert web.seen("/bomb")[0].headers["accept-encoding"] == "identity"
+    assert (tmp_path / "bomb").read_bytes() == bomb
+    assert (tmp_path / "broken").read_bytes() == b"not gzip at all"
