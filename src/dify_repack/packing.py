@@ -12,6 +12,8 @@ from pathlib import Path
 
 from .errors import PackageError, UsageError
 from .manifest import Manifest, read_manifest
+from .mirror import add_to_wheelhouse, make_slim, mirror_settings
+from .mirror_serve import mirror_address
 from .offline import (
     WHEELS_DIR,
     edit_pyproject,
@@ -57,6 +59,8 @@ class PackOptions:
     check: Check | None = None
     refresh: bool = False  # resolve again even when a recent resolution of the same input is cached
     glibc: tuple[int, int] = DEFAULT_GLIBC  # the newest manylinux level the daemon's host can run
+    wheelhouse: Path | None = None  # also put every wheel into this static index (wheelhouse.py)
+    mirror_url: str | None = None  # write a slim package installing from the wheelhouse served here (mirror.py)
 
 
 @dataclass(frozen=True)
@@ -73,11 +77,16 @@ class PackResult:
     notes: tuple[str, ...]
     signed: bool
     verification: VerifyReport | None = None  # what the check found, when one ran
+    wheelhouse: Path | None = None
+    mirror_url: str | None = None  # set for a slim package
 
     @property
     def dify_settings(self) -> tuple[str, ...]:
         """The Dify settings this upload needs, as ``NAME=value  # why`` lines."""
-        return upload_settings(self.stats.compressed_bytes, self.stats.uncompressed_bytes, signed=self.signed)
+        settings = upload_settings(self.stats.compressed_bytes, self.stats.uncompressed_bytes, signed=self.signed)
+        if self.mirror_url is not None and self.wheelhouse is not None:
+            settings += mirror_settings(self.mirror_url, self.wheelhouse)
+        return settings
 
 
 def upload_settings(compressed: int, uncompressed: int, *, signed: bool) -> tuple[str, ...]:
@@ -122,6 +131,10 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
     if options.sign_key is not None:
         # A wrong or SPKI key should fail in a second, not after every download and build.
         load_private_key(options.sign_key)
+    if options.mirror_url is not None:
+        mirror_address(options.mirror_url)  # a bad URL fails before any download
+        if options.wheelhouse is None:
+            raise UsageError("a slim package (--mirror-url) needs a wheelhouse (--wheelhouse DIR) to serve its wheels")
     cache = WheelCache(options.cache_dir or default_cache_dir())
     with tempfile.TemporaryDirectory(prefix="dify-repack-") as temp:
         root = Path(temp) / "plugin"
@@ -196,6 +209,12 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
                 sdk_version=_single_version(selected, SDK),
             )
             regenerate_lock(root, targets, uv_cache=cache.uv_cache)
+        if options.wheelhouse is not None:
+            reporter.step(f"adding the wheels to the wheelhouse {options.wheelhouse}")
+            house = add_to_wheelhouse(options.wheelhouse, manifest, selected)
+            if options.mirror_url is not None:
+                reporter.step(f"making the package slim: it installs from {options.mirror_url}")
+                make_slim(root, selected, targets, options.mirror_url, options.wheelhouse, house, cache.uv_cache)
         notes += fix_ignore_files(root)
         python_note = fix_python_version(root, options.python)
         if python_note:
@@ -224,6 +243,8 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
         notes=tuple(notes),
         signed=options.sign_key is not None,
         verification=verification,
+        wheelhouse=options.wheelhouse,
+        mirror_url=options.mirror_url,
     )
 
 

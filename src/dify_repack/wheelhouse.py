@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import email.parser
 import fcntl
-import hashlib
 import html
 import json
 import os
@@ -222,9 +221,7 @@ def project_pages(files: Iterable[HouseFile]) -> dict[str, str]:
     for project, items in by_project.items():
         links = []
         for item in sorted(items, key=lambda entry: entry.filename):
-            requires = (
-                f' data-requires-python="{html.escape(item.requires_python)}"' if item.requires_python else ""
-            )
+            requires = f' data-requires-python="{html.escape(item.requires_python)}"' if item.requires_python else ""
             href = f"../../{FILES_DIR}/{quote(item.filename)}#sha256={item.sha256}"
             links.append(f'<a href="{html.escape(href)}"{requires}>{html.escape(item.filename)}</a><br>\n')
         pages[project] = _page(f"Links for {project}", "".join(links))

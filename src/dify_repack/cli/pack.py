@@ -97,6 +97,18 @@ from ._app import (
     show_default=True,
     help="Plugins of a batch packed side by side (they share the cache, so a wheel is still fetched once).",
 )
+@click.option(
+    "--wheelhouse",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also put every wheel into this static index (PEP 503), grown run after run; "
+    "see `dify-repack wheelhouse`. Default with --mirror-url: OUTPUT_DIR/wheelhouse.",
+)
+@click.option(
+    "--mirror-url",
+    metavar="URL",
+    help="Write slim packages (no wheels inside) that install from the wheelhouse served at this index URL, "
+    "e.g. http://pypi.internal:8080/simple.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result (schema 1) on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print the result and errors.")
 def pack_command(
@@ -116,6 +128,8 @@ def pack_command(
     marketplace_url: str | None,
     refresh: bool,
     jobs: int,
+    wheelhouse: Path | None,
+    mirror_url: str | None,
     as_json: bool,
     quiet: bool,
 ) -> int:
@@ -134,6 +148,12 @@ def pack_command(
     CPython on Linux (per architecture), requirements.txt / pyproject.toml / uv.lock set to install
     only from those wheels, and checks the result by replaying each daemon's install offline.
     Then prints the Dify settings the upload needs.
+
+    \b
+    Wheelhouse mode: one internal index for every plugin, packages of kilobytes:
+      dify-repack pack -r plugins.txt --wheelhouse ./house --mirror-url http://pypi.internal:8080/simple -o slim/
+    then serve ./house (python3 -m http.server 8080 --directory house) or upload it
+    (dify-repack wheelhouse upload), and upload slim/*.difypkg to Dify.
     """
     parsed = [parse_source(text) for text in sources] + (read_source_list(sources_file) if sources_file else [])
     if not parsed:
@@ -142,6 +162,8 @@ def pack_command(
     console_reporter = make_reporter(quiet or as_json)
     cache = cache_dir or default_cache_dir()
     indexes = Indexes(index_url, extra_index_urls)
+    if mirror_url is not None and wheelhouse is None:
+        wheelhouse = (output_dir or Path.cwd()) / "wheelhouse"
     verify_options = VerifyOptions(
         uv_versions=uv_versions or DEFAULT_UV_VERSIONS,
         python=python_version,
@@ -149,6 +171,7 @@ def pack_command(
         start=not no_start,
         index_args=indexes.uv_args(),
         glibc=glibc_version,
+        wheelhouse=wheelhouse,
     )
     base_options = PackOptions(
         output_dir=output_dir,
@@ -159,6 +182,8 @@ def pack_command(
         sign_key=sign_key,
         refresh=refresh,
         glibc=glibc_version,
+        wheelhouse=wheelhouse,
+        mirror_url=mirror_url,
     )
     parallel = jobs > 1 and len(parsed) > 1
 

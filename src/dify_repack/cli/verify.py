@@ -46,6 +46,11 @@ from ._app import (
 @click.option("--no-start", is_flag=True, help="Skip starting the plugin and waiting for its heartbeat.")
 @with_options(index_options)
 @cache_option
+@click.option(
+    "--wheelhouse",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="For a slim package: the wheelhouse to serve at its mirror URL inside the network namespace.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (schema 1) on stdout.")
 def verify_command(
     package: Path,
@@ -58,6 +63,7 @@ def verify_command(
     index_url: str,
     extra_index_urls: tuple[str, ...],
     cache_dir: Path | None,
+    wheelhouse: Path | None,
     as_json: bool,
 ) -> int:
     """Prove that PACKAGE installs with the network cut off, as each Dify daemon version installs it.
@@ -68,6 +74,11 @@ def verify_command(
     (unshare -n), compileall, `import dify_plugin`, then start the plugin with INSTALL_METHOD=local and
     wait for its first heartbeat. Architectures this host cannot run get a static offline resolution
     for their platform. Exit code 0 only when every check passed.
+
+    \b
+    A slim package (pack --mirror-url) installs from its mirror: give --wheelhouse DIR, and the
+    wheelhouse is served at the mirror's address inside the namespace (its host name resolved to
+    127.0.0.1 there), with nothing else reachable. A file the wheelhouse lacks fails, named.
     """
     arches = chosen_arches(arch, ()) or None
     options = VerifyOptions(
@@ -79,6 +90,7 @@ def verify_command(
         start=not no_start,
         index_args=Indexes(index_url, extra_index_urls).uv_args(),
         glibc=parse_glibc(glibc),
+        wheelhouse=wheelhouse,
     )
     report = verify_package(package, options, make_reporter(as_json))
     if as_json:
