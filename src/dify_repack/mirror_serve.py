@@ -150,7 +150,7 @@ def serve_in_namespace(mirror_url: str, server: Sequence[str]) -> Iterator[list[
         )
         # The working directory must be entered inside the namespace: a directory kept open across the switch
         # belongs to the old mount table, and renames between the two fail (EXDEV). So the path goes as text.
-        enter = f"exec nsenter -t {process.pid} -n -m -- sh -c 'cd \"$0\" && exec \"$@\"' \"$(pwd)\" \"$@\""
+        enter = f'exec nsenter -t {process.pid} -n -m -- sh -c \'cd "$0" && exec "$@"\' "$(pwd)" "$@"'
         prefix = ["sh", "-c", enter, "sh"]
         try:
             _wait_ready(process, prefix, port)

@@ -18,24 +18,30 @@ import contextlib
 import email.parser
 import fcntl
 import html
+import io
 import json
+import logging
+import netrc
 import os
 import shutil
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from .errors import PackageError, UsageError, VerificationError
+from .errors import NetworkError, PackageError, UsageError, VerificationError
 from .package import file_sha256
+from .runner import redact
 
 FILES_DIR = "files"
 SIMPLE_DIR = "simple"
 MANIFEST = "wheelhouse.json"
 SCHEMA = 1
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -310,3 +316,69 @@ def files_url(mirror_url: str) -> str:
 def mirror_origin(mirror_url: str) -> str:
     parts = urlsplit(mirror_url)
     return f"{parts.scheme}://{parts.netloc}"
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    repository: str  # without credentials
+    files: tuple[str, ...]  # offered to the repository (ones it already had are skipped by twine)
+
+
+def upload(root: Path, repository_url: str, *, cacert: Path | None = None) -> UploadResult:
+    """Upload every wheel of the wheelhouse to an existing repository (devpi, Nexus, Artifactory, ...) with
+    twine's library. Credentials, as twine finds them: in the URL, then ``~/.netrc`` for its host, then
+    ``TWINE_USERNAME``/``TWINE_PASSWORD``; twine may ask a keyring for a password. They are never printed."""
+    # Imported here: twine and requests are heavy, and only this command needs them.
+    import requests
+    from twine.commands.upload import upload as twine_upload
+    from twine.exceptions import TwineException
+    from twine.settings import Settings
+
+    require_intact(root)
+    house = read_wheelhouse(root)
+    url, username, password = _credentials(repository_url)
+    shown = redact(repository_url)
+    paths = [str(root / FILES_DIR / name) for name in sorted(house.files)]
+    if not paths:
+        raise UsageError(f"{root}: the wheelhouse is empty; nothing to upload")
+    settings = Settings(
+        repository_url=url,
+        username=username,
+        password=password,
+        non_interactive=True,
+        skip_existing=True,  # a file the repository has already is fine: files never change under one name
+        disable_progress_bar=True,
+        cacert=str(cacert) if cacert else None,
+    )
+    output = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+            twine_upload(settings, paths)
+    except TwineException as error:
+        raise NetworkError(f"upload to {shown} refused: {redact(str(error))}") from None
+    except requests.RequestException as error:
+        status = error.response.status_code if error.response is not None else None
+        reason = f"HTTP {status}" if status else type(error).__name__
+        raise NetworkError(
+            f"upload to {shown} failed: {reason}",
+            tip="check the repository URL (its upload endpoint) and the credentials (URL, ~/.netrc, TWINE_USERNAME/PASSWORD)",
+        ) from None
+    finally:
+        logger.debug("twine: %s", redact(output.getvalue()))
+    return UploadResult(shown, tuple(Path(path).name for path in paths))
+
+
+def _credentials(repository_url: str) -> tuple[str, str | None, str | None]:
+    """The URL without its user info, and the user name and password from it, ~/.netrc or twine's variables."""
+    parts = urlsplit(repository_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"{redact(repository_url)}: the repository URL must be http(s)://HOST/PATH")
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    bare = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+    if parts.username:
+        return bare, unquote(parts.username), unquote(parts.password) if parts.password else None
+    with contextlib.suppress(OSError, netrc.NetrcParseError):
+        found = netrc.netrc().authenticators(parts.hostname)
+        if found:
+            return bare, found[0], found[2]
+    return bare, os.environ.get("TWINE_USERNAME"), os.environ.get("TWINE_PASSWORD")

@@ -1,0 +1,132 @@
+"""``wheelhouse list|check|prune|upload``: look after the static index that ``pack --wheelhouse`` grows."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from ..errors import ExitCode, UsageError
+from ..render import _console, mib
+from ..wheelhouse import MANIFEST, check_wheelhouse, prune, read_wheelhouse, upload
+from ._app import cli, echo_json
+
+house_argument = click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (schema 1) on stdout.")
+
+
+def _existing(directory: Path) -> None:
+    if not (directory / MANIFEST).is_file():
+        raise UsageError(f"{directory}: no wheelhouse here ({MANIFEST} is missing)", tip="pack with --wheelhouse DIR")
+
+
+@cli.group("wheelhouse")
+def wheelhouse_group() -> None:
+    """Look after a wheelhouse: the static package index that `pack --wheelhouse DIR` writes.
+
+    \b
+      dify-repack wheelhouse list ./house
+      dify-repack wheelhouse check ./house
+      dify-repack wheelhouse prune ./house --plugin langgenius/openai_api_compatible:0.0.35
+      dify-repack wheelhouse upload ./house --repository-url http://nexus.internal/repository/pypi-hosted/
+    """
+
+
+@wheelhouse_group.command("list")
+@house_argument
+@json_option
+def list_command(directory: Path, as_json: bool) -> None:
+    """List the plugins recorded in DIRECTORY and the files each needs."""
+    _existing(directory)
+    house = read_wheelhouse(directory)
+    if as_json:
+        document = house.to_json()
+        echo_json({"schema": 1, "command": "wheelhouse list", "status": "success", **document})
+        return
+    out = _console()
+    table = Table(title=f"{directory}: {len(house.files)} files, {mib(sum(f.size for f in house.files.values()))}")
+    for column in ("plugin", "files", "size", "shared with others"):
+        table.add_column(column)
+    for key, names in sorted(house.plugins.items()):
+        others = {name for other, files in house.plugins.items() if other != key for name in files}
+        size = sum(house.files[name].size for name in names if name in house.files)
+        table.add_row(escape(key), str(len(names)), mib(size), str(len(set(names) & others)))
+    out.print(table)
+    unclaimed = sorted(set(house.files) - house.needed())
+    if unclaimed:
+        out.print(f"{len(unclaimed)} files no plugin needs (a failed or replaced pack); `prune` drops them.")
+
+
+@wheelhouse_group.command("check")
+@house_argument
+@json_option
+def check_command(directory: Path, as_json: bool) -> int:
+    """Check every file of DIRECTORY against the sha256 its index lists (exit 7 naming what is wrong)."""
+    _existing(directory)
+    problems = check_wheelhouse(directory)
+    files = len(read_wheelhouse(directory).files)
+    if as_json:
+        status = "error" if problems else "success"
+        echo_json({"schema": 1, "command": "wheelhouse check", "status": status, "files": files, "problems": problems})
+    else:
+        out = _console()
+        for problem in problems:
+            out.print(f"[bold red]FAIL[/] {escape(problem)}")
+        out.print(f"{files} files checked: " + (f"{len(problems)} problems" if problems else "every hash matches"))
+    return int(ExitCode.VERIFY if problems else ExitCode.OK)
+
+
+@wheelhouse_group.command("prune")
+@house_argument
+@click.option(
+    "--plugin",
+    "plugins",
+    required=True,
+    multiple=True,
+    metavar="ID[:VERSION]",
+    help="Plugin to forget (author/name for every version, or author/name:version; repeatable).",
+)
+@json_option
+def prune_command(directory: Path, plugins: tuple[str, ...], as_json: bool) -> None:
+    """Forget plugins and delete the files no remaining plugin needs."""
+    _existing(directory)
+    results = [prune(directory, plugin) for plugin in plugins]
+    dropped = [key for result in results for key in result.plugins]
+    removed = [name for result in results for name in result.removed]
+    if as_json:
+        echo_json(
+            {"schema": 1, "command": "wheelhouse prune", "status": "success", "plugins": dropped, "removed": removed}
+        )
+        return
+    out = _console()
+    out.print(f"forgot {', '.join(dropped)}; removed {len(removed)} files no other plugin needs")
+    for name in removed:
+        out.print(f"  {name}", markup=False)
+
+
+@wheelhouse_group.command("upload")
+@house_argument
+@click.option(
+    "--repository-url",
+    required=True,
+    metavar="URL",
+    help="The upload URL of an existing repository (devpi index, Nexus/Artifactory PyPI hosted repository). "
+    "Credentials: in the URL, ~/.netrc, or TWINE_USERNAME/TWINE_PASSWORD.",
+)
+@click.option(
+    "--cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CA bundle to trust for an https repository.",
+)
+@json_option
+def upload_command(directory: Path, repository_url: str, cert: Path | None, as_json: bool) -> None:
+    """Upload every wheel of DIRECTORY to an internal repository with twine (files it has are skipped)."""
+    _existing(directory)
+    result = upload(directory, repository_url, cacert=cert)
+    if as_json:
+        echo_json({"schema": 1, "command": "wheelhouse upload", "status": "success", **asdict(result)})
+        return
+    _console().print(f"uploaded {len(result.files)} files to {escape(result.repository)} (those it had were skipped)")
