@@ -159,7 +159,7 @@ def slim_mirror_url(root: Path) -> str | None:
 def missing_from_wheelhouse(root: Path, house: Wheelhouse) -> list[str]:
     """Files the slim package in ``root`` pins that the wheelhouse lacks, named as well as the package allows."""
     text = (root / "requirements.txt").read_text(encoding="utf-8", errors="replace")
-    have = {item.sha256 for item in house.files.values()}
+    have = {item.sha256 for item in house.files.values() if (house.root / FILES_DIR / item.filename).is_file()}
     names = _lock_file_names(root / "uv.lock")
     missing = []
     for block in re.split(r"\n(?=[A-Za-z0-9])", text):
