@@ -12,12 +12,16 @@ import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote, urljoin
 
 import tomlkit
+from packaging.utils import canonicalize_name
 from tomlkit.items import Table
 
-from .errors import DependencyError
+from .errors import DependencyError, NetworkError
+from .http import make_client, open_stream
 from .manifest import Manifest
 from .mirror_serve import mirror_address, serve_locally
 from .offline import WHEELS_DIR, regenerate_lock, requirements_lines
@@ -61,6 +65,8 @@ def make_slim(
     wheelhouse: Path,
     house: Mapping[Path, HouseFile],
     uv_cache: Path,
+    *,
+    lock_from_mirror: bool = False,
 ) -> None:
     """Turn the offline configuration in ``root`` into a slim one: the wheels leave, the mirror comes in."""
     shutil.rmtree(root / WHEELS_DIR)
@@ -68,6 +74,8 @@ def make_slim(
     if (root / "pyproject.toml").is_file():
         point_pyproject_at_mirror(root, mirror_url)
         lock_from_wheelhouse(root, targets, wheelhouse, list(house.values()), mirror_url, uv_cache=uv_cache)
+        if lock_from_mirror:
+            take_lock_urls_from_mirror(root, mirror_url)
 
 
 def write_slim_requirements(
@@ -201,3 +209,52 @@ def mirror_settings(mirror_url: str, wheelhouse: Path) -> tuple[str, ...]:
         f"  trial: python3 -m http.server {port} --directory {wheelhouse}"
         + ("" if not prefix else f"  (serves it at http://{host}:{port}/simple)"),
     )
+
+
+class _Links(HTMLParser):
+    """The ``<a href>`` of a PEP 503 project page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        href = dict(attrs).get("href")
+        if tag == "a" and href:
+            self.hrefs.append(href)
+
+
+def take_lock_urls_from_mirror(root: Path, mirror_url: str) -> None:
+    """Point uv.lock's file URLs where the live mirror really serves each file (devpi, Nexus and Artifactory
+    keep files elsewhere than the wheelhouse's ``files/``): read each project's page there, match by file name
+    and sha256. Fails naming the first file the mirror lacks."""
+    lock = root / "uv.lock"
+    data = tomllib.loads(lock.read_text(encoding="utf-8"))
+    text = lock.read_text(encoding="utf-8")
+    base = mirror_url.rstrip("/") + "/"
+    with make_client(timeout=30) as client:
+        for package in data.get("package", []):
+            wheels = package.get("wheels", [])
+            if not wheels or "registry" not in package.get("source", {}):
+                continue
+            page = urljoin(base, f"{canonicalize_name(package['name'])}/")
+            with open_stream(client, page, attempts=2) as response:
+                response.read()
+                parser = _Links()
+                parser.feed(response.text)
+            served = {}
+            for href in parser.hrefs:
+                url, _, fragment = urljoin(str(response.url), href).partition("#")
+                served[unquote(url.rsplit("/", 1)[-1])] = (url, fragment.removeprefix("sha256="))
+            for wheel in wheels:
+                name = unquote(str(wheel["url"]).rsplit("/", 1)[-1])
+                found = served.get(name)
+                digest = str(wheel.get("hash", "")).removeprefix("sha256:")
+                if found is None or (found[1] and found[1] != digest):
+                    raise NetworkError(
+                        f"the mirror {mirror_url} does not serve {name}"
+                        + (" with the wheelhouse's sha256" if found else ""),
+                        tip="upload the wheelhouse first (dify-repack wheelhouse upload), or drop --lock-from-mirror",
+                    )
+                text = text.replace(f'"{wheel["url"]}"', f'"{found[0]}"')
+    lock.write_text(text, encoding="utf-8")

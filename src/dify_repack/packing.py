@@ -61,6 +61,7 @@ class PackOptions:
     glibc: tuple[int, int] = DEFAULT_GLIBC  # the newest manylinux level the daemon's host can run
     wheelhouse: Path | None = None  # also put every wheel into this static index (wheelhouse.py)
     mirror_url: str | None = None  # write a slim package installing from the wheelhouse served here (mirror.py)
+    lock_from_mirror: bool = False  # uv.lock's file URLs as the live mirror serves them (devpi, Nexus, ...)
 
 
 @dataclass(frozen=True)
@@ -214,7 +215,16 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             house = add_to_wheelhouse(options.wheelhouse, manifest, selected)
             if options.mirror_url is not None:
                 reporter.step(f"making the package slim: it installs from {options.mirror_url}")
-                make_slim(root, selected, targets, options.mirror_url, options.wheelhouse, house, cache.uv_cache)
+                make_slim(
+                    root,
+                    selected,
+                    targets,
+                    options.mirror_url,
+                    options.wheelhouse,
+                    house,
+                    cache.uv_cache,
+                    lock_from_mirror=options.lock_from_mirror,
+                )
         notes += fix_ignore_files(root)
         python_note = fix_python_version(root, options.python)
         if python_note:

@@ -28,6 +28,7 @@ import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
@@ -42,6 +43,9 @@ MANIFEST = "wheelhouse.json"
 SCHEMA = 1
 
 logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from twine.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -321,7 +325,8 @@ def mirror_origin(mirror_url: str) -> str:
 @dataclass(frozen=True)
 class UploadResult:
     repository: str  # without credentials
-    files: tuple[str, ...]  # offered to the repository (ones it already had are skipped by twine)
+    uploaded: tuple[str, ...]
+    skipped: tuple[str, ...]  # the repository had them already (HTTP 409)
 
 
 def upload(root: Path, repository_url: str, *, cacert: Path | None = None) -> UploadResult:
@@ -329,43 +334,62 @@ def upload(root: Path, repository_url: str, *, cacert: Path | None = None) -> Up
     twine's library. Credentials, as twine finds them: in the URL, then ``~/.netrc`` for its host, then
     ``TWINE_USERNAME``/``TWINE_PASSWORD``; twine may ask a keyring for a password. They are never printed."""
     # Imported here: twine and requests are heavy, and only this command needs them.
-    import requests
-    from twine.commands.upload import upload as twine_upload
-    from twine.exceptions import TwineException
     from twine.settings import Settings
 
     require_intact(root)
     house = read_wheelhouse(root)
     url, username, password = _credentials(repository_url)
     shown = redact(repository_url)
-    paths = [str(root / FILES_DIR / name) for name in sorted(house.files)]
-    if not paths:
+    if not house.files:
         raise UsageError(f"{root}: the wheelhouse is empty; nothing to upload")
     settings = Settings(
         repository_url=url,
         username=username,
         password=password,
         non_interactive=True,
-        skip_existing=True,  # a file the repository has already is fine: files never change under one name
         disable_progress_bar=True,
         cacert=str(cacert) if cacert else None,
     )
-    output = io.StringIO()
+    # twine logs its own error lines; the error raised here says it once.
+    twine_logger = logging.getLogger("twine")
+    level = twine_logger.level
+    twine_logger.setLevel(logging.CRITICAL)
     try:
-        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
-            twine_upload(settings, paths)
-    except TwineException as error:
-        raise NetworkError(f"upload to {shown} refused: {redact(str(error))}") from None
-    except requests.RequestException as error:
-        status = error.response.status_code if error.response is not None else None
-        reason = f"HTTP {status}" if status else type(error).__name__
-        raise NetworkError(
-            f"upload to {shown} failed: {reason}",
-            tip="check the repository URL (its upload endpoint) and the credentials (URL, ~/.netrc, TWINE_USERNAME/PASSWORD)",
-        ) from None
+        return _upload_each(root, sorted(house.files), settings, shown)
     finally:
-        logger.debug("twine: %s", redact(output.getvalue()))
-    return UploadResult(shown, tuple(Path(path).name for path in paths))
+        twine_logger.setLevel(level)
+
+
+def _upload_each(root: Path, names: list[str], settings: Settings, shown: str) -> UploadResult:
+    import requests
+    from twine.commands.upload import upload as twine_upload
+    from twine.exceptions import TwineException
+
+    uploaded, skipped = [], []
+    # One file a call: twine's --skip-existing knows PyPI's answers only, so a conflict is read here (409).
+    for name in names:
+        output = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+                twine_upload(settings, [str(root / FILES_DIR / name)])
+            uploaded.append(name)
+        except TwineException as error:
+            raise NetworkError(f"upload to {shown} refused: {redact(str(error))}") from None
+        except requests.HTTPError as error:
+            status = error.response.status_code if error.response is not None else 0
+            if status == 409:
+                skipped.append(name)
+                continue
+            raise NetworkError(
+                f"upload of {name} to {shown} failed: HTTP {status}",
+                tip="check the repository URL (its upload endpoint) and the credentials "
+                "(in the URL, ~/.netrc, or TWINE_USERNAME/TWINE_PASSWORD)",
+            ) from None
+        except requests.RequestException as error:
+            raise NetworkError(f"upload to {shown} failed: {type(error).__name__}") from None
+        finally:
+            logger.debug("twine: %s", redact(output.getvalue()))
+    return UploadResult(shown, tuple(uploaded), tuple(skipped))
 
 
 def _credentials(repository_url: str) -> tuple[str, str | None, str | None]:

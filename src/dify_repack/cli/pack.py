@@ -109,6 +109,12 @@ from ._app import (
     help="Write slim packages (no wheels inside) that install from the wheelhouse served at this index URL, "
     "e.g. http://pypi.internal:8080/simple.",
 )
+@click.option(
+    "--lock-from-mirror",
+    is_flag=True,
+    help="Take uv.lock's file URLs from the mirror itself (reachable from here, the wheelhouse already uploaded): "
+    "for repositories whose file URLs differ from the wheelhouse's files/ (devpi, Nexus, Artifactory).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result (schema 1) on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print the result and errors.")
 def pack_command(
@@ -130,6 +136,7 @@ def pack_command(
     jobs: int,
     wheelhouse: Path | None,
     mirror_url: str | None,
+    lock_from_mirror: bool,
     as_json: bool,
     quiet: bool,
 ) -> int:
@@ -184,6 +191,7 @@ def pack_command(
         glibc=glibc_version,
         wheelhouse=wheelhouse,
         mirror_url=mirror_url,
+        lock_from_mirror=lock_from_mirror,
     )
     parallel = jobs > 1 and len(parsed) > 1
 

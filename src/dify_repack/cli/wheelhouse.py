@@ -123,10 +123,17 @@ def prune_command(directory: Path, plugins: tuple[str, ...], as_json: bool) -> N
 )
 @json_option
 def upload_command(directory: Path, repository_url: str, cert: Path | None, as_json: bool) -> None:
-    """Upload every wheel of DIRECTORY to an internal repository with twine (files it has are skipped)."""
+    """Upload every wheel of DIRECTORY to an internal repository with twine (files it has are skipped).
+
+    \b
+    devpi:   --repository-url http://HOST:3141/USER/INDEX/
+    Nexus:   --repository-url http://HOST/repository/pypi-hosted/
+    Then pack with --mirror-url set to that repository's simple URL and --lock-from-mirror.
+    """
     _existing(directory)
     result = upload(directory, repository_url, cacert=cert)
     if as_json:
         echo_json({"schema": 1, "command": "wheelhouse upload", "status": "success", **asdict(result)})
         return
-    _console().print(f"uploaded {len(result.files)} files to {escape(result.repository)} (those it had were skipped)")
+    skipped = f"; {len(result.skipped)} it had already" if result.skipped else ""
+    _console().print(f"uploaded {len(result.uploaded)} files to {escape(result.repository)}{skipped}")
