@@ -31,7 +31,7 @@ from .errors import EnvironmentProblem, UsageError
 from .runner import run
 from .wheelhouse import FILES_DIR, SIMPLE_DIR, files_url
 
-READY_TIMEOUT = 60.0
+READY_TIMEOUT = 120.0  # a real index server (devpi) takes a while to start on a busy host
 
 
 def mirror_address(mirror_url: str) -> tuple[str, int, str]:
