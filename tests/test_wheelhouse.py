@@ -204,7 +204,8 @@ def test_cli_mirror_url_defaults_the_wheelhouse_beside_the_output(
     assert "secret" not in capsys.readouterr().err
     assert main([*args, "--mirror-url", MIRROR, "--no-verify"]) == 0
     printed = capsys.readouterr().out
-    assert f"PIP_MIRROR_URL={MIRROR}" in printed and "location / { alias /srv/wheelhouse/; }" in printed
+    assert f"PIP_MIRROR_URL={MIRROR}" in printed and "location /wheelhouse/ { alias /srv/wheelhouse/; }" in printed
+    assert "python3 -m http.server 8080 --directory" in printed
     assert read_wheelhouse(out / "wheelhouse").plugins
     package = out / "tester-demo_0.1.0-offline.difypkg"
     probe = tmp_path / "probe"

@@ -199,14 +199,18 @@ def mirror_settings(mirror_url: str, wheelhouse: Path) -> tuple[str, ...]:
     host, port, path = mirror_address(mirror_url)
     prefix = path.rstrip("/").rsplit("/", 1)[0]  # the folder the wheelhouse is served at
     files = files_url(mirror_url)
-    location = f"{prefix}/" if prefix else "/"
+    nginx = (
+        f"location {prefix}/ {{ alias /srv/wheelhouse/; }}"
+        if prefix
+        else "a mirror URL with a path is needed there, e.g. http://nginx/wheelhouse/simple with "
+        "location /wheelhouse/ { alias /srv/wheelhouse/; }"
+    )
     return (
         f"PIP_MIRROR_URL={mirror_url}  # plugin daemon, optional: the package names this mirror for every daemon "
         "version; if PIP_MIRROR_URL is set at all it must be this URL (uv's -i overrides the package's own line)",
         f"serve {wheelhouse} so that {mirror_url} is its simple/ and {files} its files/:",
-        f"  nginx (e.g. Dify's, with the folder mounted at /srv/wheelhouse): "
-        f"location {location} {{ alias /srv/wheelhouse/; }}",
-        f"  trial: python3 -m http.server {port} --directory {wheelhouse}"
+        f"  Dify's nginx (the folder mounted read-only at /srv/wheelhouse): {nginx}",
+        f"  a trial: python3 -m http.server {port} --directory {wheelhouse}"
         + ("" if not prefix else f"  (serves it at http://{host}:{port}/simple)"),
     )
 
