@@ -107,7 +107,8 @@ def test_check_names_a_tampered_file(tmp_path: Path, index: LocalIndex, capsys: 
     assert "files/helper-1.1.0-py3-none-any.whl: sha256" in out
     assert main(["wheelhouse", "check", str(house), "--json"]) == 7
     document = json.loads(capsys.readouterr().out)
-    assert document["status"] == "error" and len(document["problems"]) == 1
+    assert (document["command"], document["status"], len(document["problems"])) == ("wheelhouse check", "error", 1)
+    assert document["error"]["exit_code"] == 7
 
 
 def test_prune_drops_the_files_no_remaining_plugin_needs(
@@ -213,3 +214,15 @@ def test_cli_mirror_url_defaults_the_wheelhouse_beside_the_output(
     with zipfile.ZipFile(package) as archive:
         (probe / "requirements.txt").write_bytes(archive.read("requirements.txt"))
     assert slim_mirror_url(probe) == MIRROR
+
+
+def test_pack_mirror_url_verifies_against_the_served_wheelhouse_by_default(
+    tmp_path: Path, index: LocalIndex, capsys: pytest.CaptureFixture[str], python312: Path
+) -> None:
+    plugin = make_plugin(tmp_path / "src", FIRST)
+    own = run([uv_bin(), "--version"]).stdout.split()[1]
+    args = ["-o", str(tmp_path / "out"), "--index-url", index.url, "--cache-dir", str(tmp_path / "cache")]
+    assert main(["pack", str(plugin), *args, "--mirror-url", MIRROR, "--uv", own, "--no-start", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert result["verification"]["ok"] and "mirror" in result["verification"]["isolation"]
+    assert result["verification"]["checks"] == 1 + len(PROFILES)  # the wheelhouse's files, then each profile

@@ -28,7 +28,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from .errors import EnvironmentProblem, UsageError
-from .runner import run
+from .runner import kill_group, run, spawn
 from .wheelhouse import FILES_DIR, SIMPLE_DIR, files_url
 
 READY_TIMEOUT = 120.0  # a real index server (devpi) takes a while to start on a busy host
@@ -140,14 +140,8 @@ def serve_in_namespace(mirror_url: str, server: Sequence[str]) -> Iterator[list[
             str(hosts),
             *server,
         ]
-        # A long-lived child in its own process group, killed as a group when verification ends.
-        process = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        # A long-lived child in its own registered process group, killed as a group when verification ends.
+        process = spawn(argv, stdout=subprocess.DEVNULL)
         # The working directory must be entered inside the namespace: a directory kept open across the switch
         # belongs to the old mount table, and renames between the two fail (EXDEV). So the path goes as text.
         enter = f'exec nsenter -t {process.pid} -n -m -- sh -c \'cd "$0" && exec "$@"\' "$(pwd)" "$@"'
@@ -156,8 +150,7 @@ def serve_in_namespace(mirror_url: str, server: Sequence[str]) -> Iterator[list[
             _wait_ready(process, prefix, port)
             yield prefix
         finally:
-            if process.poll() is None:
-                os.killpg(process.pid, 9)
+            kill_group(process)
             process.communicate()
 
 

@@ -35,7 +35,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from .errors import NetworkError, PackageError, UsageError, VerificationError
 from .package import file_sha256
-from .runner import redact
+from .redaction import redact
 
 FILES_DIR = "files"
 SIMPLE_DIR = "simple"

@@ -9,13 +9,12 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import ExitCode, UsageError
+from ..errors import ExitCode, UsageError, VerificationError
 from ..render import _console, mib
 from ..wheelhouse import MANIFEST, check_wheelhouse, prune, read_wheelhouse, upload
-from ._app import cli, echo_json
+from ._app import cli, emit, output, output_options, with_options
 
 house_argument = click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
-json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (schema 1) on stdout.")
 
 
 def _existing(directory: Path) -> None:
@@ -24,6 +23,7 @@ def _existing(directory: Path) -> None:
 
 
 @cli.group("wheelhouse")
+@with_options(output_options)
 def wheelhouse_group() -> None:
     """Look after a wheelhouse: the static package index that `pack --wheelhouse DIR` writes.
 
@@ -37,14 +37,13 @@ def wheelhouse_group() -> None:
 
 @wheelhouse_group.command("list")
 @house_argument
-@json_option
-def list_command(directory: Path, as_json: bool) -> None:
+@with_options(output_options)
+def list_command(directory: Path) -> None:
     """List the plugins recorded in DIRECTORY and the files each needs."""
     _existing(directory)
     house = read_wheelhouse(directory)
-    if as_json:
-        document = house.to_json()
-        echo_json({"schema": 1, "command": "wheelhouse list", "status": "success", **document})
+    if output().as_json:
+        emit("success", {"directory": str(directory), **house.to_json()})
         return
     out = _console()
     table = Table(title=f"{directory}: {len(house.files)} files, {mib(sum(f.size for f in house.files.values()))}")
@@ -62,15 +61,15 @@ def list_command(directory: Path, as_json: bool) -> None:
 
 @wheelhouse_group.command("check")
 @house_argument
-@json_option
-def check_command(directory: Path, as_json: bool) -> int:
+@with_options(output_options)
+def check_command(directory: Path) -> int:
     """Check every file of DIRECTORY against the sha256 its index lists (exit 7 naming what is wrong)."""
     _existing(directory)
     problems = check_wheelhouse(directory)
     files = len(read_wheelhouse(directory).files)
-    if as_json:
-        status = "error" if problems else "success"
-        echo_json({"schema": 1, "command": "wheelhouse check", "status": status, "files": files, "problems": problems})
+    if output().as_json:
+        failure = VerificationError(f"{directory}: {problems[0]}", tip="pack the plugins again") if problems else None
+        emit("error" if problems else "success", {"files": files, "problems": problems}, failure)
     else:
         out = _console()
         for problem in problems:
@@ -89,17 +88,15 @@ def check_command(directory: Path, as_json: bool) -> int:
     metavar="ID[:VERSION]",
     help="Plugin to forget (author/name for every version, or author/name:version; repeatable).",
 )
-@json_option
-def prune_command(directory: Path, plugins: tuple[str, ...], as_json: bool) -> None:
+@with_options(output_options)
+def prune_command(directory: Path, plugins: tuple[str, ...]) -> None:
     """Forget plugins and delete the files no remaining plugin needs."""
     _existing(directory)
     results = [prune(directory, plugin) for plugin in plugins]
     dropped = [key for result in results for key in result.plugins]
     removed = [name for result in results for name in result.removed]
-    if as_json:
-        echo_json(
-            {"schema": 1, "command": "wheelhouse prune", "status": "success", "plugins": dropped, "removed": removed}
-        )
+    if output().as_json:
+        emit("success", {"plugins": dropped, "removed": removed})
         return
     out = _console()
     out.print(f"forgot {', '.join(dropped)}; removed {len(removed)} files no other plugin needs")
@@ -121,8 +118,8 @@ def prune_command(directory: Path, plugins: tuple[str, ...], as_json: bool) -> N
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="CA bundle to trust for an https repository.",
 )
-@json_option
-def upload_command(directory: Path, repository_url: str, cert: Path | None, as_json: bool) -> None:
+@with_options(output_options)
+def upload_command(directory: Path, repository_url: str, cert: Path | None) -> None:
     """Upload every wheel of DIRECTORY to an internal repository with twine (files it has are skipped).
 
     \b
@@ -132,8 +129,8 @@ def upload_command(directory: Path, repository_url: str, cert: Path | None, as_j
     """
     _existing(directory)
     result = upload(directory, repository_url, cacert=cert)
-    if as_json:
-        echo_json({"schema": 1, "command": "wheelhouse upload", "status": "success", **asdict(result)})
+    if output().as_json:
+        emit("success", asdict(result))
         return
     skipped = f"; {len(result.skipped)} it had already" if result.skipped else ""
     _console().print(f"uploaded {len(result.uploaded)} files to {escape(result.repository)}{skipped}")
