@@ -15,6 +15,7 @@ import pytest
 
 from builders import LocalIndex, make_plugin, make_wheel, manifest_yaml
 from dify_repack.cli import main
+from dify_repack.inspect import inspect_package
 from dify_repack.mirror import slim_mirror_url
 from dify_repack.packing import PackOptions, PackResult, pack
 from dify_repack.requirements import tomllib
@@ -27,11 +28,15 @@ from dify_repack.wheelhouse import Incoming, add_wheels, check_wheelhouse, read_
 MIRROR = "http://pypi.internal:8080/simple"
 FIRST = {"requirements.txt": "dify_plugin==0.7.4\nfastmath\n"}
 SECOND = {"requirements.txt": "dify_plugin==0.7.4\nmultiplatform\n"}
+# With a [build-system]: the slim [tool.uv] must keep package = false next to the mirror.
 PYPROJECT = """\
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
 [project]
-name = "demo"
+name = "first"
 version = "0.1.0"
-requires-python = ">=3.11"
 dependencies = ["dify_plugin==0.7.4", "fastmath"]
 """
 
@@ -149,7 +154,7 @@ def test_slim_package_names_only_the_mirror(slim: PackResult, tmp_path: Path) ->
     # Every file any target may install is pinned, and only files the wheelhouse serves.
     assert set(re.findall(r"--hash=sha256:([0-9a-f]{64})", requirements)) == {f.sha256 for f in house.files.values()}
     assert pyproject["tool"]["uv"]["index-url"] == MIRROR
-    assert set(pyproject["tool"]["uv"]) == {"index-url", "environments"}
+    assert set(pyproject["tool"]["uv"]) == {"index-url", "environments", "package"}
     lock = tomllib.loads(lock_text)
     urls = [wheel["url"] for package in lock["package"] for wheel in package.get("wheels", [])]
     registries = {package["source"].get("registry") for package in lock["package"]} - {None}
@@ -158,6 +163,9 @@ def test_slim_package_names_only_the_mirror(slim: PackResult, tmp_path: Path) ->
     assert "127.0.0.1" not in lock_text
     assert any(MIRROR in line for line in slim.dify_settings)
     assert slim.stats.compressed_bytes < 10_000
+    inspection = inspect_package(slim.output)
+    assert all(verdict.ok for verdict in inspection.verdicts), inspection.to_json()
+    assert any(MIRROR in problem and "--wheelhouse" in problem for problem in inspection.problems)
 
 
 def test_slim_package_installs_from_the_served_wheelhouse_on_every_profile(
@@ -225,4 +233,5 @@ def test_pack_mirror_url_verifies_against_the_served_wheelhouse_by_default(
     assert main(["pack", str(plugin), *args, "--mirror-url", MIRROR, "--uv", own, "--no-start", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)["results"][0]
     assert result["verification"]["ok"] and "mirror" in result["verification"]["isolation"]
+    assert (result["mirror_url"], result["wheelhouse"]) == (MIRROR, str(tmp_path / "out" / "wheelhouse"))
     assert result["verification"]["checks"] == 1 + len(PROFILES)  # the wheelhouse's files, then each profile
