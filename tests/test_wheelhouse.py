@@ -235,3 +235,39 @@ def test_pack_mirror_url_verifies_against_the_served_wheelhouse_by_default(
     assert result["verification"]["ok"] and "mirror" in result["verification"]["isolation"]
     assert (result["mirror_url"], result["wheelhouse"]) == (MIRROR, str(tmp_path / "out" / "wheelhouse"))
     assert result["verification"]["checks"] == 1 + len(PROFILES)  # the wheelhouse's files, then each profile
+
+
+def test_upload_credentials_come_from_the_url_then_netrc_then_twine_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dify_repack.wheelhouse import _credentials
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("TWINE_USERNAME", "env-user")
+    monkeypatch.setenv("TWINE_PASSWORD", "env-secret")
+    assert _credentials("https://u%40corp:p%3Aw@nexus.internal/repo/") == (
+        "https://nexus.internal/repo/",
+        "u@corp",
+        "p:w",
+    )
+    assert _credentials("https://nexus.internal/repo/") == ("https://nexus.internal/repo/", "env-user", "env-secret")
+    (tmp_path / ".netrc").write_text("machine nexus.internal login netrc-user password netrc-secret\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    assert _credentials("https://nexus.internal/repo/")[1:] == ("netrc-user", "netrc-secret")
+
+
+def test_a_refused_upload_is_a_network_error_that_never_prints_the_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fakeweb import serve
+
+    house = tmp_path / "house"
+    add_wheels(house, "a/one:1.0.0", [Incoming(make_wheel(tmp_path / "wheels", "helper", "1.0.0"))])
+    with serve() as web:  # answers no upload: every POST fails
+        url = web.url.replace("http://", "http://uploader:s3cret-pass@") + "/repo/"
+        code = main(["wheelhouse", "upload", str(house), "--repository-url", url, "--json"])
+    printed = capsys.readouterr()
+    assert code == 6
+    assert "s3cret-pass" not in printed.out + printed.err
+    document = json.loads(printed.out)
+    assert document["command"] == "wheelhouse upload" and "uploader:****@" in document["error"]["message"]
