@@ -19,10 +19,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import EnvironmentProblem, UsageError, VerificationError
+from .credentials import Indexes
+from .errors import EnvironmentProblem, NetworkError, UsageError, VerificationError
 from .manifest import Manifest, read_manifest
 from .mirror import missing_from_wheelhouse, slim_mirror_url
 from .mirror_serve import serve_in_namespace, wheelhouse_server
@@ -32,7 +33,7 @@ from .report import NullReporter, Reporter
 from .requirements import remote_lock_sources, tomllib
 from .runner import Completed, clean_env, run
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, make_targets
-from .uvbin import fetch_uv, find_python, own_uv_version, uv_bin
+from .uvbin import fetch_uv, find_python, own_uv_version, provide_python, uv_bin
 from .wheelhouse import read_wheelhouse
 from .wheels import default_cache_dir
 
@@ -112,7 +113,7 @@ class VerifyOptions:
     cache_dir: Path | None = None
     start_timeout: float = START_TIMEOUT
     start: bool = True  # start the plugin and wait for its heartbeat
-    index_args: Sequence[str] = ()  # where to fetch uv versions from (``--index-url URL ...``)
+    indexes: Indexes = field(default_factory=Indexes)  # where to fetch uv versions from, with their logins
     glibc: tuple[int, int] = DEFAULT_GLIBC  # for the static checks of other architectures
     wheelhouse: Path | None = None  # a slim package's wheels, served at its mirror URL inside the namespace
     mirror_server: tuple[str, ...] | None = None  # or a command serving that mirror there (a real index server)
@@ -155,7 +156,11 @@ def verify_package(
         identifier = f"{manifest.plugin_id}:{manifest.version}@{zip_checksum(package)}"
         targets = make_targets(options.python, list(options.arches or manifest.arches), options.glibc)
         host_machine = platform.machine()
-        interpreter = find_python(options.python)
+        try:
+            interpreter = provide_python(options.python, reporter.step)
+        except (EnvironmentProblem, NetworkError) as problem:
+            interpreter = None  # static checks still prove something
+            reporter.warn(problem.message)
         live = [target for target in targets if target.machine == host_machine and interpreter is not None]
         static = [target for target in targets if target not in live]
         if interpreter is None:
@@ -163,9 +168,7 @@ def verify_package(
             reporter.warn(notes[-1])
         checks = _entries_checks(package) + mirror_checks
         uv_binaries = (
-            {version: fetch_uv(version, cache_dir, options.index_args) for version in options.uv_versions}
-            if live
-            else {}
+            {version: fetch_uv(version, cache_dir, options.indexes) for version in options.uv_versions} if live else {}
         )
         for target in live:
             assert interpreter is not None

@@ -21,7 +21,6 @@ import html
 import io
 import json
 import logging
-import netrc
 import os
 import shutil
 import zipfile
@@ -29,10 +28,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
+from .credentials import index_credentials
 from .errors import NetworkError, PackageError, UsageError, VerificationError
 from .package import file_sha256
 from .redaction import redact
@@ -331,8 +331,8 @@ class UploadResult:
 
 def upload(root: Path, repository_url: str, *, cacert: Path | None = None) -> UploadResult:
     """Upload every wheel of the wheelhouse to an existing repository (devpi, Nexus, Artifactory, ...) with
-    twine's library. Credentials, as twine finds them: in the URL, then ``~/.netrc`` for its host, then
-    ``TWINE_USERNAME``/``TWINE_PASSWORD``; twine may ask a keyring for a password. They are never printed."""
+    twine's library. Credentials: in the URL, then ``~/.netrc`` for its host or a keyring, then
+    ``TWINE_USERNAME``/``TWINE_PASSWORD``. They are never printed."""
     # Imported here: twine and requests are heavy, and only this command needs them.
     from twine.settings import Settings
 
@@ -383,7 +383,7 @@ def _upload_each(root: Path, names: list[str], settings: Settings, shown: str) -
             raise NetworkError(
                 f"upload of {name} to {shown} failed: HTTP {status}",
                 tip="check the repository URL (its upload endpoint) and the credentials "
-                "(in the URL, ~/.netrc, or TWINE_USERNAME/TWINE_PASSWORD)",
+                "(in the URL, ~/.netrc, a keyring, or TWINE_USERNAME/TWINE_PASSWORD)",
             ) from None
         except requests.RequestException as error:
             raise NetworkError(f"upload to {shown} failed: {type(error).__name__}") from None
@@ -393,16 +393,12 @@ def _upload_each(root: Path, names: list[str], settings: Settings, shown: str) -
 
 
 def _credentials(repository_url: str) -> tuple[str, str | None, str | None]:
-    """The URL without its user info, and the user name and password from it, ~/.netrc or twine's variables."""
+    """The URL without its user info, and the login: from the URL, ~/.netrc or a keyring as for indexes
+    (credentials.py), else twine's ``TWINE_USERNAME``/``TWINE_PASSWORD``."""
     parts = urlsplit(repository_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"{redact(repository_url)}: the repository URL must be http(s)://HOST/PATH")
-    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
-    bare = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
-    if parts.username:
-        return bare, unquote(parts.username), unquote(parts.password) if parts.password else None
-    with contextlib.suppress(OSError, netrc.NetrcParseError):
-        found = netrc.netrc().authenticators(parts.hostname)
-        if found:
-            return bare, found[0], found[2]
-    return bare, os.environ.get("TWINE_USERNAME"), os.environ.get("TWINE_PASSWORD")
+    public, found = index_credentials(repository_url)
+    if found is not None:
+        return public, found.username, found.password or None
+    return public, os.environ.get("TWINE_USERNAME"), os.environ.get("TWINE_PASSWORD")
