@@ -211,6 +211,10 @@ def test_cli_mirror_url_defaults_the_wheelhouse_beside_the_output(
     args = ["pack", str(plugin), "-o", str(out), "--index-url", index.url, "--cache-dir", str(tmp_path / "cache")]
     assert main([*args, "--mirror-url", "http://user:secret@pypi.internal/simple"]) == 2
     assert "secret" not in capsys.readouterr().err
+    assert main([*args, "--lock-from-mirror"]) == 2
+    assert "--lock-from-mirror needs --mirror-url" in capsys.readouterr().err
+    assert main([*args, "--wheelhouse", str(plugin)]) == 2  # a plugin folder is no wheelhouse
+    assert "holds no wheelhouse" in capsys.readouterr().err
     assert main([*args, "--mirror-url", MIRROR, "--no-verify"]) == 0
     printed = capsys.readouterr().out
     assert f"PIP_MIRROR_URL={MIRROR}" in printed and "location /wheelhouse/ { alias /srv/wheelhouse/; }" in printed

@@ -38,6 +38,7 @@ from .signing import load_private_key, sign_tree
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, chosen_arches, make_targets
 from .uvbin import require_python
 from .verify import VerifyReport
+from .wheelhouse import read_wheelhouse
 from .wheels import Selected, WheelCache, default_cache_dir, fetch_all, prefetch
 
 MIB = 1024 * 1024
@@ -137,6 +138,10 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
         mirror_address(options.mirror_url)  # a bad URL fails before any download
         if options.wheelhouse is None:
             raise UsageError("a slim package (--mirror-url) needs a wheelhouse (--wheelhouse DIR) to serve its wheels")
+    elif options.lock_from_mirror:
+        raise UsageError("--lock-from-mirror needs --mirror-url (the repository to read the file URLs from)")
+    if options.wheelhouse is not None:
+        read_wheelhouse(options.wheelhouse)  # a folder that is not a wheelhouse fails before any download
     cache = WheelCache(options.cache_dir or default_cache_dir())
     with tempfile.TemporaryDirectory(prefix="dify-repack-") as temp:
         root = Path(temp) / "plugin"
