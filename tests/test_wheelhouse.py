@@ -226,6 +226,12 @@ def test_cli_mirror_url_defaults_the_wheelhouse_beside_the_output(
     with zipfile.ZipFile(package) as archive:
         (probe / "requirements.txt").write_bytes(archive.read("requirements.txt"))
     assert slim_mirror_url(probe) == MIRROR
+    # Without pyproject.toml there is no uv.lock to name files: the wheelhouse's own record does.
+    (out / "wheelhouse" / "files" / "helper-1.1.0-py3-none-any.whl").unlink()
+    own = run([uv_bin(), "--version"]).stdout.split()[1]
+    verify_args = ["--wheelhouse", str(out / "wheelhouse"), "--profile", "uv-pip", "--uv", own, "--no-start"]
+    assert main(["verify", str(package), *verify_args, "--cache-dir", str(tmp_path / "cache")]) == 7
+    assert "lacks helper-1.1.0-py3-none-any.whl" in capsys.readouterr().out
 
 
 def test_pack_mirror_url_verifies_against_the_served_wheelhouse_by_default(

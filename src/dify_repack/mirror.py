@@ -168,7 +168,8 @@ def missing_from_wheelhouse(root: Path, house: Wheelhouse) -> list[str]:
     """Files the slim package in ``root`` pins that the wheelhouse lacks, named as well as the package allows."""
     text = (root / "requirements.txt").read_text(encoding="utf-8", errors="replace")
     have = {item.sha256 for item in house.files.values() if (house.root / FILES_DIR / item.filename).is_file()}
-    names = _lock_file_names(root / "uv.lock")
+    # The file name from the lock, or from the wheelhouse's own record of a file gone from disk.
+    names = {**{item.sha256: item.filename for item in house.files.values()}, **_lock_file_names(root / "uv.lock")}
     missing = []
     for block in re.split(r"\n(?=[A-Za-z0-9])", text):
         requirement = block.split(";", 1)[0].split("\\", 1)[0].strip()
