@@ -281,3 +281,15 @@ def test_a_refused_upload_is_a_network_error_that_never_prints_the_password(
     assert "s3cret-pass" not in printed.out + printed.err
     document = json.loads(printed.out)
     assert document["command"] == "wheelhouse upload" and "uploader:****@" in document["error"]["message"]
+
+
+def test_a_batch_packed_side_by_side_grows_one_wheelhouse(tmp_path: Path, index: LocalIndex) -> None:
+    sources = [
+        make_plugin(tmp_path / name, {"manifest.yaml": manifest_yaml(name=name), **files})
+        for name, files in (("first", FIRST), ("second", SECOND))
+    ]
+    house = tmp_path / "house"
+    args = ["-o", str(tmp_path / "out"), "--index-url", index.url, "--cache-dir", str(tmp_path / "cache")]
+    assert main(["pack", *map(str, sources), *args, "-j", "2", "--wheelhouse", str(house), "--no-verify", "-q"]) == 0
+    assert set(read_wheelhouse(house).plugins) == {"tester/first:0.1.0", "tester/second:0.1.0"}
+    assert check_wheelhouse(house) == []
