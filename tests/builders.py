@@ -36,17 +36,22 @@ def make_wheel(
     requires: tuple[str, ...] = (),
     requires_python: str | None = None,
     files: Mapping[str, str] | None = None,
+    metadata: tuple[str, ...] = (),
 ) -> Path:
-    """A valid wheel whose package ``name`` (import name with '-' as '_') sets ``VERSION``."""
+    """A valid wheel whose package ``name`` (import name with '-' as '_') sets ``VERSION``.
+
+    ``metadata`` adds header lines to METADATA (``License-Expression: MIT``, ``Classifier: ...``).
+    """
     module = name.replace("-", "_").lower()
     dist = f"{name.replace('-', '_')}-{version}"
     contents = {f"{module}/__init__.py": f"VERSION = {version!r}\n", **(files or {})}
-    metadata = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
-    metadata += [f"Requires-Dist: {requirement}" for requirement in requires]
+    headers = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+    headers += [f"Requires-Dist: {requirement}" for requirement in requires]
     if requires_python:
-        metadata.append(f"Requires-Python: {requires_python}")
+        headers.append(f"Requires-Python: {requires_python}")
+    headers += metadata
     pure = tag.endswith("-none-any")
-    contents[f"{dist}.dist-info/METADATA"] = "\n".join(metadata) + "\n"
+    contents[f"{dist}.dist-info/METADATA"] = "\n".join(headers) + "\n"
     contents[f"{dist}.dist-info/WHEEL"] = (
         f"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: {'true' if pure else 'false'}\nTag: {tag}\n"
     )
@@ -290,3 +295,22 @@ def make_plugin(directory: Path, files: Mapping[str, str]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     return directory
+
+
+# DAEMON-FACTS §1: these three entries give this checksum (the daemon hashes raw digests, not hex strings).
+CHECKSUM_VECTOR = {"manifest.yaml": b"author: a\n", "main.py": b"print(1)\n", "wheels/x.whl": b""}
+CHECKSUM_VECTOR_SUM = "f3b71a438484b65f2f17c949112cf1a07b71d3045c2adf43ed3f23625eadf2b9"
+
+
+def daemon_checksum(package: Path) -> str:
+    """DAEMON-FACTS §1 written out with hashlib alone: sha256 over sha256(path) + sha256(content), raw 32-byte
+    digests, file entries sorted by path (bytewise)."""
+    with zipfile.ZipFile(package) as archive:
+        entries = sorted(
+            (info.filename.encode(), archive.read(info)) for info in archive.infolist() if not info.is_dir()
+        )
+    outer = hashlib.sha256()
+    for path, content in entries:
+        outer.update(hashlib.sha256(path).digest())
+        outer.update(hashlib.sha256(content).digest())
+    return outer.hexdigest()

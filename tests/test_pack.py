@@ -488,6 +488,9 @@ def test_pyproject_without_project_table_gets_one(tmp_path: Path, index: LocalIn
 
 def test_cache_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cache = tmp_path / "cache"
+    from dify_repack.wheels import WheelCache
+
+    WheelCache(cache).mark()  # as pack does when it first uses a cache
     (cache / "files" / "ab").mkdir(parents=True)
     (cache / "files" / "ab" / "x.whl").write_bytes(b"x" * 1024)
     assert main(["cache", "info", "--cache-dir", str(cache)]) == 0
@@ -594,7 +597,7 @@ def test_requirements_file_forms(tmp_path: Path) -> None:
         tmp_path,
         {
             "requirements.txt": "# comment\n--index-url https://mirror.invalid/simple\n-r base.txt\n"
-            "fastmath==2.0.0 \\\n    --hash=sha256:abc  # pinned\nhelper>=1 ; python_version >= '3.8'\n"
+            f"fastmath==2.0.0 \\\n    --hash=sha256:{'ab' * 32}  # pinned\nhelper>=1 ; python_version >= '3.8'\n"
             "dify_plugin~=0.0.1b76\n",
             "base.txt": "multiplatform[extra]\n",
         },
@@ -610,6 +613,7 @@ def test_requirements_file_forms(tmp_path: Path) -> None:
         "requirements.txt:2: --index-url https://mirror.invalid/simple is not used to resolve; "
         "give it to dify-repack as --index-url",
     )
+    assert [(pin.name, pin.hashes) for pin in declared.hashes] == [("fastmath", frozenset({f"sha256:{'ab' * 32}"}))]
 
 
 def test_batch_packs_plugins_side_by_side(

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import shutil
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from .errors import PackageError, UsageError
+from .licenses import wheel_license
 from .manifest import Manifest, read_manifest
 from .mirror import add_to_wheelhouse, make_slim, mirror_settings
 from .mirror_serve import mirror_address
@@ -30,16 +31,18 @@ from .package import (
     extract_package,
     package_stats,
     write_package,
+    zip_checksum,
 )
+from .pins import PinChange, check_hashes, compare_pins, preferences_for
 from .report import NullReporter, Reporter
-from .requirements import SDK, declared_dependencies
+from .requirements import SDK, check_requires_python, declared_dependencies
 from .resolve import Indexes, Pin, ResolutionCache, resolve
-from .signing import load_private_key, sign_tree
+from .signing import key_permission_warning, load_private_key, sign_tree
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, chosen_arches, make_targets
 from .uvbin import require_python
 from .verify import VerifyReport
 from .wheelhouse import read_wheelhouse
-from .wheels import Selected, WheelCache, default_cache_dir, fetch_all, prefetch
+from .wheels import Provenance, Selected, WheelCache, default_cache_dir, fetch_all, prefetch
 
 MIB = 1024 * 1024
 # Upload limits with Dify's defaults (DAEMON-FACTS §3): the API's in code, the daemon's (also on unpacked size).
@@ -64,6 +67,8 @@ class PackOptions:
     wheelhouse: Path | None = None  # also put every wheel into this static index (wheelhouse.py)
     mirror_url: str | None = None  # write a slim package installing from the wheelhouse served here (mirror.py)
     lock_from_mirror: bool = False  # uv.lock's file URLs as the live mirror serves them (devpi, Nexus, ...)
+    follow_symlinks: bool = False  # follow links of a plugin folder that lead outside it and its repository
+    origin: str | None = None  # the source as the user gave it (a URL, a Marketplace id): named in errors
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,9 @@ class PackResult:
     verification: VerifyReport | None = None  # what the check found, when one ran
     wheelhouse: Path | None = None
     mirror_url: str | None = None  # set for a slim package
+    provenance: dict[str, Provenance] = field(default_factory=dict)  # wheel file name -> where it came from
+    license_attention: tuple[str, ...] = ()  # "name version: license — why a reviewer should look"
+    pin_changes: tuple[PinChange, ...] = ()  # shipped versions that differ from a version the plugin pinned
 
     @property
     def dify_settings(self) -> tuple[str, ...]:
@@ -90,6 +98,11 @@ class PackResult:
         if self.mirror_url is not None and self.wheelhouse is not None:
             settings += mirror_settings(self.mirror_url, self.wheelhouse)
         return settings
+
+    @property
+    def identifier(self) -> str:
+        """``author/name:version@checksum`` as the daemon will report the written package."""
+        return f"{self.manifest.plugin_id}:{self.manifest.version}@{self.stats.checksum}"
 
 
 def upload_settings(compressed: int, uncompressed: int, *, signed: bool) -> tuple[str, ...]:
@@ -114,17 +127,27 @@ def upload_settings(compressed: int, uncompressed: int, *, signed: bool) -> tupl
 
 
 def output_path(manifest: Manifest, output_dir: Path | None) -> Path:
-    return (output_dir or Path.cwd()) / manifest.offline_filename
+    """The package's path: exactly one file name, built from checked manifest fields, inside ``output_dir``."""
+    folder = output_dir or Path.cwd()
+    name = manifest.offline_filename
+    output = folder / name
+    # The manifest rules already exclude separators; this holds even if those rules change.
+    if PurePath(name).name != name or name in (".", "..") or output.parent != folder:
+        raise PackageError(f"manifest fields make the output name {name!r}, which is not one file name")
+    return output
 
 
-def load_plugin(source: Path, dest: Path) -> None:
-    """Put the plugin's files into ``dest``: a source directory is copied, a .difypkg extracted."""
+def load_plugin(source: Path, dest: Path, *, follow_symlinks: bool = False, shown_as: str | None = None) -> list[str]:
+    """Put the plugin's files into ``dest``: a source directory is copied, a .difypkg extracted; notes.
+
+    ``shown_as`` names a downloaded package in messages (its URL), instead of its temporary path.
+    """
     if source.is_dir():
-        copy_plugin_dir(source, dest)
-    elif source.is_file():
-        extract_package(source, dest)
-    else:
-        raise PackageError(f"{source}: no such file or directory")
+        return copy_plugin_dir(source, dest, follow_symlinks=follow_symlinks)
+    if source.is_file():
+        extract_package(source, dest, shown_as=shown_as)
+        return []
+    raise PackageError(f"{source}: no such file or directory")
 
 
 def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | None = None) -> PackResult:
@@ -134,6 +157,8 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
     if options.sign_key is not None:
         # A wrong or SPKI key should fail in a second, not after every download and build.
         load_private_key(options.sign_key)
+        if warning := key_permission_warning(options.sign_key):
+            reporter.warn(warning)
     if options.mirror_url is not None:
         mirror_address(options.mirror_url)  # a bad URL fails before any download
         if options.wheelhouse is None:
@@ -142,12 +167,13 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
         raise UsageError("--lock-from-mirror needs --mirror-url (the repository to read the file URLs from)")
     if options.wheelhouse is not None:
         read_wheelhouse(options.wheelhouse)  # a folder that is not a wheelhouse fails before any download
-    cache = WheelCache(options.cache_dir or default_cache_dir())
+    cache = WheelCache(options.cache_dir or default_cache_dir(), warn=reporter.warn)
     with tempfile.TemporaryDirectory(prefix="dify-repack-") as temp:
         root = Path(temp) / "plugin"
         root.mkdir()
-        load_plugin(source, root)
-        manifest = read_manifest(root, origin=str(source))
+        shown = options.origin or str(source)
+        link_notes = load_plugin(source, root, follow_symlinks=options.follow_symlinks, shown_as=shown)
+        manifest = read_manifest(root, origin=shown)
         output = output_path(manifest, options.output_dir)
         if source.is_file() and output.resolve() == source.resolve():
             raise UsageError(
@@ -160,6 +186,8 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
 
         targets = make_targets(options.python, chosen_arches(options.arch, manifest.arches), options.glibc)
         declared = declared_dependencies(root)
+        if declared.requires_python is not None:
+            check_requires_python(declared.requires_python, options.python)  # before anything is downloaded
         if options.check is not None or (root / "pyproject.toml").is_file():
             # uv lock and the replays need the daemon's CPython: find it, or have uv install it, before any download.
             require_python(options.python, reporter.step)
@@ -167,9 +195,10 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             f"{manifest.plugin_id} {manifest.version}: {len(declared.requirements)} requirements from "
             f"{declared.source}, for {', '.join(map(str, targets))}"
         )
-        notes = list(declared.notes)
+        notes = [*link_notes, *declared.notes]
         for note in notes:
             reporter.warn(note)
+        cache.mark()
 
         reporter.step("resolving for each target")
         resolutions = ResolutionCache(cache.root / "resolutions", refresh=options.refresh)
@@ -182,7 +211,8 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
                     declared.requirements,
                     target,
                     indexes=options.indexes,
-                    preferences=declared.lock_pins,
+                    preferences=preferences_for(declared.preferred, target),
+                    constraints=declared.constraints,
                     uv_cache=cache.uv_cache,
                     cache=resolutions,
                 ): target
@@ -199,15 +229,19 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             if prefetching is not None:
                 prefetching.result()
         selected = fetch_all(plan, cache, indexes=options.indexes, reporter=reporter)
+        check_hashes(declared, selected)
+        compared, changes = compare_pins(declared.pins, selected)
+        if changes:
+            reporter.warn(f"{len(changes)} of {compared} versions the plugin pinned are shipped in another version")
 
         wheel_dir = root / WHEELS_DIR
         wheel_dir.mkdir()
         wheel_files = {path for item in selected for path in item.files.values()}
         for path in wheel_files:
-            _link_or_copy(path, wheel_dir / path.name)
+            cache.export(path, wheel_dir / path.name)
 
         reporter.step("writing the offline configuration")
-        write_requirements(root, selected, targets)
+        write_requirements(root, selected, targets, hashes=bool(declared.hashes))
         if (root / "pyproject.toml").is_file():
             notes += edit_pyproject(
                 root,
@@ -243,11 +277,11 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             # Signing writes the package itself: one pass over the files either way.
             if options.sign_key is not None:
                 sign_tree(root, options.sign_key, staged)
+                stats = dataclasses.replace(package_stats(staged), checksum=zip_checksum(staged))
             else:
-                write_package(root, staged)
+                stats = write_package(root, staged)
             verification = options.check(staged, manifest, targets) if options.check is not None else None
-            stats = package_stats(staged)
-        stats = ZipStats(output, stats.files, stats.compressed_bytes, stats.uncompressed_bytes)
+        stats = dataclasses.replace(stats, path=output)
 
     return PackResult(
         source=str(source),
@@ -264,17 +298,22 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
         verification=verification,
         wheelhouse=options.wheelhouse,
         mirror_url=options.mirror_url,
+        provenance={name: origin for item in selected for name, origin in item.provenance().items()},
+        license_attention=_license_attention(selected),
+        pin_changes=changes,
     )
+
+
+def _license_attention(selected: list[Selected]) -> tuple[str, ...]:
+    """Shipped packages whose license usually needs a reviewer (none declared, the GPL family)."""
+    found = []
+    for item in selected:
+        license = wheel_license(next(iter(item.files.values())))
+        if license.attention:
+            found.append(f"{item.pin.name} {item.pin.version}: {license} — {license.attention}")
+    return tuple(found)
 
 
 def _single_version(selected: list[Selected], name: str) -> str | None:
     versions = {item.pin.version for item in selected if item.pin.name == name}
     return versions.pop() if len(versions) == 1 else None
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    # A hard link costs nothing; the cache may be on another file system, then copy.
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)

@@ -15,6 +15,7 @@ from .packing import API_DEFAULT_LIMIT, DAEMON_DEFAULT_LIMIT, PackResult
 from .verify import PROFILES, Step, VerifyReport
 
 Outcome = tuple[str, "PackResult | DifyRepackError", float]
+PIN_CHANGES_SHOWN = 10  # the summary lists this many changed pins; --json has them all
 
 
 def _console() -> Console:
@@ -40,6 +41,7 @@ def pack_json(text: str, outcome: PackResult | DifyRepackError, seconds: float) 
         "output": str(outcome.output),
         "plugin": outcome.manifest.plugin_id,
         "version": outcome.manifest.version,
+        "identifier": outcome.identifier,
         "targets": [str(target) for target in outcome.targets],
         "dependency_source": outcome.dependency_source,
         "packages": outcome.packages,
@@ -56,6 +58,11 @@ def pack_json(text: str, outcome: PackResult | DifyRepackError, seconds: float) 
             "ok": outcome.verification.ok,
         },
         "notes": list(outcome.notes),
+        "license_attention": list(outcome.license_attention),
+        "pin_changes": [
+            {"name": c.name, "declared": c.declared, "shipped": c.shipped, "where": c.where}
+            for c in outcome.pin_changes
+        ],
         "dify_settings": list(outcome.dify_settings),
         "wheelhouse": None if outcome.wheelhouse is None else str(outcome.wheelhouse),
         "mirror_url": outcome.mirror_url,  # set for a slim package
@@ -85,6 +92,14 @@ def print_pack_result(result: PackResult) -> None:
         out.print("  verified  [yellow]skipped (--no-verify)[/]: run `dify-repack verify` before carrying it across")
     for note in result.notes:
         out.print(f"  note      {note}", markup=False)
+    for line in result.license_attention:
+        out.print(f"  [bold yellow]license[/]   {escape(line)}")
+    for change in result.pin_changes[:PIN_CHANGES_SHOWN]:
+        out.print(
+            f"  changed   {change.name} {change.declared} → {change.shipped} (pinned in {change.where})", markup=False
+        )
+    if len(result.pin_changes) > PIN_CHANGES_SHOWN:
+        out.print(f"  changed   … and {len(result.pin_changes) - PIN_CHANGES_SHOWN} more pins (--json lists all)")
     out.print("Dify settings for this upload:" if result.dify_settings else "Dify settings: the defaults accept it.")
     for setting in result.dify_settings:
         out.print(f"  {setting}", markup=False)

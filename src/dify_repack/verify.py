@@ -23,19 +23,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .credentials import Indexes
-from .errors import EnvironmentProblem, NetworkError, UsageError, VerificationError
+from .errors import EnvironmentProblem, NetworkError, PackageError, UsageError, VerificationError
 from .manifest import Manifest, read_manifest
 from .mirror import missing_from_wheelhouse, slim_mirror_url
 from .mirror_serve import serve_in_namespace, wheelhouse_server
 from .offline import WHEELS_DIR
 from .package import extract_package, open_package, zip_checksum
 from .report import NullReporter, Reporter
+from .reqfile import check_includes
 from .requirements import remote_lock_sources, tomllib
 from .runner import Completed, clean_env, run
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, make_targets
 from .uvbin import fetch_uv, find_python, own_uv_version, provide_python, uv_bin
 from .wheelhouse import read_wheelhouse
-from .wheels import default_cache_dir
+from .wheels import WheelCache, default_cache_dir
 
 PROFILES = {
     "pip": "daemon ≤0.0.3: python -m venv + pip install -r requirements.txt",
@@ -147,6 +148,8 @@ def verify_package(
         probe = work / "probe"
         extract_package(package, probe)
         manifest = read_manifest(probe, origin=str(package))
+        # pip and uv follow -r/-c as written: an include leading out of the package would read this host's files.
+        check_includes(probe / "requirements.txt", root=probe)
         mirror = slim_mirror_url(probe)
         mirror_checks: list[Check] = []
         if mirror is not None:
@@ -167,6 +170,8 @@ def verify_package(
             notes.append(f"no CPython {options.python} on this host: static checks only (install one to replay live)")
             reporter.warn(notes[-1])
         checks = _entries_checks(package) + mirror_checks
+        if live:
+            WheelCache(cache_dir).mark()  # uv versions are kept there; tagged so `cache clean` knows it
         uv_binaries = (
             {version: fetch_uv(version, cache_dir, options.indexes) for version in options.uv_versions} if live else {}
         )
@@ -229,7 +234,11 @@ def _entries_checks(package: Path) -> list[Check]:
 
 
 def _daemon_dir(work: Path, manifest: Manifest, label: str) -> Path:
-    return work / manifest.author / f"{manifest.name}-{manifest.version}@{label}"
+    folder = work / manifest.author / f"{manifest.name}-{manifest.version}@{label}"
+    # The manifest rules keep these names plain; a replay must never build a venv outside its temp folder.
+    if folder.resolve().parent.parent != work.resolve():
+        raise PackageError(f"manifest fields make the working folder {folder}, outside {work}")
+    return folder
 
 
 def _uv_env(uv: Path, root: Path, cache: Path) -> dict[str, str]:

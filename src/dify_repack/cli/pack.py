@@ -23,6 +23,7 @@ from ..render import (
 )
 from ..report import PrefixedReporter, Reporter
 from ..resolve import Indexes
+from ..review import ReviewPaths, packed_dossier, write_documents
 from ..sources import Source, fetch_source, latest_on_marketplace, parse_source, read_source_list
 from ..targets import Target, parse_glibc
 from ..uvbin import require_python
@@ -42,6 +43,7 @@ from ._app import (
     output,
     output_options,
     python_option,
+    review_options,
     stderr,
     uv_option,
     with_options,
@@ -97,6 +99,12 @@ from ._app import (
     help="Resolve again now; by default a resolution of the same input from the last 24 hours is reused.",
 )
 @click.option(
+    "--follow-symlinks",
+    is_flag=True,
+    help="Package what every symbolic link of a plugin folder points to, even outside the folder and its "
+    "git repository (by default such links are refused).",
+)
+@click.option(
     "-j",
     "--jobs",
     type=click.IntRange(1, 8),
@@ -122,6 +130,7 @@ from ._app import (
     help="Take uv.lock's file URLs from the mirror itself (reachable from here, the wheelhouse already uploaded): "
     "for repositories whose file URLs differ from the wheelhouse's files/ (devpi, Nexus, Artifactory).",
 )
+@with_options(review_options)
 @with_options(output_options)
 def pack_command(
     sources: tuple[str, ...],
@@ -139,10 +148,13 @@ def pack_command(
     sign_key: Path | None,
     marketplace_url: str | None,
     refresh: bool,
+    follow_symlinks: bool,
     jobs: int,
     wheelhouse: Path | None,
     mirror_url: str | None,
     lock_from_mirror: bool,
+    sbom: Path | None,
+    report: Path | None,
 ) -> int:
     """Repackage plugins so that every Dify daemon version installs them with no internet access.
 
@@ -207,6 +219,7 @@ def pack_command(
         wheelhouse=wheelhouse,
         mirror_url=mirror_url,
         lock_from_mirror=lock_from_mirror,
+        follow_symlinks=follow_symlinks,
     )
     parallel = jobs > 1 and len(parsed) > 1
     if verify:  # before any source is downloaded: the replays need the daemon's CPython
@@ -224,7 +237,8 @@ def pack_command(
             require_pass(report)
             return report
 
-        options = dataclasses.replace(base_options, check=check if verify else None)
+        # Errors name the source as typed (a URL, a Marketplace id), not the download's temp path.
+        options = dataclasses.replace(base_options, check=check if verify else None, origin=source.text)
         started = time.monotonic()
         try:
             if source.plugin is not None and source.plugin.version is None:
@@ -250,11 +264,18 @@ def pack_command(
         outcomes = [future.result() for future in futures]
     failures = [outcome for _, outcome, _ in outcomes if isinstance(outcome, DifyRepackError)]
     code = int(ExitCode.OK if not failures else failures[0].exit_code if len(outcomes) == 1 else ExitCode.PARTIAL)
+    packed = [outcome for _, outcome, _ in outcomes if isinstance(outcome, PackResult)]
+    documents = ReviewPaths(sbom, report)
+    written = write_documents([packed_dossier(result) for result in packed], documents) if documents and packed else []
     if as_json:
         status = "success" if not failures else "partial" if len(failures) < len(outcomes) else "error"
         message = f"{len(failures)} of {len(outcomes)} plugins failed; each result says why"
         problem = error_json(message, "the other packages were written; fix these and pack them again", code)
-        emit(status, {"results": [pack_json(*outcome) for outcome in outcomes]}, problem if failures else None)
-    elif len(outcomes) > 1:
-        print_batch_table(outcomes)
+        fields = {"results": [pack_json(*outcome) for outcome in outcomes], "documents": [str(p) for p in written]}
+        emit(status, fields, problem if failures else None)
+    else:
+        if len(outcomes) > 1:
+            print_batch_table(outcomes)
+        for path in written:
+            stderr.print(f"wrote {escape(str(path))}")
     return code
