@@ -14,6 +14,7 @@ need DNS fails at once), and the servers are on 127.0.0.1.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import resource
 import stat
@@ -27,10 +28,11 @@ from pathlib import Path
 
 import pytest
 
-from builders import LocalIndex, make_plugin, manifest_yaml, serve_index
+from builders import LocalIndex, make_plugin, make_wheel, manifest_yaml, serve_index
 from dify_repack.cli import main
 from dify_repack.http import download, make_client
 from dify_repack.signing import generate_keypair
+from dify_repack.wheelhouse import Incoming, add_wheels
 from fakeweb import FakeWeb, Reply, serve
 from hostile import DEFLATED, Entry, build_zip, plugin_entries
 
@@ -642,8 +644,74 @@ INDEX: dict[str, Case] = {
     "index-href-wrong-sha256": _evil_index("/files/helper-1.0.0-py3-none-any.whl#sha256=" + "0" * 64, 4),
 }
 
+# --- wheelhouses ----------------------------------------------------------------------------------------------
+
+
+def _house(w: World, manifest: bytes | object | None = None, *, wheel: bool = False) -> Path:
+    """A wheelhouse folder: with one real wheel added, or with ``manifest`` written as its wheelhouse.json."""
+    house = w.inputs / "house"
+    house.mkdir(parents=True, exist_ok=True)
+    if wheel:
+        made = make_wheel(w.root / "wheels", "helper", "1.0.0")
+        add_wheels(house, "tester/demo:0.1.0", [Incoming(made)])
+    if manifest is not None:
+        data = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
+        (house / "wheelhouse.json").write_bytes(data)
+    return house
+
+
+def _victim(w: World) -> Path:
+    """A file beside the wheelhouse that a manifest naming ``../../victim.txt`` aims at."""
+    victim = w.inputs / "victim.txt"
+    victim.write_text("must survive\n")
+    return victim
+
+
+def _traversal_manifest(w: World) -> dict[str, object]:
+    _victim(w)
+    entry = {"filename": "../../victim.txt", "project": "x", "version": "1", "sha256": "0" * 64, "size": 1}
+    return {"schema": 1, "files": {"../../victim.txt": entry}, "plugins": {"a/b:1.0.0": ["../../victim.txt"]}}
+
+
+WHEELHOUSES: dict[str, Case] = {
+    "wheelhouse-manifest-not-json": Case(lambda w: ["wheelhouse", "list", _house(w, b"{")], 3, "wheelhouse.json"),
+    "wheelhouse-manifest-a-list": Case(lambda w: ["wheelhouse", "list", _house(w, [1, 2])], 3, "wheelhouse.json"),
+    "wheelhouse-manifest-binary": Case(
+        lambda w: ["wheelhouse", "check", _house(w, b"\xff\xfe{")], 3, "wheelhouse.json"
+    ),
+    "wheelhouse-not-a-wheelhouse": Case(lambda w: ["wheelhouse", "check", w.plugin()], 2, named="plugin"),
+    "wheelhouse-is-a-file": Case(lambda w: ["wheelhouse", "list", w.file("f", "x")], 2, named="f"),
+    "wheelhouse-prune-traversal": Case(
+        lambda w: ["wheelhouse", "prune", _house(w, _traversal_manifest(w), wheel=True), "--plugin", "a/b"],
+        3,
+        "victim.txt",
+    ),
+    "wheelhouse-check-traversal": Case(
+        lambda w: ["wheelhouse", "check", _house(w, _traversal_manifest(w), wheel=True)], 3, "victim.txt"
+    ),
+    "wheelhouse-prune-unknown-plugin": Case(
+        lambda w: ["wheelhouse", "prune", _house(w, wheel=True), "--plugin", "x/y"], 2, named="x/y"
+    ),
+    "wheelhouse-upload-ftp": Case(
+        lambda w: ["wheelhouse", "upload", _house(w, wheel=True), "--repository-url", "ftp://x/"], 2, "ftp://x/"
+    ),
+    "wheelhouse-upload-closed-port-login": Case(
+        lambda w: [
+            "wheelhouse",
+            "upload",
+            _house(w, wheel=True),
+            "--repository-url",
+            f"http://u:{SECRET}@127.0.0.1:9/",
+        ],
+        6,
+        named="127.0.0.1:9",
+    ),
+    "pack-wheelhouse-is-a-file": Case(lambda w: w.pack(w.package(), "--wheelhouse", w.file("f", "x")), 2, "f"),
+    "pack-mirror-url-ftp": Case(lambda w: w.pack(w.package(), "--mirror-url", "ftp://m/simple"), 2, "ftp://m"),
+}
+
 CASES: dict[str, Case] = {
-    **SOURCES, **SERVERS, **LISTS, **PACKAGES, **FOLDERS, **DEPS, **KEYS, **OPTIONS, **ENVIRONMENT, **INDEX,
+    **SOURCES, **SERVERS, **LISTS, **PACKAGES, **FOLDERS, **DEPS, **KEYS, **OPTIONS, **ENVIRONMENT, **INDEX, **WHEELHOUSES,
 }  # fmt: skip
 
 
