@@ -226,7 +226,7 @@ def _option(result: RequirementsFile, line: str, where: str, notes: list[str] | 
         return
     if _IGNORED_OPTION.match(line):
         if notes is not None and _INDEX_OPTION.match(line):
-            notes.append(f"{where}: {shown_line(line)} is not used to resolve; give it to dify-repack as --index-url")
+            notes.append(f"{where}: {redact(line)} is not used to resolve; give it to dify-repack as --index-url")
         return
     if line.startswith(("-e", "--editable")):
         raise DependencyError(

@@ -192,7 +192,7 @@ def read_source_list(path: Path) -> list[Source]:
     """
     try:
         # A FIFO would block the open for ever and /dev/zero never ends: a regular file of sane size only.
-        if not path.is_file():
+        if path.exists() and not path.is_file():
             raise UsageError(f"{path}: not a regular file, so not a source list")
         with path.open("rb") as handle:
             data = handle.read(_MAX_SOURCE_LIST + 1)
