@@ -32,7 +32,7 @@ from .package import (
 from .report import NullReporter, Reporter
 from .requirements import SDK, declared_dependencies
 from .resolve import Indexes, Pin, ResolutionCache, resolve
-from .signing import load_private_key, sign_tree
+from .signing import DEFAULT_CATEGORY, load_private_key, sign_tree
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, chosen_arches, make_targets
 from .verify import VerifyReport
 from .wheels import Selected, WheelCache, default_cache_dir, fetch_all, prefetch
@@ -57,6 +57,7 @@ class PackOptions:
     check: Check | None = None
     refresh: bool = False  # resolve again even when a recent resolution of the same input is cached
     glibc: tuple[int, int] = DEFAULT_GLIBC  # the newest manylinux level the daemon's host can run
+    sign_category: str = DEFAULT_CATEGORY  # authorized_category of the signature (bundles: langgenius plugins)
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,7 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
         with atomic_output(output) as staged:
             # Signing writes the package itself: one pass over the files either way.
             if options.sign_key is not None:
-                sign_tree(root, options.sign_key, staged)
+                sign_tree(root, options.sign_key, staged, category=options.sign_category)
             else:
                 write_package(root, staged)
             verification = options.check(staged, manifest, targets) if options.check is not None else None

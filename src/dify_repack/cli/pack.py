@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
-import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import click
 from rich.markup import escape
 
-from ..errors import DifyRepackError, ExitCode, UsageError
-from ..manifest import Manifest
-from ..packing import PackOptions, PackResult, pack
-from ..render import (
-    Outcome,
-    pack_json,
-    print_batch_table,
-    print_pack_result,
-)
-from ..report import PrefixedReporter, Reporter
+from ..batch import BatchItem, BatchOptions, pack_many
+from ..dsl import is_dsl_source
+from ..errors import ExitCode, UsageError
+from ..packing import PackOptions, PackResult
+from ..render import print_pack_result
 from ..resolve import Indexes
-from ..sources import Source, fetch_source, parse_source, read_source_list
-from ..targets import Target, parse_glibc
-from ..verify import DEFAULT_UV_VERSIONS, VerifyOptions, VerifyReport, require_pass, verify_package
+from ..sources import parse_source, read_source_list
+from ..targets import parse_glibc
+from ..verify import DEFAULT_UV_VERSIONS, VerifyOptions
 from ..wheels import default_cache_dir
 from ._app import (
     arch_option,
@@ -40,6 +31,7 @@ from ._app import (
     uv_option,
     with_options,
 )
+from .bundle import batch_json, check_signing_flags, langgenius_option, print_batch_report, sign_key_option
 
 
 @cli.command("pack")
@@ -74,11 +66,6 @@ from ._app import (
     help="Verify install and `import dify_plugin` only, without starting the plugin to wait for its heartbeat.",
 )
 @click.option(
-    "--sign-key",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Sign the package with this private key (see `dify-repack keygen`).",
-)
-@click.option(
     "--marketplace-url",
     metavar="URL",
     envvar="DIFY_MARKETPLACE_URL",
@@ -97,6 +84,18 @@ from ._app import (
     show_default=True,
     help="Plugins of a batch packed side by side (they share the cache, so a wheel is still fetched once).",
 )
+@click.option(
+    "--packages-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of .difypkg files for the `package` dependencies of app DSLs (matched by plugin id and version).",
+)
+@click.option(
+    "--bundle",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write every offline package into this .difybndl, for one upload in Dify.",
+)
+@sign_key_option
+@langgenius_option
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result (schema 1) on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print the result and errors.")
 def pack_command(
@@ -116,6 +115,9 @@ def pack_command(
     marketplace_url: str | None,
     refresh: bool,
     jobs: int,
+    packages_dir: Path | None,
+    bundle: Path | None,
+    langgenius_category: bool,
     as_json: bool,
     quiet: bool,
 ) -> int:
@@ -128,18 +130,30 @@ def pack_command(
       langgenius/openai_api_compatible:0.0.35[@CHECKSUM]   a Marketplace plugin
       github:OWNER/REPO@TAG/ASSET.difypkg  a GitHub release asset
       https://host/path/plugin.difypkg     any URL
+      ./app.yml                            an app DSL exported from Dify: every plugin it depends on
 
     \b
     Writes AUTHOR-NAME_VERSION-offline.difypkg with every dependency as a wheel for the daemon's
     CPython on Linux (per architecture), requirements.txt / pyproject.toml / uv.lock set to install
     only from those wheels, and checks the result by replaying each daemon's install offline.
     Then prints the Dify settings the upload needs.
+
+    \b
+    A batch (several sources, -r, or app DSLs) packs each plugin version once, goes on after a
+    failure, and ends with one table. For each app DSL it writes APP.offline.yml beside the packages,
+    its dependencies naming the repacked packages; --bundle also puts every package in one .difybndl.
+
+    \b
+    Examples:
+      dify-repack pack ./author-plugin_1.0.0.difypkg
+      dify-repack pack app1.yml app2.yml -o out/ --bundle out/plugins.difybndl
+      dify-repack pack -r plugins.txt -j 2 -o out/ --sign-key keys/offline.private.pem
     """
     parsed = [parse_source(text) for text in sources] + (read_source_list(sources_file) if sources_file else [])
     if not parsed:
-        raise UsageError("give at least one SOURCE (a .difypkg, a plugin folder, NAME:VERSION or a URL)")
+        raise UsageError("give at least one SOURCE (a .difypkg, a plugin folder, NAME:VERSION, a URL or an app DSL)")
+    check_signing_flags(sign_key, langgenius_category)
     glibc_version = parse_glibc(glibc)
-    console_reporter = make_reporter(quiet or as_json)
     cache = cache_dir or default_cache_dir()
     indexes = Indexes(index_url, extra_index_urls)
     verify_options = VerifyOptions(
@@ -150,61 +164,40 @@ def pack_command(
         index_args=indexes.uv_args(),
         glibc=glibc_version,
     )
-    base_options = PackOptions(
-        output_dir=output_dir,
-        arch=arch,
-        python=python_version,
-        indexes=indexes,
-        cache_dir=cache,
-        sign_key=sign_key,
-        refresh=refresh,
-        glibc=glibc_version,
+    options = BatchOptions(
+        pack=PackOptions(
+            output_dir=output_dir,
+            arch=arch,
+            python=python_version,
+            indexes=indexes,
+            cache_dir=cache,
+            sign_key=sign_key,
+            refresh=refresh,
+            glibc=glibc_version,
+        ),
+        verify=verify_options if verify else None,
+        jobs=jobs,
+        marketplace_url=marketplace_url,
+        packages_dir=packages_dir,
+        bundle=bundle,
+        langgenius_category=langgenius_category,
     )
-    parallel = jobs > 1 and len(parsed) > 1
+    # One plain source keeps the single-plugin output: its summary, and its own error and exit code.
+    single = len(parsed) == 1 and not is_dsl_source(parsed[0])
 
-    def pack_one(number: int, source: Source, downloads: Path) -> Outcome:
-        # Plugins packed side by side share one console: their lines carry the plugin, and no live bars.
-        reporter: Reporter = PrefixedReporter(console_reporter, source.text) if parallel else console_reporter
+    def done(item: BatchItem) -> None:
+        if as_json:
+            return
+        if isinstance(item.outcome, PackResult):
+            print_pack_result(item.outcome)
+        elif not single:
+            stderr.print(f"[bold red]error:[/] {escape(item.sources[0])}: {escape(one_line(item.outcome.message))}")
 
-        def check(staged: Path, _manifest: Manifest, targets: tuple[Target, ...]) -> VerifyReport:
-            reporter.step("verifying: replaying each daemon profile with the network cut off")
-            arches = [target.arch for target in targets]
-            report = verify_package(staged, dataclasses.replace(verify_options, arches=arches), reporter)
-            require_pass(report)
-            return report
-
-        options = dataclasses.replace(base_options, check=check if verify else None)
-        started = time.monotonic()
-        try:
-            # One folder a source: two URLs may end in the same file name.
-            local = fetch_source(source, downloads / str(number), marketplace_url=marketplace_url)
-            result: PackResult | DifyRepackError = pack(local, options, reporter)
-        except DifyRepackError as error:
-            if len(parsed) == 1:
-                raise
-            stderr.print(f"[bold red]error:[/] {escape(source.text)}: {escape(one_line(error.message))}")
-            result = error
-        if isinstance(result, PackResult) and not as_json:
-            print_pack_result(result)
-        return source.text, result, time.monotonic() - started
-
-    with (
-        tempfile.TemporaryDirectory(prefix="dify-repack-sources-") as downloads,
-        ThreadPoolExecutor(jobs if parallel else 1) as pool,
-    ):
-        futures = [pool.submit(pack_one, number, source, Path(downloads)) for number, source in enumerate(parsed)]
-        outcomes = [future.result() for future in futures]
-    failures = [outcome for _, outcome, _ in outcomes if isinstance(outcome, DifyRepackError)]
+    result = pack_many(parsed, options, make_reporter(quiet or as_json), on_item=done)
+    if single and result.failures:
+        raise result.failures[0]
     if as_json:
-        echo_json(
-            {
-                "schema": 1,
-                "status": "error" if len(failures) == len(outcomes) else "partial" if failures else "success",
-                "results": [pack_json(text, outcome, seconds) for text, outcome, seconds in outcomes],
-            }
-        )
-    elif len(outcomes) > 1:
-        print_batch_table(outcomes)
-    if not failures:
-        return int(ExitCode.OK)
-    return int(failures[0].exit_code) if len(outcomes) == 1 else int(ExitCode.PARTIAL)
+        echo_json(batch_json(result))
+    elif not single or result.bundle is not None or result.bundle_skipped:
+        print_batch_report(result)
+    return int(ExitCode.OK if result.status == "success" else ExitCode.PARTIAL)

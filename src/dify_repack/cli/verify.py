@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..bundle import inspect_bundle, is_bundle, verify_bundle
 from ..errors import ExitCode
 from ..inspect import inspect_package
 from ..render import (
@@ -26,6 +27,12 @@ from ._app import (
     python_option,
     uv_option,
     with_options,
+)
+from .bundle import (
+    bundle_inspection_json,
+    bundle_verification_json,
+    print_bundle_inspection,
+    print_bundle_verification,
 )
 
 
@@ -60,7 +67,7 @@ def verify_command(
     cache_dir: Path | None,
     as_json: bool,
 ) -> int:
-    """Prove that PACKAGE installs with the network cut off, as each Dify daemon version installs it.
+    """Prove that PACKAGE (or every package of a .difybndl bundle) installs with the network cut off.
 
     \b
     For each profile and uv version: extract like the daemon (files only, mode 0644), create the
@@ -80,6 +87,13 @@ def verify_command(
         index_args=Indexes(index_url, extra_index_urls).uv_args(),
         glibc=parse_glibc(glibc),
     )
+    if is_bundle(package):
+        verification = verify_bundle(package, options, make_reporter(as_json))
+        if as_json:
+            echo_json(bundle_verification_json(verification))
+        else:
+            print_bundle_verification(verification)
+        return int(ExitCode.OK if verification.ok else ExitCode.VERIFY)
     report = verify_package(package, options, make_reporter(as_json))
     if as_json:
         echo_json(report.to_json())
@@ -100,7 +114,7 @@ def verify_command(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON (schema 1) on stdout instead.")
 def inspect_command(package: str, key: Path | None, as_json: bool) -> None:
-    """Show what PACKAGE holds and predict, per daemon version, whether it installs offline.
+    """Show what PACKAGE (or each package of a .difybndl bundle) holds and whether it installs offline.
 
     \b
     Reads any .difypkg, original or repackaged, without installing anything:
@@ -124,6 +138,13 @@ def inspect_command(package: str, key: Path | None, as_json: bool) -> None:
     which replays each install with the network cut off. Exits 0 whenever PACKAGE could be
     read, whatever the verdicts; 3 when it is not a readable, safe Dify plugin package.
     """
+    if is_bundle(Path(package)):
+        bundled = inspect_bundle(Path(package), public_key=key)
+        if as_json:
+            echo_json(bundle_inspection_json(bundled))
+        else:
+            print_bundle_inspection(bundled)
+        return
     result = inspect_package(Path(package), public_key=key)
     if as_json:
         echo_json(result.to_json())
