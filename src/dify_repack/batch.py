@@ -52,6 +52,7 @@ class BatchItem:
     outcome: PackResult | DifyRepackError
     seconds: float
     identifier: str | None = None  # author/name:version@checksum of the written package
+    key: Key | None = None  # plugin id and version, when known (even for a failure)
 
     @property
     def ok(self) -> bool:
@@ -320,7 +321,7 @@ def _merge_after_download(jobs: list[_Job]) -> list[_Job]:
 def _pack_job(job: _Job, options: BatchOptions, reporter: Reporter) -> BatchItem:
     if job.error is not None or job.local is None or job.manifest is None:
         assert job.error is not None
-        return BatchItem(job.texts, job.dsls, job.error, job.seconds)
+        return BatchItem(job.texts, job.dsls, job.error, job.seconds, key=job.key)
     verify_options = options.verify
 
     def check(staged: Path, _manifest: Manifest, targets: tuple[Target, ...]) -> VerifyReport:
@@ -345,7 +346,8 @@ def _pack_job(job: _Job, options: BatchOptions, reporter: Reporter) -> BatchItem
         identifier = f"{result.manifest.plugin_id}:{result.manifest.version}@{zip_checksum(result.output)}"
     except DifyRepackError as exc:
         result = exc
-    return BatchItem(job.texts, job.dsls, result, job.seconds + time.monotonic() - started, identifier)
+    key = (job.manifest.plugin_id, job.manifest.version)
+    return BatchItem(job.texts, job.dsls, result, job.seconds + time.monotonic() - started, identifier, key)
 
 
 def _offline_copies(

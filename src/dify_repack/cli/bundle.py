@@ -184,6 +184,9 @@ def batch_json(result: BatchResult) -> dict[str, object]:
     for item in result.items:
         entry = pack_json(item.sources[0], item.outcome, item.seconds)
         entry.update(sources=list(item.sources), dsls=[str(path) for path in item.dsls], identifier=item.identifier)
+        if item.key is not None:
+            entry.setdefault("plugin", item.key[0])
+            entry.setdefault("version", item.key[1])
         results.append(entry)
     payload: dict[str, object] = {
         "schema": 1,

@@ -191,7 +191,9 @@ def pack_command(
         if isinstance(item.outcome, PackResult):
             print_pack_result(item.outcome)
         elif not single:
-            stderr.print(f"[bold red]error:[/] {escape(item.sources[0])}: {escape(one_line(item.outcome.message))}")
+            message = one_line(item.outcome.message)
+            where = "" if message.startswith(item.sources[0]) else f"{item.sources[0]}: "
+            stderr.print(f"[bold red]error:[/] {escape(where + message)}")
 
     result = pack_many(parsed, options, make_reporter(quiet or as_json), on_item=done)
     if single and result.failures:
