@@ -394,3 +394,22 @@ def test_verify_replays_each_embedded_package_and_names_the_bad_one(
     ]
     assert main(["verify", str(failing), *fast]) == 7
     assert f"FAILED: {bad_identifier} would not install offline" in " ".join(capsys.readouterr().out.split())
+
+
+def test_an_interrupt_stops_the_batch_instead_of_failing_one_plugin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dify_repack import batch
+    from dify_repack.errors import Interrupted
+    from dify_repack.sources import parse_source
+
+    def interrupted(*_args: object) -> None:
+        raise Interrupted()
+
+    monkeypatch.setattr(batch, "pack", interrupted)
+    sources = [
+        parse_source(str(make_plugin(tmp_path / name, {"manifest.yaml": manifest_yaml(name=name)})))
+        for name in ("a", "b")
+    ]
+    with pytest.raises(Interrupted):
+        batch.pack_many(sources, batch.BatchOptions(jobs=2))

@@ -12,13 +12,13 @@ import dataclasses
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import cancel
 from .bundle import BUNDLE_SUFFIX, LANGGENIUS, Bundle, package_manifest, write_bundle
 from .dsl import AppDsl, Dependency, is_dsl_source, offline_copy_path, read_dsl, write_offline_copy
-from .errors import DifyRepackError, PackageError, UsageError
+from .errors import DifyRepackError, Interrupted, PackageError, UsageError
 from .manifest import Manifest, read_manifest
 from .package import zip_checksum
 from .packing import PackOptions, PackResult, pack
@@ -162,14 +162,14 @@ def pack_many(
 
     with (
         tempfile.TemporaryDirectory(prefix="dify-repack-sources-") as downloads,
-        ThreadPoolExecutor(options.jobs if parallel else 1) as pool,
+        cancel.executor(options.jobs if parallel else 1) as pool,
     ):
-        futures = [
+        fetches = [
             pool.submit(_fetch, job, Path(downloads) / str(number), options, job_reporter(job))
             for number, job in enumerate(jobs)
         ]
-        for future in futures:
-            future.result()
+        for fetched in cancel.as_completed(fetches):
+            fetched.result()
         jobs = _merge_after_download(jobs)
 
         def run(job: _Job) -> BatchItem:
@@ -178,7 +178,10 @@ def pack_many(
                 on_item(item)
             return item
 
-        items = tuple(pool.map(run, jobs))
+        packs = [pool.submit(run, job) for job in jobs]
+        for packed in cancel.as_completed(packs):
+            packed.result()
+        items = tuple(packed.result() for packed in packs)
     copies = _offline_copies(dsls, items, jobs, options.pack.output_dir or Path.cwd())
     bundle, skipped = None, ""
     if options.bundle is not None:
@@ -286,6 +289,8 @@ def _fetch(job: _Job, dest: Path, options: BatchOptions, reporter: Reporter) -> 
             raise PackageError(
                 f"{request.text}: the package is {found[0]} {found[1]}, not the {job.key[0]} {job.key[1]} it was named as"
             )
+    except Interrupted:
+        raise
     except DifyRepackError as exc:
         job.error = exc
     job.seconds = time.monotonic() - started
@@ -344,6 +349,8 @@ def _pack_job(job: _Job, options: BatchOptions, reporter: Reporter) -> BatchItem
         result: PackResult | DifyRepackError = pack(job.local, pack_options, reporter)
         assert isinstance(result, PackResult)
         identifier = f"{result.manifest.plugin_id}:{result.manifest.version}@{zip_checksum(result.output)}"
+    except Interrupted:
+        raise
     except DifyRepackError as exc:
         result = exc
     key = (job.manifest.plugin_id, job.manifest.version)

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from . import cancel
 from .dsl import load_yaml
 from .errors import PackageError, SignatureError, UsageError
 from .inspect import Inspection, inspect_package
@@ -320,6 +321,7 @@ def verify_bundle(
         bundle = read_bundle(path, Path(temp))
         reports = []
         for entry in bundle.entries:
+            cancel.check()
             inner = PrefixedReporter(reporter, entry.identifier)
             report = verify_package(Path(temp) / entry.path, options, inner)
             reports.append(dataclasses.replace(report, package=path / entry.path))
