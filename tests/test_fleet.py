@@ -24,7 +24,7 @@ from dify_repack.uvbin import uv_bin
 from fakeweb import FakeWeb, Reply, serve
 
 REQUIREMENTS = {"requirements.txt": "dify_plugin==0.7.4\n"}
-CHECKSUM = "c0" * 32
+CHECKSUM = "c0" * 32  # of a package nobody has
 
 
 def plugin_package(directory: Path, name: str, *, author: str = "tester", version: str = "0.1.0") -> Path:
@@ -69,16 +69,23 @@ def write_dsl(path: Path, dependencies: list[Any], *, version: str = "0.3.0") ->
 
 
 @pytest.fixture
-def web(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeWeb]:
+def served(tmp_path: Path) -> dict[str, Path]:
+    return {name: plugin_package(tmp_path / "served", name) for name in ("demo", "other")}
+
+
+@pytest.fixture
+def ids(served: dict[str, Path]) -> dict[str, str]:
+    """The identifiers a connected Dify shows for the served packages, as its DSL exports name them."""
+    return {name: f"tester/{name}:0.1.0@{zip_checksum(path)}" for name, path in served.items()}
+
+
+@pytest.fixture
+def web(served: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeWeb]:
     """A fake Marketplace and GitHub: ``demo`` from the Marketplace, ``other`` as a release asset."""
-    served = tmp_path / "served"
     with serve() as server:
+        server.route("/api/v1/plugins/tester/demo/0.1.0/download", Reply(body=served["demo"].read_bytes()))
         server.route(
-            "/api/v1/plugins/tester/demo/0.1.0/download", Reply(body=plugin_package(served, "demo").read_bytes())
-        )
-        server.route(
-            "/tester/other-plugin/releases/download/v0.1.0/other.difypkg",
-            Reply(body=plugin_package(served, "other").read_bytes()),
+            "/tester/other-plugin/releases/download/v0.1.0/other.difypkg", Reply(body=served["other"].read_bytes())
         )
         monkeypatch.setenv("GITHUB_URL", server.url)
         yield server
@@ -96,20 +103,25 @@ def payload(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
 
 
 def test_two_apps_sharing_a_plugin_get_it_packed_once_with_every_dependency_kind(
-    tmp_path: Path, index: LocalIndex, cache_dir: Path, web: FakeWeb, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    index: LocalIndex,
+    cache_dir: Path,
+    web: FakeWeb,
+    ids: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     shelf = tmp_path / "shelf"
     private = plugin_package(shelf, "private")
     app1 = write_dsl(
         tmp_path / "app1.yml",
         [
-            marketplace(f"tester/demo:0.1.0@{CHECKSUM}"),
-            github(f"tester/other:0.1.0@{CHECKSUM}", "tester/other-plugin", "v0.1.0", "other.difypkg"),
+            marketplace(ids["demo"]),
+            github(ids["other"], "tester/other-plugin", "v0.1.0", "other.difypkg"),
         ],
     )
     app2 = write_dsl(
         tmp_path / "app2.yaml",
-        [marketplace(f"tester/demo:0.1.0@{CHECKSUM}"), package(f"tester/private:0.1.0@{zip_checksum(private)}")],
+        [marketplace(ids["demo"]), package(f"tester/private:0.1.0@{zip_checksum(private)}")],
     )
     originals = {path: path.read_bytes() for path in (app1, app2)}
     out = tmp_path / "out"
@@ -140,11 +152,16 @@ def test_two_apps_sharing_a_plugin_get_it_packed_once_with_every_dependency_kind
 
 
 def test_the_offline_copy_names_the_embedded_packages_and_keeps_the_rest(
-    tmp_path: Path, index: LocalIndex, cache_dir: Path, web: FakeWeb, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    index: LocalIndex,
+    cache_dir: Path,
+    web: FakeWeb,
+    ids: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    dsl = write_dsl(tmp_path / "app.yml", [marketplace(f"tester/demo:0.1.0@{CHECKSUM}")], version="0.5.0")
+    dsl = write_dsl(tmp_path / "app.yml", [marketplace(ids["demo"])], version="0.5.0")
     data = yaml.safe_load(dsl.read_text())
-    data["dependencies"][0]["current_identifier"] = f"tester/demo:0.0.9@{CHECKSUM}"
+    data["dependencies"][0]["current_identifier"] = ids["demo"]
     dsl.write_text(yaml.dump(data, allow_unicode=True))
     out = tmp_path / "out"
     bundle = tmp_path / "apps.difybndl"
