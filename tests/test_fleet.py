@@ -244,12 +244,14 @@ def test_a_malformed_dsl_is_one_error_naming_file_and_entry(
     assert not out.exists(), "nothing is written"
 
 
-def test_an_old_dsl_without_dependencies_is_said_and_copied(
+def test_an_old_dsl_without_dependencies_in_a_source_list_is_said_and_copied(
     tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    dsl = write_dsl(tmp_path / "old.yml", [], version="0.1.2")
+    write_dsl(tmp_path / "old.yml", [], version="0.1.2")
+    listing = tmp_path / "apps.txt"
+    listing.write_text("old.yml  # a DSL in a source list, relative to the list\n")
     out = tmp_path / "out"
-    assert main(["pack", str(dsl), "-o", str(out), "--cache-dir", str(cache_dir), "--no-verify"]) == 0
+    assert main(["pack", "-r", str(listing), "-o", str(out), "--cache-dir", str(cache_dir), "--no-verify"]) == 0
     assert "lists no plugin dependencies (DSL 0.1.2)" in capsys.readouterr().err
     assert (out / "old.offline.yml").is_file()
 

@@ -167,6 +167,11 @@ def write_bundle(
         raise UsageError(f"bundle name {name!r} must match [a-z0-9_-]{{1,128}}")
     if not packages:
         raise UsageError("a bundle needs at least one package")
+    if sign_key is not None:
+        reporter.warn(
+            "signing gives each package a new checksum: DSL offline copies made earlier from these packages "
+            "name the old identifiers (sign in `pack --sign-key` to keep them matching)"
+        )
     with tempfile.TemporaryDirectory(prefix="dify-repack-bundle-") as temp:
         root = Path(temp) / "bundle"
         (root / ASSETS).mkdir(parents=True)
