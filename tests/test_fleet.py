@@ -297,7 +297,7 @@ def test_bundle_layout_is_the_daemons_and_deterministic(tmp_path: Path, capsys: 
     packages = [plugin_package(tmp_path, "demo"), plugin_package(tmp_path, "openai", author="langgenius")]
     first, second = tmp_path / "a" / "plugins.difybndl", tmp_path / "b" / "plugins.difybndl"
     for output in (first, second):
-        assert main(["bundle", *map(str, packages), "-o", str(output), "-q"]) == 0
+        assert main(["bundle", *map(str, packages), "-o", str(output)]) == 0
     assert first.read_bytes() == second.read_bytes()
     checksums = sorted(zip_checksum(path) for path in packages)
     with zipfile.ZipFile(first) as archive:
@@ -432,3 +432,17 @@ def test_an_interrupt_stops_the_batch_instead_of_failing_one_plugin(
     ]
     with pytest.raises(Interrupted):
         batch.pack_many(sources, batch.BatchOptions(jobs=2))
+
+
+def test_bundle_help_has_the_output_options_and_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bundle", "--json", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "-q, --quiet" in out and "--json" in out and "Examples:" in out and "--langgenius-category" in out
+
+
+def test_langgenius_category_needs_a_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    package = plugin_package(tmp_path, "demo")
+    assert main(["bundle", str(package), "-o", str(tmp_path / "x.difybndl"), "--langgenius-category", "--json"]) == 2
+    document = payload(capsys)
+    assert document["command"] == "bundle" and document["error"]["exit_code"] == 2
+    assert "needs --sign-key" in document["error"]["message"]

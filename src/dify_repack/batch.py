@@ -24,7 +24,7 @@ from .package import zip_checksum
 from .packing import PackOptions, PackResult, pack
 from .report import NullReporter, PrefixedReporter, Reporter
 from .signing import load_private_key
-from .sources import Source, fetch_source, parse_source
+from .sources import Source, fetch_source, latest_on_marketplace, parse_source
 from .targets import Target
 from .verify import VerifyOptions, VerifyReport, require_pass, verify_package
 
@@ -206,7 +206,8 @@ def _requests(
         dsl = by_path.get(source.path) if source.path is not None and is_dsl_source(source) else None
         if dsl is None:
             plugin = source.plugin
-            key = (f"{plugin.org}/{plugin.name}", plugin.version) if plugin is not None else None
+            # A Marketplace id without a version means its latest: known only once asked.
+            key = (f"{plugin.org}/{plugin.name}", plugin.version) if plugin and plugin.version else None
             requests.append(_Request(source.text, source, key))
             continue
         if not dsl.dependencies:
@@ -278,11 +279,13 @@ def _fetch(job: _Job, dest: Path, options: BatchOptions, reporter: Reporter) -> 
             missing = job.requests[0].missing
             assert missing is not None, "a request without a source says what is missing"
             raise missing
-        if request.source.path is None:
-            reporter.step(f"downloading {request.source.text}")
-        job.local = fetch_source(
-            request.source, dest, marketplace_url=options.marketplace_url, github_url=options.github_url
-        )
+        source = request.source
+        if source.plugin is not None and source.plugin.version is None:
+            source = latest_on_marketplace(source, marketplace_url=options.marketplace_url)
+            reporter.step(f"{source.text}: the latest version on the Marketplace is {source.plugin}")
+        if source.path is None:
+            reporter.step(f"downloading {source.text}")
+        job.local = fetch_source(source, dest, marketplace_url=options.marketplace_url, github_url=options.github_url)
         job.manifest = package_manifest(job.local) if job.local.is_file() else read_manifest(job.local)
         found = (job.manifest.plugin_id, job.manifest.version)
         if job.key is not None and found != job.key:

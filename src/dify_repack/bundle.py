@@ -20,13 +20,13 @@ import yaml
 
 from . import cancel
 from .dsl import load_yaml
-from .errors import PackageError, SignatureError, UsageError
+from .errors import DifyRepackError, PackageError, SignatureError, UsageError, VerificationError
 from .inspect import Inspection, inspect_package
 from .manifest import Manifest, read_manifest
 from .package import extract_package, open_package, write_package, zip_checksum
 from .report import NullReporter, PrefixedReporter, Reporter
 from .signing import read_signature, sign_package
-from .verify import VerifyOptions, VerifyReport, verify_package
+from .verify import VerifyOptions, VerifyReport, require_pass, verify_package
 
 BUNDLE_SUFFIX = ".difybndl"
 ASSETS = "_assets"
@@ -331,6 +331,24 @@ def verify_bundle(
             report = verify_package(Path(temp) / entry.path, options, inner)
             reports.append(dataclasses.replace(report, package=path / entry.path))
     return BundleVerification(bundle, tuple(reports))
+
+
+def require_bundle_pass(verification: BundleVerification) -> None:
+    """Raise VerificationError naming the first embedded package that fails, and why (as ``require_pass``)."""
+    path = verification.bundle.path
+    for entry, report in zip(verification.bundle.entries, verification.reports, strict=True):
+        try:
+            require_pass(report)
+        except DifyRepackError as error:
+            others = len(verification.failed) - 1
+            more = f" (and {others} more package{'s' if others > 1 else ''})" if others else ""
+            raise VerificationError(
+                f"{path}: {entry.identifier} would not install offline{more}; the daemon rejects the whole "
+                f"bundle: {error.message}",
+                tip=f"dify-repack verify {path} shows every check; repack that plugin",
+            ) from None
+    if verification.bundle.remote:
+        raise VerificationError(f"{path}: {verification.bundle.remote[0]}: an isolated daemon cannot fetch it")
 
 
 def inspect_bundle(path: Path, *, public_key: Path | None = None) -> BundleInspection:

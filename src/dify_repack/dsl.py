@@ -56,6 +56,7 @@ class Dependency:
     @property
     def key(self) -> tuple[str, str]:
         """Plugin id and version: what two sources must share to be packed once."""
+        assert self.plugin.version is not None, "a DSL identifier always names its version"
         return f"{self.plugin.org}/{self.plugin.name}", self.plugin.version
 
 
@@ -140,7 +141,7 @@ def _plugin_id(identifier: object, where: str) -> PluginId:
             source = parse_source(identifier)
         except DifyRepackError:
             source = None
-    if source is None or source.plugin is None:
+    if source is None or source.plugin is None or source.plugin.version is None:
         raise UsageError(f"{where}: {identifier!r} is not a plugin identifier (author/name:version@checksum)")
     return source.plugin
 

@@ -10,10 +10,11 @@ from rich.table import Table
 
 from ..batch import BatchItem, BatchResult
 from ..bundle import Bundle, BundleInspection, BundleVerification, write_bundle
-from ..errors import DifyRepackError, ExitCode, UsageError
+from ..errors import DifyRepackError, UsageError
 from ..packing import PackResult
 from ..render import _console, mib, pack_json, print_verify_report
-from ._app import cli, echo_json, make_reporter
+from ._app import cli, emit, make_reporter, output_options, with_options
+from ._app import output as printing  # `output` is the bundle command's -o
 
 sign_key_option = click.option(
     "--sign-key",
@@ -45,16 +46,13 @@ def check_signing_flags(sign_key: Path | None, langgenius_category: bool) -> Non
 @click.option("--name", help="The bundle's name in Dify (default: from the file name).")
 @sign_key_option
 @langgenius_option
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result (schema 1) on stdout.")
-@click.option("-q", "--quiet", is_flag=True, help="Only print the result and errors.")
+@with_options(output_options)
 def bundle_command(
     packages: tuple[Path, ...],
     output: Path,
     name: str | None,
     sign_key: Path | None,
     langgenius_category: bool,
-    as_json: bool,
-    quiet: bool,
 ) -> None:
     """Put packages into one .difybndl that Dify installs in one upload.
 
@@ -64,9 +62,11 @@ def bundle_command(
     Prints the daemon, API and nginx settings the bundle upload needs.
 
     \b
-    Example:
+    Examples:
       dify-repack bundle out/*-offline.difypkg -o plugins.difybndl
-      dify-repack bundle out/*-offline.difypkg -o plugins.difybndl --sign-key keys/offline.private.pem --langgenius-category
+      dify-repack bundle out/*-offline.difypkg -o plugins.difybndl \\
+          --sign-key keys/offline.private.pem --langgenius-category
+      dify-repack verify plugins.difybndl
     """
     check_signing_flags(sign_key, langgenius_category)
     bundle = write_bundle(
@@ -75,10 +75,12 @@ def bundle_command(
         name=name,
         sign_key=sign_key,
         langgenius_category=langgenius_category,
-        reporter=make_reporter(quiet or as_json),
+        reporter=make_reporter(printing().quiet or printing().as_json),
     )
-    if as_json:
-        echo_json({"schema": 1, "command": "bundle", "status": "success", **bundle_json(bundle)})
+    if printing().as_json:
+        emit("success", bundle_json(bundle))
+    elif printing().quiet:
+        click.echo(f"wrote {bundle.path} ({len(bundle.entries)} packages, {mib(bundle.size)})")
     else:
         print_bundle(bundle)
 
@@ -178,8 +180,8 @@ def print_batch_report(result: BatchResult) -> None:
     _settings(result.settings, "the bundle upload" if result.bundle is not None else "these uploads")
 
 
-def batch_json(result: BatchResult) -> dict[str, object]:
-    """The whole run: every plugin, every output and the settings (contract 4 envelope)."""
+def batch_fields(result: BatchResult) -> dict[str, object]:
+    """The whole run for the JSON envelope: every plugin, every output and the settings."""
     results = []
     for item in result.items:
         entry = pack_json(item.sources[0], item.outcome, item.seconds)
@@ -188,10 +190,7 @@ def batch_json(result: BatchResult) -> dict[str, object]:
             entry.setdefault("plugin", item.key[0])
             entry.setdefault("version", item.key[1])
         results.append(entry)
-    payload: dict[str, object] = {
-        "schema": 1,
-        "command": "pack",
-        "status": result.status,
+    return {
         "results": results,
         "outputs": {
             "packages": [str(item.outcome.output) for item in result.items if isinstance(item.outcome, PackResult)],
@@ -205,10 +204,6 @@ def batch_json(result: BatchResult) -> dict[str, object]:
         "bundle_skipped": result.bundle_skipped or None,
         "settings": list(result.settings),
     }
-    if result.status == "error":
-        first = result.failures[0]
-        payload["error"] = {"message": first.message, "tip": first.tip, "exit_code": int(ExitCode.PARTIAL)}
-    return payload
 
 
 # verify and inspect of a bundle
@@ -229,11 +224,8 @@ def print_bundle_verification(verification: BundleVerification) -> None:
         out.print(f"[bold red]FAILED: {escape(failed)} would not install offline; the daemon rejects the bundle[/]")
 
 
-def bundle_verification_json(verification: BundleVerification) -> dict[str, object]:
+def bundle_verification_fields(verification: BundleVerification) -> dict[str, object]:
     return {
-        "schema": 1,
-        "command": "verify",
-        "status": "success" if verification.ok else "error",
         "bundle": str(verification.bundle.path),
         "failed": list(verification.failed),
         "packages": [report.to_json() for report in verification.reports],
@@ -241,10 +233,15 @@ def bundle_verification_json(verification: BundleVerification) -> dict[str, obje
     }
 
 
-def print_bundle_inspection(inspection: BundleInspection) -> None:
+def print_bundle_inspection(inspection: BundleInspection, *, quiet: bool = False) -> None:
     """Each embedded package in a few lines (``inspect`` on it alone gives the full reading)."""
     out = _console()
     bundle = inspection.bundle
+    if quiet:  # one line a package: identifier, signature, verdicts
+        for result in inspection.inspections:
+            verdicts = ", ".join(f"{v.profile} {'ok' if v.ok else 'FAIL'}" for v in result.verdicts)
+            click.echo(f"{result.identifier}: {'signed' if result.signed else 'unsigned'}; {verdicts}")
+        return
     out.print(f"[bold]{escape(str(bundle.path))}[/]: bundle {escape(bundle.name)}, {mib(bundle.size)}")
     for entry, result in zip(bundle.entries, inspection.inspections, strict=True):
         out.print(f"[bold]{escape(result.identifier)}[/]  at {escape(entry.path)}")
@@ -268,11 +265,8 @@ def print_bundle_inspection(inspection: BundleInspection) -> None:
     _settings(bundle.settings, "this bundle upload")
 
 
-def bundle_inspection_json(inspection: BundleInspection) -> dict[str, object]:
+def bundle_inspection_fields(inspection: BundleInspection) -> dict[str, object]:
     return {
-        "schema": 1,
-        "command": "inspect",
-        "status": "success",
         **bundle_json(inspection.bundle),
         "inspections": [result.to_json() for result in inspection.inspections],
     }

@@ -20,18 +20,22 @@ from ..wheels import default_cache_dir
 from ._app import (
     arch_option,
     cache_option,
+    check_urls,
     cli,
-    echo_json,
+    emit,
+    error_json,
     glibc_option,
     index_options,
     make_reporter,
     one_line,
+    output,
+    output_options,
     python_option,
     stderr,
     uv_option,
     with_options,
 )
-from .bundle import batch_json, check_signing_flags, langgenius_option, print_batch_report, sign_key_option
+from .bundle import batch_fields, check_signing_flags, langgenius_option, print_batch_report, sign_key_option
 
 
 @cli.command("pack")
@@ -69,7 +73,8 @@ from .bundle import batch_json, check_signing_flags, langgenius_option, print_ba
     "--marketplace-url",
     metavar="URL",
     envvar="DIFY_MARKETPLACE_URL",
-    help="Marketplace for NAME:VERSION sources.",
+    callback=check_urls,
+    help="Marketplace for ORG/NAME[:VERSION] sources (default: Dify's public one). Env: DIFY_MARKETPLACE_URL.",
 )
 @click.option(
     "--refresh",
@@ -96,8 +101,7 @@ from .bundle import batch_json, check_signing_flags, langgenius_option, print_ba
 )
 @sign_key_option
 @langgenius_option
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result (schema 1) on stdout.")
-@click.option("-q", "--quiet", is_flag=True, help="Only print the result and errors.")
+@with_options(output_options)
 def pack_command(
     sources: tuple[str, ...],
     sources_file: Path | None,
@@ -118,8 +122,6 @@ def pack_command(
     packages_dir: Path | None,
     bundle: Path | None,
     langgenius_category: bool,
-    as_json: bool,
-    quiet: bool,
 ) -> int:
     """Repackage plugins so that every Dify daemon version installs them with no internet access.
 
@@ -128,6 +130,7 @@ def pack_command(
       ./author-name_1.0.0.difypkg          a package file
       ./my-plugin/                         a plugin source directory (with manifest.yaml)
       langgenius/openai_api_compatible:0.0.35[@CHECKSUM]   a Marketplace plugin
+      langgenius/openai_api_compatible     its latest version on the Marketplace
       github:OWNER/REPO@TAG/ASSET.difypkg  a GitHub release asset
       https://host/path/plugin.difypkg     any URL
       ./app.yml                            an app DSL exported from Dify: every plugin it depends on
@@ -145,15 +148,20 @@ def pack_command(
 
     \b
     Examples:
-      dify-repack pack ./author-plugin_1.0.0.difypkg
+      dify-repack pack ./langgenius-openai_api_compatible_0.0.35.difypkg
+      dify-repack pack langgenius/openai_api_compatible --arch x86_64 -o offline/
+      dify-repack pack -r plugins.txt -o offline/ -j 2 --json > report.json
       dify-repack pack app1.yml app2.yml -o out/ --bundle out/plugins.difybndl
-      dify-repack pack -r plugins.txt -j 2 -o out/ --sign-key keys/offline.private.pem
+      dify-repack pack ./plugin.difypkg --sign-key keys/offline.private.pem
+      dify-repack pack ./plugin.difypkg --index-url https://nexus.example.com/repository/pypi/simple
+      dify-repack pack ./plugin.difypkg --no-verify -q      # on a host without Linux/unshare
     """
     parsed = [parse_source(text) for text in sources] + (read_source_list(sources_file) if sources_file else [])
     if not parsed:
         raise UsageError("give at least one SOURCE (a .difypkg, a plugin folder, NAME:VERSION, a URL or an app DSL)")
     check_signing_flags(sign_key, langgenius_category)
     glibc_version = parse_glibc(glibc)
+    as_json = output().as_json
     cache = cache_dir or default_cache_dir()
     indexes = Indexes(index_url, extra_index_urls)
     verify_options = VerifyOptions(
@@ -195,11 +203,20 @@ def pack_command(
             where = "" if message.startswith(item.sources[0]) else f"{item.sources[0]}: "
             stderr.print(f"[bold red]error:[/] {escape(where + message)}")
 
-    result = pack_many(parsed, options, make_reporter(quiet or as_json), on_item=done)
+    result = pack_many(parsed, options, make_reporter(output().quiet or as_json), on_item=done)
     if single and result.failures:
         raise result.failures[0]
+    code = int(ExitCode.OK if result.status == "success" else ExitCode.PARTIAL)
     if as_json:
-        echo_json(batch_json(result))
+        problem = None
+        if result.status != "success":
+            failed = len(result.failures)
+            message = f"{failed} of {len(result.items)} plugins failed; each result says why"
+            tip: str | None = "the other packages were written; fix these and pack them again"
+            if not failed:
+                message, tip = "not every output was written; `bundle_skipped` and `dsl_copies` say why", None
+            problem = error_json(message, tip, code)
+        emit(result.status, batch_fields(result), problem)
     elif not single or result.bundle is not None or result.bundle_skipped:
         print_batch_report(result)
-    return int(ExitCode.OK if result.status == "success" else ExitCode.PARTIAL)
+    return code
