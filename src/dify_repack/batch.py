@@ -158,7 +158,8 @@ def pack_many(
 
     def job_reporter(job: _Job) -> Reporter:
         # Plugins handled side by side share one console: their lines carry the plugin, and no live bars.
-        return PrefixedReporter(reporter, job.requests[0].text) if parallel else reporter
+        label = f"{job.key[0]} {job.key[1]}" if job.key is not None else job.requests[0].text
+        return PrefixedReporter(reporter, label) if parallel else reporter
 
     with (
         tempfile.TemporaryDirectory(prefix="dify-repack-sources-") as downloads,
