@@ -6,6 +6,7 @@ the local index of tiny wheels. Nothing leaves the machine.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from collections.abc import Iterator
@@ -25,6 +26,30 @@ from fakeweb import FakeWeb, Reply, serve
 
 REQUIREMENTS = {"requirements.txt": "dify_plugin==0.7.4\n"}
 CHECKSUM = "c0" * 32  # of a package nobody has
+# DAEMON-FACTS §1: the checksum the daemon computes for these entries.
+VECTOR = {"manifest.yaml": b"author: a\n", "main.py": b"print(1)\n", "wheels/x.whl": b""}
+VECTOR_CHECKSUM = "f3b71a438484b65f2f17c949112cf1a07b71d3045c2adf43ed3f23625eadf2b9"
+
+
+def daemon_checksum(package: Path) -> str:
+    """DAEMON-FACTS §1 written out: sha256 over the raw sha256(path) + sha256(content), entries sorted by path."""
+    with zipfile.ZipFile(package) as archive:
+        entries = sorted(
+            (info.filename.encode(), archive.read(info)) for info in archive.infolist() if not info.is_dir()
+        )
+    digest = hashlib.sha256()
+    for name, data in entries:
+        digest.update(hashlib.sha256(name).digest())
+        digest.update(hashlib.sha256(data).digest())
+    return digest.hexdigest()
+
+
+def test_the_checksum_written_out_here_is_the_daemons(tmp_path: Path) -> None:
+    package = tmp_path / "vector.difypkg"
+    with zipfile.ZipFile(package, "w") as archive:
+        for name, data in VECTOR.items():
+            archive.writestr(name, data)
+    assert daemon_checksum(package) == VECTOR_CHECKSUM == zip_checksum(package)
 
 
 def plugin_package(directory: Path, name: str, *, author: str = "tester", version: str = "0.1.0") -> Path:
@@ -174,7 +199,7 @@ def test_the_offline_copy_names_the_embedded_packages_and_keeps_the_rest(
     with zipfile.ZipFile(bundle) as archive:
         embedded = [name for name in archive.namelist() if name.startswith("_assets/") and name != "_assets/icon.svg"]
         (tmp_path / "embedded.difypkg").write_bytes(archive.read(embedded[0]))
-    checksum = zip_checksum(tmp_path / "embedded.difypkg")
+    checksum = daemon_checksum(tmp_path / "embedded.difypkg")
     assert embedded == [f"_assets/{checksum}"]
     identifier = f"tester/demo:0.1.0@{checksum}"
     value = {"plugin_unique_identifier": identifier, "version": None}  # the entry's own keys are kept

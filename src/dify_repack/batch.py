@@ -22,6 +22,7 @@ from .errors import DifyRepackError, Interrupted, PackageError, UsageError
 from .manifest import Manifest, read_manifest
 from .package import zip_checksum
 from .packing import PackOptions, PackResult, pack
+from .redaction import redact
 from .report import NullReporter, PrefixedReporter, Reporter
 from .signing import load_private_key
 from .sources import Source, fetch_source, latest_on_marketplace, parse_source
@@ -209,7 +210,7 @@ def _requests(
             plugin = source.plugin
             # A Marketplace id without a version means its latest: known only once asked.
             key = (f"{plugin.org}/{plugin.name}", plugin.version) if plugin and plugin.version else None
-            requests.append(_Request(source.text, source, key))
+            requests.append(_Request(redact(source.text), source, key))  # a URL source may carry a login
             continue
         if not dsl.dependencies:
             reporter.warn(f"{dsl.path}: lists no plugin dependencies (DSL {dsl.version})")
@@ -344,15 +345,20 @@ def _pack_job(job: _Job, options: BatchOptions, reporter: Reporter) -> BatchItem
     category = options.pack.sign_category
     if options.langgenius_category and job.manifest.author == LANGGENIUS:
         category = LANGGENIUS
+    used = next(request.source for request in job.requests if request.source is not None)
     pack_options = dataclasses.replace(
-        options.pack, check=check if verify_options is not None else None, sign_category=category
+        options.pack,
+        check=check if verify_options is not None else None,
+        sign_category=category,
+        origin=used.text,  # errors name the source as typed, not the download's temp path
     )
     started = time.monotonic()
     identifier = None
     try:
         result: PackResult | DifyRepackError = pack(job.local, pack_options, reporter)
         assert isinstance(result, PackResult)
-        identifier = f"{result.manifest.plugin_id}:{result.manifest.version}@{zip_checksum(result.output)}"
+        checksum = result.stats.checksum or zip_checksum(result.output)
+        identifier = f"{result.manifest.plugin_id}:{result.manifest.version}@{checksum}"
     except Interrupted:
         raise
     except DifyRepackError as exc:

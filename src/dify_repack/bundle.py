@@ -19,14 +19,14 @@ from typing import Any
 import yaml
 
 from . import cancel
-from .dsl import load_yaml
 from .errors import DifyRepackError, PackageError, SignatureError, UsageError, VerificationError
 from .inspect import Inspection, inspect_package
 from .manifest import Manifest, read_manifest
-from .package import extract_package, open_package, write_package, zip_checksum
+from .package import extract_package, open_package, read_bounded, write_package, zip_checksum
 from .report import NullReporter, PrefixedReporter, Reporter
 from .signing import read_signature, sign_package
 from .verify import VerifyOptions, VerifyReport, require_pass, verify_package
+from .yamlsafe import MAX_YAML_CHARS, load_yaml
 
 BUNDLE_SUFFIX = ".difybndl"
 ASSETS = "_assets"
@@ -118,10 +118,7 @@ def package_manifest(package: Path) -> Manifest:
 
 
 def _manifest_type(text: str, where: str) -> object:
-    try:
-        data = load_yaml(text, where=f"{where}: manifest.yaml")
-    except UsageError as exc:
-        raise PackageError(exc.message) from None
+    data = load_yaml(text, where=f"{where}: manifest.yaml", error=PackageError)
     return data.get("type") if isinstance(data, dict) else None
 
 
@@ -289,7 +286,8 @@ def read_bundle(path: Path, dest: Path) -> Bundle:
     manifest_file = dest / "manifest.yaml"
     if not manifest_file.is_file():
         raise PackageError(f"{path}: no manifest.yaml at the top level; this is not a Dify bundle")
-    data = load_yaml(manifest_file.read_text(encoding="utf-8", errors="replace"), where=f"{path}: manifest.yaml")
+    text = read_bounded(manifest_file, MAX_YAML_CHARS, f"{path}: manifest.yaml").decode("utf-8", errors="replace")
+    data = load_yaml(text, where=f"{path}: manifest.yaml", error=PackageError)
     if not isinstance(data, dict) or data.get("type") != "bundle":
         raise PackageError(f"{path}: manifest.yaml does not say type: bundle")
     entries, remote = [], []

@@ -22,6 +22,7 @@ import yaml
 from .errors import DifyRepackError, UsageError
 from .package import atomic_output
 from .sources import PluginId, Source, parse_source
+from .yamlsafe import load_yaml
 
 DependencyKind = Literal["marketplace", "github", "package"]
 DSL_SUFFIXES = (".yml", ".yaml")
@@ -74,14 +75,6 @@ def is_dsl_source(source: Source) -> bool:
     return source.kind == "file" and source.path is not None and source.path.suffix.lower() in DSL_SUFFIXES
 
 
-def load_yaml(text: str, *, where: str) -> object:
-    """Parse YAML safely (no Python objects); UsageError naming ``where`` when it is not YAML."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{where}: not valid YAML: {str(exc).splitlines()[0]}") from None
-
-
 def read_dsl(path: Path) -> AppDsl:
     """Read an app DSL; UsageError (exit 2) naming the file, and the entry, when it is not one Dify exports."""
     try:
@@ -91,7 +84,7 @@ def read_dsl(path: Path) -> AppDsl:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: cannot read the DSL ({exc})") from None
-    data = load_yaml(text, where=str(path))
+    data = load_yaml(text, where=str(path), error=UsageError)
     tip = "give an app DSL exported from Dify (Studio → app → Export DSL), or a .difypkg"
     if not isinstance(data, dict):
         raise UsageError(f"{path}: not a Dify app DSL (the YAML is not a mapping)", tip=tip)

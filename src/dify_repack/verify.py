@@ -18,10 +18,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import EnvironmentProblem, UsageError, VerificationError
+from .credentials import Indexes
+from .errors import EnvironmentProblem, NetworkError, PackageError, UsageError, VerificationError
 from .manifest import Manifest, read_manifest
 from .offline import WHEELS_DIR
 from .package import extract_package, open_package, zip_checksum
@@ -29,8 +30,8 @@ from .report import NullReporter, Reporter
 from .requirements import remote_lock_sources, tomllib
 from .runner import Completed, clean_env, run
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, make_targets
-from .uvbin import fetch_uv, find_python, own_uv_version, uv_bin
-from .wheels import default_cache_dir
+from .uvbin import fetch_uv, find_python, own_uv_version, provide_python, uv_bin
+from .wheels import WheelCache, default_cache_dir
 
 PROFILES = {
     "pip": "daemon ≤0.0.3: python -m venv + pip install -r requirements.txt",
@@ -108,7 +109,7 @@ class VerifyOptions:
     cache_dir: Path | None = None
     start_timeout: float = START_TIMEOUT
     start: bool = True  # start the plugin and wait for its heartbeat
-    index_args: Sequence[str] = ()  # where to fetch uv versions from (``--index-url URL ...``)
+    indexes: Indexes = field(default_factory=Indexes)  # where to fetch uv versions from, with their logins
     glibc: tuple[int, int] = DEFAULT_GLIBC  # for the static checks of other architectures
 
 
@@ -143,17 +144,21 @@ def verify_package(
         identifier = f"{manifest.plugin_id}:{manifest.version}@{zip_checksum(package)}"
         targets = make_targets(options.python, list(options.arches or manifest.arches), options.glibc)
         host_machine = platform.machine()
-        interpreter = find_python(options.python)
+        try:
+            interpreter = provide_python(options.python, reporter.step)
+        except (EnvironmentProblem, NetworkError) as problem:
+            interpreter = None  # static checks still prove something
+            reporter.warn(problem.message)
         live = [target for target in targets if target.machine == host_machine and interpreter is not None]
         static = [target for target in targets if target not in live]
         if interpreter is None:
             notes.append(f"no CPython {options.python} on this host: static checks only (install one to replay live)")
             reporter.warn(notes[-1])
         checks = _entries_checks(package)
+        if live:
+            WheelCache(cache_dir).mark()  # uv versions are kept there; tagged so `cache clean` knows it
         uv_binaries = (
-            {version: fetch_uv(version, cache_dir, options.index_args) for version in options.uv_versions}
-            if live
-            else {}
+            {version: fetch_uv(version, cache_dir, options.indexes) for version in options.uv_versions} if live else {}
         )
         for target in live:
             assert interpreter is not None
@@ -186,7 +191,11 @@ def _entries_checks(package: Path) -> list[Check]:
 
 
 def _daemon_dir(work: Path, manifest: Manifest, label: str) -> Path:
-    return work / manifest.author / f"{manifest.name}-{manifest.version}@{label}"
+    folder = work / manifest.author / f"{manifest.name}-{manifest.version}@{label}"
+    # The manifest rules keep these names plain; a replay must never build a venv outside its temp folder.
+    if folder.resolve().parent.parent != work.resolve():
+        raise PackageError(f"manifest fields make the working folder {folder}, outside {work}")
+    return folder
 
 
 def _uv_env(uv: Path, root: Path, cache: Path) -> dict[str, str]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import platformdirs
 
-from .errors import BuildError, DifyRepackError
+from .errors import BuildError, DifyRepackError, UsageError
 from .http import ProgressCallback, download, make_client
 from .report import NullReporter, Reporter
 from .resolve import Artifact, Indexes, Pin
@@ -36,11 +36,36 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DIFY_REPACK_CACHE_DIR") or platformdirs.user_cache_dir("dify-repack"))
 
 
+# Cache Directory Tagging Specification (https://bford.info/cachedir/): backup tools skip the folder, and
+# `cache clean` deletes only a folder that carries this tag, written when the cache is created.
+CACHEDIR_TAG = "CACHEDIR.TAG"
+_TAG_SIGNATURE = "Signature: 8a477f597d28d172789f06886806bc55"
+_TAG_TEXT = (
+    f"{_TAG_SIGNATURE}\n"
+    "# This file is a cache directory tag created by dify-repack.\n"
+    "# For information about cache directory tags, see https://bford.info/cachedir/\n"
+)
+
+
 class WheelCache:
     """Files stored by sha256 under ``root/files/ab/abcdef.../<filename>``; a file is there only once verified."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    def mark(self) -> None:
+        """Create the cache folder with its tag (once): what `clean` later checks before deleting anything."""
+        tag = self.root / CACHEDIR_TAG
+        if not tag.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            tag.write_text(_TAG_TEXT, encoding="utf-8")
+
+    def is_ours(self) -> bool:
+        try:
+            text = (self.root / CACHEDIR_TAG).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+        return text.startswith(_TAG_SIGNATURE) and "dify-repack" in text
 
     @property
     def uv_cache(self) -> Path:
@@ -87,10 +112,20 @@ class WheelCache:
         return scratch
 
     def size(self) -> tuple[int, int]:
-        files = [path for path in self.root.rglob("*") if path.is_file()] if self.root.exists() else []
+        found = self.root.rglob("*") if self.root.exists() else []
+        files = [path for path in found if path.is_file() and path.name != CACHEDIR_TAG]
         return len(files), sum(path.stat().st_size for path in files)
 
     def clean(self) -> None:
+        """Delete the cache; refused for a folder this tool did not create (no dify-repack CACHEDIR.TAG)."""
+        if not self.root.exists():
+            return
+        if self.root.is_symlink() or not self.is_ours():
+            raise UsageError(
+                f"{self.root}: not a dify-repack cache (no {CACHEDIR_TAG} written by dify-repack); refusing to delete it",
+                tip="check --cache-dir / DIFY_REPACK_CACHE_DIR; a cache made by an older dify-repack has no tag: "
+                "delete it yourself if you are sure",
+            )
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -135,7 +170,7 @@ def fetch_all(
         )
     # sdists first: they are few and small, and building them overlaps with the wheel downloads.
     sdist_of = {key: sdist for key in needs_build if (sdist := pins[key].sdist) is not None}
-    sdists = _download_many(list(sdist_of.values()), cache, reporter)
+    sdists = _download_many(list(sdist_of.values()), cache, indexes, reporter)
     with ThreadPoolExecutor(1) as builder:
         builds = {
             key: builder.submit(
@@ -143,7 +178,7 @@ def fetch_all(
             )
             for key, sdist in sdist_of.items()
         }
-        downloaded = _download_many(list(wanted.values()), cache, reporter)
+        downloaded = _download_many(list(wanted.values()), cache, indexes, reporter)
         built: dict[tuple[str, str], dict[Target, Path]] = {}
         failures: list[BuildError] = []
         for key, future in builds.items():
@@ -172,7 +207,9 @@ def prefetch(pins: list[Pin], target: Target, cache: WheelCache, *, indexes: Ind
         fetch_all({target: pins}, cache, indexes=indexes)
 
 
-def _download_many(artifacts: Sequence[Artifact], cache: WheelCache, reporter: Reporter) -> dict[str, Path]:
+def _download_many(
+    artifacts: Sequence[Artifact], cache: WheelCache, indexes: Indexes, reporter: Reporter
+) -> dict[str, Path]:
     result: dict[str, Path] = {}
     todo = []
     for artifact in artifacts:
@@ -186,7 +223,7 @@ def _download_many(artifacts: Sequence[Artifact], cache: WheelCache, reporter: R
     total = sum(artifact.size or 0 for artifact in todo)
     reporter.step(f"downloading {len(todo)} files ({total / 1e6:.1f} MB); {len(result)} already in the cache")
     with (
-        make_client(timeout=120) as client,
+        make_client(timeout=120, auth=indexes.auth()) as client,
         reporter.task("downloading", total or None, unit="bytes") as advance,
         ThreadPoolExecutor(PARALLEL_DOWNLOADS) as pool,
     ):
@@ -244,7 +281,7 @@ def _build(pin: Pin, sdist: Path, python: Path, build_dir: Path, cache: WheelCac
         out = Path(temp) / "out"
         result = run(
             [uv_bin(), "build", "--wheel", "--python", python, "--out-dir", out, sdist, *indexes.uv_args()],
-            env=clean_env({"UV_CACHE_DIR": str(cache.uv_cache)}),
+            env=clean_env({"UV_CACHE_DIR": str(cache.uv_cache), **indexes.uv_env()}),
             timeout=1800,
         )
         wheels = sorted(out.glob("*.whl")) if out.is_dir() else []

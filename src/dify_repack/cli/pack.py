@@ -15,6 +15,7 @@ from ..render import print_pack_result
 from ..resolve import Indexes
 from ..sources import parse_source, read_source_list
 from ..targets import parse_glibc
+from ..uvbin import require_python
 from ..verify import DEFAULT_UV_VERSIONS, VerifyOptions
 from ..wheels import default_cache_dir
 from ._app import (
@@ -82,6 +83,12 @@ from .bundle import batch_fields, check_signing_flags, langgenius_option, print_
     help="Resolve again now; by default a resolution of the same input from the last 24 hours is reused.",
 )
 @click.option(
+    "--follow-symlinks",
+    is_flag=True,
+    help="Package what every symbolic link of a plugin folder points to, even outside the folder and its "
+    "git repository (by default such links are refused).",
+)
+@click.option(
     "-j",
     "--jobs",
     type=click.IntRange(1, 8),
@@ -118,6 +125,7 @@ def pack_command(
     sign_key: Path | None,
     marketplace_url: str | None,
     refresh: bool,
+    follow_symlinks: bool,
     jobs: int,
     packages_dir: Path | None,
     bundle: Path | None,
@@ -169,7 +177,7 @@ def pack_command(
         python=python_version,
         cache_dir=cache,
         start=not no_start,
-        index_args=indexes.uv_args(),
+        indexes=indexes,
         glibc=glibc_version,
     )
     options = BatchOptions(
@@ -182,6 +190,7 @@ def pack_command(
             sign_key=sign_key,
             refresh=refresh,
             glibc=glibc_version,
+            follow_symlinks=follow_symlinks,
         ),
         verify=verify_options if verify else None,
         jobs=jobs,
@@ -190,6 +199,9 @@ def pack_command(
         bundle=bundle,
         langgenius_category=langgenius_category,
     )
+    reporter = make_reporter(output().quiet or as_json)
+    if verify:  # before any source is downloaded: the replays need the daemon's CPython
+        require_python(python_version, reporter.step)
     # One plain source keeps the single-plugin output: its summary, and its own error and exit code.
     single = len(parsed) == 1 and not is_dsl_source(parsed[0])
 
@@ -203,7 +215,7 @@ def pack_command(
             where = "" if message.startswith(item.sources[0]) else f"{item.sources[0]}: "
             stderr.print(f"[bold red]error:[/] {escape(where + message)}")
 
-    result = pack_many(parsed, options, make_reporter(output().quiet or as_json), on_item=done)
+    result = pack_many(parsed, options, reporter, on_item=done)
     if single and result.failures:
         raise result.failures[0]
     code = int(ExitCode.OK if result.status == "success" else ExitCode.PARTIAL)
