@@ -288,7 +288,8 @@ def _fetch(job: _Job, dest: Path, options: BatchOptions, reporter: Reporter) -> 
         if source.path is None:
             reporter.step(f"downloading {source.text}")
         job.local = fetch_source(source, dest, marketplace_url=options.marketplace_url, github_url=options.github_url)
-        job.manifest = package_manifest(job.local) if job.local.is_file() else read_manifest(job.local)
+        shown = request.text if source.path is None else None  # a download is named as typed, not by its temp path
+        job.manifest = package_manifest(job.local, shown_as=shown) if job.local.is_file() else read_manifest(job.local)
         found = (job.manifest.plugin_id, job.manifest.version)
         if job.key is not None and found != job.key:
             raise PackageError(

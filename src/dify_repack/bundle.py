@@ -100,21 +100,25 @@ class BundleInspection:
     inspections: tuple[Inspection, ...]
 
 
-def package_manifest(package: Path) -> Manifest:
-    """The manifest of a ``.difypkg`` without extracting the rest; PackageError names a bundle given instead."""
+def package_manifest(package: Path, *, shown_as: object = None) -> Manifest:
+    """The manifest of a ``.difypkg`` without extracting the rest; PackageError names a bundle given instead.
+
+    ``shown_as`` names the package in messages (the URL or Marketplace id of a download).
+    """
+    where = str(package if shown_as is None else shown_as)
     with tempfile.TemporaryDirectory(prefix="dify-repack-manifest-") as temp:
-        with open_package(package) as archive:
+        with open_package(package, shown_as=where) as archive:
             try:
                 info = archive.getinfo("manifest.yaml")
             except KeyError:
-                raise PackageError(f"{package}: no manifest.yaml at the top level; this is not a Dify plugin") from None
-            if info.file_size > MIB:
-                raise PackageError(f"{package}: manifest.yaml is {info.file_size} bytes, not a plugin manifest")
+                raise PackageError(f"{where}: no manifest.yaml at the top level; this is not a Dify plugin") from None
+            if info.file_size > MAX_YAML_CHARS:
+                raise PackageError(f"{where}: manifest.yaml is {info.file_size} bytes, not a plugin manifest")
             text = archive.read(info).decode("utf-8", errors="replace")
-        if _manifest_type(text, str(package)) == "bundle":
-            raise PackageError(f"{package}: is a bundle, not a plugin package", tip="give the .difypkg files")
+        if _manifest_type(text, where) == "bundle":
+            raise PackageError(f"{where}: is a bundle, not a plugin package", tip="give the .difypkg files")
         (Path(temp) / "manifest.yaml").write_text(text, encoding="utf-8")
-        return read_manifest(Path(temp), origin=str(package))
+        return read_manifest(Path(temp), origin=where)
 
 
 def _manifest_type(text: str, where: str) -> object:
