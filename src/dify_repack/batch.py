@@ -286,7 +286,7 @@ def _fetch(job: _Job, dest: Path, options: BatchOptions, reporter: Reporter) -> 
             source = latest_on_marketplace(source, marketplace_url=options.marketplace_url)
             reporter.step(f"{source.text}: the latest version on the Marketplace is {source.plugin}")
         if source.path is None:
-            reporter.step(f"downloading {source.text}")
+            reporter.step(f"downloading {redact(source.text)}")
         job.local = fetch_source(source, dest, marketplace_url=options.marketplace_url, github_url=options.github_url)
         shown = request.text if source.path is None else None  # a download is named as typed, not by its temp path
         job.manifest = package_manifest(job.local, shown_as=shown) if job.local.is_file() else read_manifest(job.local)
