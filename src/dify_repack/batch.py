@@ -21,7 +21,7 @@ from .dsl import AppDsl, Dependency, is_dsl_source, offline_copy_path, read_dsl,
 from .errors import DifyRepackError, Interrupted, PackageError, UsageError
 from .manifest import Manifest, read_manifest
 from .package import zip_checksum
-from .packing import PackOptions, PackResult, pack
+from .packing import PackOptions, PackResult, check_folders, pack
 from .redaction import redact
 from .report import NullReporter, PrefixedReporter, Reporter
 from .signing import load_private_key
@@ -151,6 +151,7 @@ def pack_many(
     reporter = reporter or NullReporter()
     if options.bundle is not None and not options.bundle.name.endswith(BUNDLE_SUFFIX):
         raise UsageError(f"{options.bundle}: a bundle file must end in {BUNDLE_SUFFIX}")
+    check_folders(options.pack)  # -o and the cache, before anything is downloaded
     if options.pack.sign_key is not None:
         load_private_key(options.pack.sign_key)  # a bad key fails now, not once per plugin
     dsls = [read_dsl(source.path) for source in sources if is_dsl_source(source) and source.path is not None]

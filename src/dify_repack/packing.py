@@ -7,11 +7,12 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
-from .errors import PackageError, UsageError
+from . import cancel
+from .errors import EnvironmentProblem, PackageError, UsageError
+from .licenses import wheel_license
 from .manifest import Manifest, read_manifest
 from .offline import (
     WHEELS_DIR,
@@ -31,19 +32,23 @@ from .package import (
     write_package,
     zip_checksum,
 )
+from .pins import PinChange, check_hashes, compare_pins, preferences_for
 from .report import NullReporter, Reporter
-from .requirements import SDK, declared_dependencies
+from .requirements import SDK, check_requires_python, declared_dependencies
 from .resolve import Indexes, Pin, ResolutionCache, resolve
 from .signing import DEFAULT_CATEGORY, key_permission_warning, load_private_key, sign_tree
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, chosen_arches, make_targets
 from .uvbin import require_python
 from .verify import VerifyReport
-from .wheels import Selected, WheelCache, default_cache_dir, fetch_all, prefetch
+from .wheels import Provenance, Selected, WheelCache, default_cache_dir, fetch_all, prefetch
 
 MIB = 1024 * 1024
 # Upload limits with Dify's defaults (DAEMON-FACTS §3): the API's in code, the daemon's (also on unpacked size).
 API_DEFAULT_LIMIT = 15 * MIB
 DAEMON_DEFAULT_LIMIT = 50 * MIB
+# Less free space than this in -o, the cache or TMPDIR fails the run before it starts: a package with a few
+# wheels takes tens of MiB in each, and running out midway would waste every download.
+MIN_FREE_BYTES = 64 * MIB
 
 # Run on the written package before it is moved into place; raises to reject it (verification hooks in here).
 Check = Callable[[Path, Manifest, tuple[Target, ...]], VerifyReport]
@@ -79,6 +84,9 @@ class PackResult:
     notes: tuple[str, ...]
     signed: bool
     verification: VerifyReport | None = None  # what the check found, when one ran
+    provenance: dict[str, Provenance] = field(default_factory=dict)  # wheel file name -> where it came from
+    license_attention: tuple[str, ...] = ()  # "name version: license — why a reviewer should look"
+    pin_changes: tuple[PinChange, ...] = ()  # shipped versions that differ from a version the plugin pinned
 
     @property
     def dify_settings(self) -> tuple[str, ...]:
@@ -123,6 +131,40 @@ def output_path(manifest: Manifest, output_dir: Path | None) -> Path:
     return output
 
 
+def check_folders(options: PackOptions) -> None:
+    """Find a read-only, unwritable or full output folder, cache or temp folder now, before any download.
+
+    Each gets a probe file written and removed, and its free space compared with ``MIN_FREE_BYTES``; a folder
+    that does not exist yet is judged by the nearest one above it (and not created: a refusal leaves nothing).
+    """
+    temp = os.environ.get("TMPDIR")
+    folders = (
+        (options.output_dir or Path.cwd(), "-o DIR"),
+        (options.cache_dir or default_cache_dir(), "--cache-dir DIR or DIFY_REPACK_CACHE_DIR"),
+        # tempfile would quietly skip an unusable TMPDIR; uv, which gets it too, would not.
+        (Path(temp) if temp else Path(tempfile.gettempdir()), "TMPDIR=DIR"),
+    )
+    for folder, elsewhere in folders:
+        existing = folder.absolute()
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        try:
+            handle, probe = tempfile.mkstemp(prefix=".dify-repack-probe-", dir=existing)
+            try:
+                os.write(handle, b"probe")
+            finally:
+                os.close(handle)
+                Path(probe).unlink()
+            free = shutil.disk_usage(existing).free
+        except OSError as exc:
+            raise EnvironmentProblem.cannot_write(folder, exc, elsewhere=elsewhere) from None
+        if free < MIN_FREE_BYTES:
+            raise EnvironmentProblem(
+                f"{folder}: only {free / MIB:.1f} MiB free; a run needs at least {MIN_FREE_BYTES // MIB} MiB there",
+                tip=f"free some space there, or point the run at another folder ({elsewhere})",
+            )
+
+
 def load_plugin(source: Path, dest: Path, *, follow_symlinks: bool = False, shown_as: str | None = None) -> list[str]:
     """Put the plugin's files into ``dest``: a source directory is copied, a .difypkg extracted; notes.
 
@@ -140,12 +182,13 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
     """Repackage ``source`` (a .difypkg or a plugin directory) so that it installs offline."""
     options = options or PackOptions()
     reporter = reporter or NullReporter()
+    check_folders(options)
     if options.sign_key is not None:
         # A wrong or SPKI key should fail in a second, not after every download and build.
         load_private_key(options.sign_key)
         if warning := key_permission_warning(options.sign_key):
             reporter.warn(warning)
-    cache = WheelCache(options.cache_dir or default_cache_dir())
+    cache = WheelCache(options.cache_dir or default_cache_dir(), warn=reporter.warn)
     with tempfile.TemporaryDirectory(prefix="dify-repack-") as temp:
         root = Path(temp) / "plugin"
         root.mkdir()
@@ -164,6 +207,8 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
 
         targets = make_targets(options.python, chosen_arches(options.arch, manifest.arches), options.glibc)
         declared = declared_dependencies(root)
+        if declared.requires_python is not None:
+            check_requires_python(declared.requires_python, options.python)  # before anything is downloaded
         if options.check is not None or (root / "pyproject.toml").is_file():
             # uv lock and the replays need the daemon's CPython: find it, or have uv install it, before any download.
             require_python(options.python, reporter.step)
@@ -180,14 +225,15 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
         resolutions = ResolutionCache(cache.root / "resolutions", refresh=options.refresh)
         # One thread per target resolves; the first target to finish starts its downloads and builds at once,
         # while the others are still resolving (fetch_all then finds those files in the cache).
-        with ThreadPoolExecutor(len(targets) + 1) as pool:
+        with cancel.executor(len(targets) + 1) as pool:
             futures = {
                 pool.submit(
                     resolve,
                     declared.requirements,
                     target,
                     indexes=options.indexes,
-                    preferences=declared.lock_pins,
+                    preferences=preferences_for(declared.preferred, target),
+                    constraints=declared.constraints,
                     uv_cache=cache.uv_cache,
                     cache=resolutions,
                 ): target
@@ -195,7 +241,7 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             }
             resolved: dict[Target, list[Pin]] = {}
             prefetching = None
-            for future in as_completed(futures):
+            for future in cancel.as_completed(futures):
                 resolved[futures[future]] = future.result()
                 if prefetching is None and len(targets) > 1:
                     target = futures[future]
@@ -203,16 +249,21 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             plan = {target: resolved[target] for target in targets}
             if prefetching is not None:
                 prefetching.result()
+        cancel.check()  # prefetch keeps its failures, an interrupt among them, for fetch_all to report
         selected = fetch_all(plan, cache, indexes=options.indexes, reporter=reporter)
+        check_hashes(declared, selected)
+        compared, changes = compare_pins(declared.pins, selected)
+        if changes:
+            reporter.warn(f"{len(changes)} of {compared} versions the plugin pinned are shipped in another version")
 
         wheel_dir = root / WHEELS_DIR
         wheel_dir.mkdir()
         wheel_files = {path for item in selected for path in item.files.values()}
         for path in wheel_files:
-            _link_or_copy(path, wheel_dir / path.name)
+            cache.export(path, wheel_dir / path.name)
 
         reporter.step("writing the offline configuration")
-        write_requirements(root, selected, targets)
+        write_requirements(root, selected, targets, hashes=bool(declared.hashes))
         if (root / "pyproject.toml").is_file():
             notes += edit_pyproject(
                 root,
@@ -231,11 +282,14 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
 
         with atomic_output(output) as staged:
             # Signing writes the package itself: one pass over the files either way.
-            if options.sign_key is not None:
-                sign_tree(root, options.sign_key, staged, category=options.sign_category)
-                stats = dataclasses.replace(package_stats(staged), checksum=zip_checksum(staged))
-            else:
-                stats = write_package(root, staged)
+            try:
+                if options.sign_key is not None:
+                    sign_tree(root, options.sign_key, staged, category=options.sign_category)
+                    stats = dataclasses.replace(package_stats(staged), checksum=zip_checksum(staged))
+                else:
+                    stats = write_package(root, staged)
+            except OSError as exc:
+                raise EnvironmentProblem.cannot_write(output.parent, exc, elsewhere="-o DIR") from None
             verification = options.check(staged, manifest, targets) if options.check is not None else None
         stats = dataclasses.replace(stats, path=output)
 
@@ -252,17 +306,22 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
         notes=tuple(notes),
         signed=options.sign_key is not None,
         verification=verification,
+        provenance={name: origin for item in selected for name, origin in item.provenance().items()},
+        license_attention=_license_attention(selected),
+        pin_changes=changes,
     )
+
+
+def _license_attention(selected: list[Selected]) -> tuple[str, ...]:
+    """Shipped packages whose license usually needs a reviewer (none declared, the GPL family)."""
+    found = []
+    for item in selected:
+        license = wheel_license(next(iter(item.files.values())))
+        if license.attention:
+            found.append(f"{item.pin.name} {item.pin.version}: {license} — {license.attention}")
+    return tuple(found)
 
 
 def _single_version(selected: list[Selected], name: str) -> str | None:
     versions = {item.pin.version for item in selected if item.pin.name == name}
     return versions.pop() if len(versions) == 1 else None
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    # A hard link costs nothing; the cache may be on another file system, then copy.
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)

@@ -14,6 +14,8 @@ from .inspect import Inspection
 from .packing import API_DEFAULT_LIMIT, DAEMON_DEFAULT_LIMIT, PackResult
 from .verify import PROFILES, Step, VerifyReport
 
+PIN_CHANGES_SHOWN = 10  # the summary lists this many changed pins; --json has them all
+
 
 def _console() -> Console:
     # Tables wide enough to read in a CI log too, where rich would otherwise assume 80 columns.
@@ -55,6 +57,11 @@ def pack_json(text: str, outcome: PackResult | DifyRepackError, seconds: float) 
             "ok": outcome.verification.ok,
         },
         "notes": list(outcome.notes),
+        "license_attention": list(outcome.license_attention),
+        "pin_changes": [
+            {"name": c.name, "declared": c.declared, "shipped": c.shipped, "where": c.where}
+            for c in outcome.pin_changes
+        ],
         "dify_settings": list(outcome.dify_settings),
         "seconds": round(seconds, 2),
     }
@@ -82,6 +89,14 @@ def print_pack_result(result: PackResult) -> None:
         out.print("  verified  [yellow]skipped (--no-verify)[/]: run `dify-repack verify` before carrying it across")
     for note in result.notes:
         out.print(f"  note      {note}", markup=False)
+    for line in result.license_attention:
+        out.print(f"  [bold yellow]license[/]   {escape(line)}")
+    for change in result.pin_changes[:PIN_CHANGES_SHOWN]:
+        out.print(
+            f"  changed   {change.name} {change.declared} → {change.shipped} (pinned in {change.where})", markup=False
+        )
+    if len(result.pin_changes) > PIN_CHANGES_SHOWN:
+        out.print(f"  changed   … and {len(result.pin_changes) - PIN_CHANGES_SHOWN} more pins (--json lists all)")
     out.print("Dify settings for this upload:" if result.dify_settings else "Dify settings: the defaults accept it.")
     for setting in result.dify_settings:
         out.print(f"  {setting}", markup=False)

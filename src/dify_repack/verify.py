@@ -21,14 +21,16 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import cancel
 from .credentials import Indexes
 from .errors import EnvironmentProblem, NetworkError, PackageError, UsageError, VerificationError
 from .manifest import Manifest, read_manifest
 from .offline import WHEELS_DIR
 from .package import extract_package, open_package, zip_checksum
 from .report import NullReporter, Reporter
+from .reqfile import check_includes
 from .requirements import remote_lock_sources, tomllib
-from .runner import Completed, clean_env, run
+from .runner import Completed, clean_env, kill_group, run, spawn
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, make_targets
 from .uvbin import fetch_uv, find_python, own_uv_version, provide_python, uv_bin
 from .wheels import WheelCache, default_cache_dir
@@ -141,6 +143,8 @@ def verify_package(
         probe = work / "probe"
         extract_package(package, probe)
         manifest = read_manifest(probe, origin=str(package))
+        # pip and uv follow -r/-c as written: an include leading out of the package would read this host's files.
+        check_includes(probe / "requirements.txt", root=probe)
         identifier = f"{manifest.plugin_id}:{manifest.version}@{zip_checksum(package)}"
         targets = make_targets(options.python, list(options.arches or manifest.arches), options.glibc)
         host_machine = platform.machine()
@@ -303,14 +307,7 @@ def _start(root: Path, manifest: Manifest, prefix: list[str], env: dict[str, str
     """Start the plugin as the daemon does and wait for its first heartbeat on stdout."""
     started = time.monotonic()
     argv = [*prefix, str(root / ".venv" / "bin" / "python"), "-m", manifest.entrypoint]
-    process = subprocess.Popen(
-        argv,
-        cwd=root,
-        env={**env, "INSTALL_METHOD": "local"},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    process = spawn(argv, cwd=root, env={**env, "INSTALL_METHOD": "local"}, stdin=subprocess.PIPE)
     lines: queue.Queue[bytes | None] = queue.Queue()
 
     def pump() -> None:
@@ -324,9 +321,10 @@ def _start(root: Path, manifest: Manifest, prefix: list[str], env: dict[str, str
     try:
         while (remaining := timeout - (time.monotonic() - started)) > 0:
             try:
-                line = lines.get(timeout=remaining)
+                line = lines.get(timeout=min(remaining, 0.1))
             except queue.Empty:
-                break
+                cancel.check()
+                continue
             if line is None:
                 break
             text = line.decode(errors="replace").strip()
@@ -335,8 +333,9 @@ def _start(root: Path, manifest: Manifest, prefix: list[str], env: dict[str, str
             if _is_heartbeat(text):
                 return Step("start", True, time.monotonic() - started)
     finally:
-        process.kill()
+        kill_group(process)
         _, stderr = process.communicate()
+    cancel.check()  # killed by a stop request: no verdict
     reason = (
         "exited before its first heartbeat"
         if process.returncode is not None and time.monotonic() - started < timeout

@@ -13,6 +13,7 @@ from ..errors import ExitCode, UsageError
 from ..packing import PackOptions, PackResult
 from ..render import print_pack_result
 from ..resolve import Indexes
+from ..review import ReviewPaths, packed_dossier, write_documents
 from ..sources import parse_source, read_source_list
 from ..targets import parse_glibc
 from ..uvbin import require_python
@@ -32,6 +33,7 @@ from ._app import (
     output,
     output_options,
     python_option,
+    review_options,
     stderr,
     uv_option,
     with_options,
@@ -108,6 +110,7 @@ from .bundle import batch_fields, check_signing_flags, langgenius_option, print_
 )
 @sign_key_option
 @langgenius_option
+@with_options(review_options)
 @with_options(output_options)
 def pack_command(
     sources: tuple[str, ...],
@@ -130,6 +133,8 @@ def pack_command(
     packages_dir: Path | None,
     bundle: Path | None,
     langgenius_category: bool,
+    sbom: Path | None,
+    report: Path | None,
 ) -> int:
     """Repackage plugins so that every Dify daemon version installs them with no internet access.
 
@@ -219,6 +224,9 @@ def pack_command(
     if single and result.failures:
         raise result.failures[0]
     code = int(ExitCode.OK if result.status == "success" else ExitCode.PARTIAL)
+    packed = [item.outcome for item in result.items if isinstance(item.outcome, PackResult)]
+    documents = ReviewPaths(sbom, report)
+    written = write_documents([packed_dossier(result) for result in packed], documents) if documents and packed else []
     if as_json:
         problem = None
         if result.status != "success":
@@ -228,7 +236,10 @@ def pack_command(
             if not failed:
                 message, tip = "not every output was written; `bundle_skipped` and `dsl_copies` say why", None
             problem = error_json(message, tip, code)
-        emit(result.status, batch_fields(result), problem)
-    elif not single or result.bundle is not None or result.bundle_skipped:
+        emit(result.status, {**batch_fields(result), "documents": [str(path) for path in written]}, problem)
+        return code
+    if not single or result.bundle is not None or result.bundle_skipped:
         print_batch_report(result)
+    for path in written:
+        stderr.print(f"wrote {escape(str(path))}")
     return code

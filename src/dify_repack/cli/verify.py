@@ -5,15 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from ..bundle import inspect_bundle, is_bundle, require_bundle_pass, verify_bundle
-from ..errors import DifyRepackError, ExitCode
+from ..dossier import read_dossier
+from ..errors import DifyRepackError, ExitCode, UsageError
 from ..inspect import inspect_package
 from ..render import (
     print_inspection,
     print_verify_report,
 )
 from ..resolve import Indexes
+from ..review import ReviewPaths, write_documents
 from ..targets import chosen_arches, parse_glibc
 from ..verify import DEFAULT_UV_VERSIONS, PROFILES, VerifyOptions, require_pass, verify_package
 from ._app import (
@@ -27,6 +30,8 @@ from ._app import (
     output,
     output_options,
     python_option,
+    review_options,
+    stderr,
     uv_option,
     with_options,
 )
@@ -149,8 +154,9 @@ def _verify_bundle(bundle: Path, options: VerifyOptions) -> int:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A public key (PEM PKCS#1) to verify the signature with, as the daemon would.",
 )
+@with_options(review_options)
 @with_options(output_options)
-def inspect_command(package: Path, key: Path | None) -> None:
+def inspect_command(package: Path, key: Path | None, sbom: Path | None, report: Path | None) -> None:
     """Show what PACKAGE (or each package of a .difybndl bundle) holds and whether it installs offline.
 
     \b
@@ -184,16 +190,27 @@ def inspect_command(package: Path, key: Path | None) -> None:
       dify-repack inspect ./p-offline.difypkg --json | jq .verdicts
       dify-repack inspect ./plugins.difybndl           # each embedded package and the bundle's settings
     """
+    documents = ReviewPaths(sbom, report)
     if is_bundle(package):
+        if documents:
+            raise UsageError(
+                "--sbom and --report read one package, not a bundle",
+                tip="give the packages the bundle was made of (pack writes them beside it)",
+            )
         bundled = inspect_bundle(package, public_key=key)
         if output().as_json:
             emit("success", bundle_inspection_fields(bundled))
         else:
             print_bundle_inspection(bundled, quiet=output().quiet)
         return
-    result = inspect_package(package, public_key=key)
+    if documents:
+        dossier = read_dossier(package, public_key=key)
+        written = write_documents([dossier], documents)
+        result = dossier.inspection
+    else:
+        result, written = inspect_package(package, public_key=key), []
     if output().as_json:
-        emit("success", result.to_json())
+        emit("success", {**result.to_json(), "documents": [str(path) for path in written]})
     elif output().quiet:
         verdicts = ", ".join(f"{v.profile} {'ok' if v.ok else 'FAIL'}" for v in result.verdicts)
         signature = (
@@ -204,3 +221,5 @@ def inspect_command(package: Path, key: Path | None) -> None:
         click.echo(f"{result.identifier}: {signature}; {verdicts}")
     else:
         print_inspection(result)
+        for path in written:
+            stderr.print(f"wrote {escape(str(path))}")
