@@ -87,12 +87,15 @@ class BatchResult:
 
     @property
     def settings(self) -> tuple[str, ...]:
-        """What Dify needs for these uploads: the bundle's, or the largest of each package's settings."""
-        if self.bundle is not None:
-            return self.bundle.settings
-        return merge_settings(
+        """What Dify needs for these uploads: the largest of each package's settings, or with a bundle its own
+        signature and size settings in place of the packages' (plus what else they need, a mirror say)."""
+        lines = merge_settings(
             line for item in self.items if isinstance(item.outcome, PackResult) for line in item.outcome.dify_settings
         )
+        if self.bundle is None:
+            return lines
+        replaced = ("FORCE_VERIFYING_SIGNATURE=", "PLUGIN_MAX_PACKAGE_SIZE=", "NGINX_CLIENT_MAX_BODY_SIZE=")
+        return (*self.bundle.settings, *(line for line in lines if not line.startswith(replaced)))
 
 
 def merge_settings(lines: Iterable[str]) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ for their platform with ``--dry-run``). Isolation is a new network namespace; wi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -25,6 +26,8 @@ from . import cancel
 from .credentials import Indexes
 from .errors import EnvironmentProblem, NetworkError, PackageError, UsageError, VerificationError
 from .manifest import Manifest, read_manifest
+from .mirror import missing_from_wheelhouse, slim_mirror_url
+from .mirror_serve import serve_in_namespace, wheelhouse_server
 from .offline import WHEELS_DIR
 from .package import extract_package, open_package, zip_checksum
 from .report import NullReporter, Reporter
@@ -33,6 +36,7 @@ from .requirements import remote_lock_sources, tomllib
 from .runner import Completed, clean_env, kill_group, run, spawn
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, make_targets
 from .uvbin import fetch_uv, find_python, own_uv_version, provide_python, uv_bin
+from .wheelhouse import read_wheelhouse
 from .wheels import WheelCache, default_cache_dir
 
 PROFILES = {
@@ -113,6 +117,8 @@ class VerifyOptions:
     start: bool = True  # start the plugin and wait for its heartbeat
     indexes: Indexes = field(default_factory=Indexes)  # where to fetch uv versions from, with their logins
     glibc: tuple[int, int] = DEFAULT_GLIBC  # for the static checks of other architectures
+    wheelhouse: Path | None = None  # a slim package's wheels, served at its mirror URL inside the namespace
+    mirror_server: tuple[str, ...] | None = None  # or a command serving that mirror there (a real index server)
 
 
 def network_isolation() -> tuple[list[str], str]:
@@ -138,13 +144,19 @@ def verify_package(
     if not prefix:
         notes.append("NO NETWORK ISOLATION: unshare is unavailable, so uv's offline mode stood in; this is not proof")
         reporter.warn(notes[-1])
-    with tempfile.TemporaryDirectory(prefix="dify-repack-verify-") as temp:
+    with tempfile.TemporaryDirectory(prefix="dify-repack-verify-") as temp, contextlib.ExitStack() as serving:
         work = Path(temp)
         probe = work / "probe"
         extract_package(package, probe)
         manifest = read_manifest(probe, origin=str(package))
         # pip and uv follow -r/-c as written: an include leading out of the package would read this host's files.
         check_includes(probe / "requirements.txt", root=probe)
+        mirror = slim_mirror_url(probe)
+        mirror_checks: list[Check] = []
+        if mirror is not None:
+            reporter.step(f"serving the wheelhouse at {mirror} inside the network namespace")
+            mirror_checks, prefix = _serve_mirror(serving, probe, mirror, options)
+            isolation = f"unshare -n -m (the mirror {mirror} served inside)"
         identifier = f"{manifest.plugin_id}:{manifest.version}@{zip_checksum(package)}"
         targets = make_targets(options.python, list(options.arches or manifest.arches), options.glibc)
         host_machine = platform.machine()
@@ -158,7 +170,7 @@ def verify_package(
         if interpreter is None:
             notes.append(f"no CPython {options.python} on this host: static checks only (install one to replay live)")
             reporter.warn(notes[-1])
-        checks = _entries_checks(package)
+        checks = _entries_checks(package) + mirror_checks
         if live:
             WheelCache(cache_dir).mark()  # uv versions are kept there; tagged so `cache clean` knows it
         uv_binaries = (
@@ -166,7 +178,7 @@ def verify_package(
         )
         for target in live:
             assert interpreter is not None
-            context = _Replay(package, manifest, interpreter, work, prefix, options)
+            context = _Replay(package, manifest, interpreter, work, prefix, options, mirror or UNREACHABLE_MIRROR)
             for profile in options.profiles:
                 for version in ["pip"] if profile == "pip" else list(uv_binaries):
                     reporter.step(
@@ -177,8 +189,36 @@ def verify_package(
         for target in static:
             for profile in sorted({_static_profile(profile) for profile in options.profiles}):
                 reporter.step(f"static check {profile} for {target}")
-                checks.append(_static_check(package, profile, target, work, prefix))
+                checks.append(_static_check(package, profile, target, work, prefix, mirror))
     return VerifyReport(package, identifier, isolation, tuple(checks), tuple(notes))
+
+
+def _serve_mirror(
+    stack: contextlib.ExitStack, root: Path, mirror: str, options: VerifyOptions
+) -> tuple[list[Check], list[str]]:
+    """A slim package installs from its mirror: serve it at the mirror's address inside the namespace, and
+    name every pinned file the wheelhouse lacks. Returns that check and the prefix that enters the namespace."""
+    checks = []
+    if options.mirror_server is None:
+        if options.wheelhouse is None:
+            raise UsageError(
+                f"this is a slim package: it installs from {mirror}, so verification needs its wheelhouse",
+                tip="give --wheelhouse DIR (the folder pack --wheelhouse wrote)",
+            )
+        missing = missing_from_wheelhouse(root, read_wheelhouse(options.wheelhouse))
+        detail = f"the wheelhouse {options.wheelhouse} lacks {', '.join(missing)}" if missing else ""
+        checks.append(
+            Check(
+                "wheelhouse",
+                "-",
+                "-",
+                "static",
+                "files pinned by requirements.txt",
+                (Step("files", not missing, 0.0, detail),),
+            )
+        )
+    server = list(options.mirror_server or wheelhouse_server(options.wheelhouse or Path(), mirror))
+    return checks, stack.enter_context(serve_in_namespace(mirror, server))
 
 
 def _entries_checks(package: Path) -> list[Check]:
@@ -215,7 +255,7 @@ def _uv_env(uv: Path, root: Path, cache: Path) -> dict[str, str]:
     return env
 
 
-def install_command(profile: str, root: Path, uv: Path | None) -> list[str]:
+def install_command(profile: str, root: Path, uv: Path | None, mirror: str = UNREACHABLE_MIRROR) -> list[str]:
     """The dependency install the daemon version behind ``profile`` runs in the plugin directory ``root``."""
     has_requirements = (root / "requirements.txt").is_file()
     has_pyproject = (root / "pyproject.toml").is_file()
@@ -233,8 +273,8 @@ def install_command(profile: str, root: Path, uv: Path | None) -> list[str]:
         return [*sync, "--frozen"] if has_lock else sync
     # mirror: a configured PIP_MIRROR_URL makes requirements.txt win (0.6.3+).
     if has_requirements:
-        return [str(uv), "pip", "install", "-i", UNREACHABLE_MIRROR, "-r", "requirements.txt", "-vvv"]
-    return [*sync, "-i", UNREACHABLE_MIRROR, *(["--frozen"] if has_lock else [])]
+        return [str(uv), "pip", "install", "-i", mirror, "-r", "requirements.txt", "-vvv"]
+    return [*sync, "-i", mirror, *(["--frozen"] if has_lock else [])]
 
 
 def _timed(name: str, argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float, fatal: bool = True) -> Step:
@@ -255,6 +295,7 @@ class _Replay:
     work: Path
     prefix: list[str]  # the network-isolation argv prefix
     options: VerifyOptions
+    mirror: str  # the daemon's PIP_MIRROR_URL in the mirror profile
 
 
 def _replay(context: _Replay, profile: str, uv: Path | None, version: str, target: Target) -> Check:
@@ -272,7 +313,7 @@ def _replay(context: _Replay, profile: str, uv: Path | None, version: str, targe
         venv_argv = [str(uv), "venv", ".venv", "--python", str(interpreter)]
     step = _timed("venv", [*prefix, *venv_argv], cwd=root, env=daemon_env, timeout=120)
     steps.append(step)
-    command = install_command(profile, root, uv)
+    command = install_command(profile, root, uv, context.mirror)
     if (
         step.ok
         and profile in ("pip", "uv-pip", "mirror")
@@ -378,12 +419,17 @@ def _static_profile(profile: str) -> str:
     return "requirements" if profile in ("pip", "uv-pip", "mirror") else profile
 
 
-def _static_check(package: Path, profile: str, target: Target, work: Path, prefix: list[str]) -> Check:
-    """Offline resolution for ``target``'s platform: proves the right wheels are inside without running them."""
+def _static_check(
+    package: Path, profile: str, target: Target, work: Path, prefix: list[str], mirror: str | None = None
+) -> Check:
+    """Offline resolution for ``target``'s platform: proves the right wheels are inside without running them.
+
+    A slim package resolves against its mirror, served inside the namespace (``prefix``)."""
     root = work / "static" / f"{profile}-{target.arch}"
     extract_package(package, root)
     uv = uv_bin()
-    env = clean_env({"UV_CACHE_DIR": str(work / "uv-cache-static"), "UV_PYTHON_DOWNLOADS": "never", "UV_OFFLINE": "1"})
+    offline = {} if mirror else {"UV_OFFLINE": "1"}
+    env = clean_env({"UV_CACHE_DIR": str(work / "uv-cache-static"), "UV_PYTHON_DOWNLOADS": "never", **offline})
     install = [
         uv,
         "pip",
@@ -405,7 +451,7 @@ def _static_check(package: Path, profile: str, target: Target, work: Path, prefi
             steps.append(step)
         return _static_result(profile, target, "uv pip install --dry-run", steps)
     frozen = profile == "uv-sync-frozen" and (root / "uv.lock").is_file()
-    if frozen and (remote := _remote_lock_source(root / "uv.lock")):
+    if frozen and not mirror and (remote := _remote_lock_source(root / "uv.lock")):
         steps.append(
             Step(
                 "lock",
@@ -435,7 +481,7 @@ def _static_check(package: Path, profile: str, target: Target, work: Path, prefi
         step = _timed("lock", [*prefix, *export], cwd=root, env=env, timeout=300)
         steps.append(step)
         if step.ok:
-            wheels = ["--no-index", "--find-links", WHEELS_DIR]
+            wheels = ["--index-url", mirror] if mirror else ["--no-index", "--find-links", WHEELS_DIR]
             step = _timed(
                 "resolve",
                 [*prefix, *install, *wheels, "-r", ".static-requirements.txt"],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import bundle, cache, keys, pack, verify
+from . import bundle, cache, keys, pack, verify, wheelhouse
 from ._app import cli, main
 
-__all__ = ["bundle", "cache", "cli", "keys", "main", "pack", "verify"]
+__all__ = ["bundle", "cache", "cli", "keys", "main", "pack", "verify", "wheelhouse"]
