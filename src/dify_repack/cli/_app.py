@@ -2,31 +2,55 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
+import pkgutil
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
 from rich.markup import escape
 
 from .. import __version__
+from ..daemon import DEFAULT_UV_VERSIONS
 from ..errors import DifyRepackError, ExitCode
-from ..report import ConsoleReporter
 from ..resolve import DEFAULT_INDEX
 from ..targets import ARCH_CHOICES, DEFAULT_PYTHON
-from ..verify import DEFAULT_UV_VERSIONS
+
+if TYPE_CHECKING:
+    from ..report import ConsoleReporter
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """Imports the command modules (every ``cli/*.py`` not starting with ``_``) only when a command is needed.
+
+    ``--version`` and usage errors of the group then cost no httpx, cryptography or tomlkit import.
+    """
+
+    def _load(self) -> None:
+        for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+            if not module.name.startswith("_"):
+                importlib.import_module(f"{__package__}.{module.name}")
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._load()
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="dify-repack")
 @click.option("-v", "--verbose", is_flag=True, help="Show commands run and tracebacks of unexpected errors.")
 @click.pass_context
@@ -49,6 +73,8 @@ def echo_json(payload: dict[str, object]) -> None:
 
 
 def make_reporter(quiet: bool) -> ConsoleReporter:
+    from ..report import ConsoleReporter
+
     return ConsoleReporter(stderr, quiet=quiet)
 
 

@@ -24,7 +24,7 @@ from ..report import PrefixedReporter, Reporter
 from ..resolve import Indexes
 from ..sources import Source, fetch_source, parse_source, read_source_list
 from ..targets import Target, parse_glibc
-from ..verify import DEFAULT_UV_VERSIONS, VerifyOptions, VerifyReport, require_pass, verify_package
+from ..verify import DEFAULT_UV_VERSIONS, PROFILES, VerifyOptions, VerifyReport, require_pass, verify_package
 from ..wheels import default_cache_dir
 from ._app import (
     arch_option,
@@ -67,7 +67,19 @@ from ._app import (
     show_default=True,
     help="Replay every daemon install profile with the network cut off before writing the package.",
 )
+@click.option(
+    "--profile",
+    "profiles",
+    multiple=True,
+    type=click.Choice(list(PROFILES)),
+    help="Daemon profile to replay (repeatable; default all, see `dify-repack verify --help`).",
+)
 @uv_option
+@click.option(
+    "--reverify",
+    is_flag=True,
+    help="Replay even when this byte-identical package already passed with the same settings (so does --refresh).",
+)
 @click.option(
     "--no-start",
     is_flag=True,
@@ -87,7 +99,8 @@ from ._app import (
 @click.option(
     "--refresh",
     is_flag=True,
-    help="Resolve again now; by default a resolution of the same input from the last 24 hours is reused.",
+    help="Resolve again now (and replay the verification); by default a resolution of the same input from the "
+    "last 24 hours is reused.",
 )
 @click.option(
     "-j",
@@ -110,7 +123,9 @@ def pack_command(
     extra_index_urls: tuple[str, ...],
     cache_dir: Path | None,
     verify: bool,
+    profiles: tuple[str, ...],
     uv_versions: tuple[str, ...],
+    reverify: bool,
     no_start: bool,
     sign_key: Path | None,
     marketplace_url: str | None,
@@ -143,12 +158,14 @@ def pack_command(
     cache = cache_dir or default_cache_dir()
     indexes = Indexes(index_url, extra_index_urls)
     verify_options = VerifyOptions(
+        profiles=profiles or tuple(PROFILES),
         uv_versions=uv_versions or DEFAULT_UV_VERSIONS,
         python=python_version,
         cache_dir=cache,
         start=not no_start,
         index_args=indexes.uv_args(),
         glibc=glibc_version,
+        reuse=not (reverify or refresh),
     )
     base_options = PackOptions(
         output_dir=output_dir,
@@ -167,7 +184,6 @@ def pack_command(
         reporter: Reporter = PrefixedReporter(console_reporter, source.text) if parallel else console_reporter
 
         def check(staged: Path, _manifest: Manifest, targets: tuple[Target, ...]) -> VerifyReport:
-            reporter.step("verifying: replaying each daemon profile with the network cut off")
             arches = [target.arch for target in targets]
             report = verify_package(staged, dataclasses.replace(verify_options, arches=arches), reporter)
             require_pass(report)
