@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -148,30 +149,35 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
         for note in notes:
             reporter.warn(note)
 
-        reporter.step("resolving for each target")
         resolutions = ResolutionCache(cache.root / "resolutions", refresh=options.refresh)
-        # One thread per target resolves; the first target to finish starts its downloads and builds at once,
-        # while the others are still resolving (fetch_all then finds those files in the cache).
-        with ThreadPoolExecutor(len(targets) + 1) as pool:
-            futures = {
-                pool.submit(
-                    resolve,
+
+        def resolve_for(target: Target) -> list[Pin]:
+            started = time.monotonic()
+            with reporter.activity(f"resolving for {target}"):
+                pins = resolve(
                     declared.requirements,
                     target,
                     indexes=options.indexes,
                     preferences=declared.lock_pins,
                     uv_cache=cache.uv_cache,
                     cache=resolutions,
-                ): target
-                for target in targets
-            }
+                )
+            reporter.step(f"resolved {target}: {len(pins)} packages in {time.monotonic() - started:.1f} s")
+            return pins
+
+        # One thread per target resolves; the first target to finish starts its downloads and builds at once,
+        # while the others are still resolving (fetch_all then finds those files in the cache).
+        with ThreadPoolExecutor(len(targets) + 1) as pool:
+            futures = {pool.submit(resolve_for, target): target for target in targets}
             resolved: dict[Target, list[Pin]] = {}
             prefetching = None
             for future in as_completed(futures):
                 resolved[futures[future]] = future.result()
                 if prefetching is None and len(targets) > 1:
                     target = futures[future]
-                    prefetching = pool.submit(prefetch, resolved[target], target, cache, indexes=options.indexes)
+                    prefetching = pool.submit(
+                        prefetch, resolved[target], target, cache, indexes=options.indexes, reporter=reporter
+                    )
             plan = {target: resolved[target] for target in targets}
             if prefetching is not None:
                 prefetching.result()
@@ -195,7 +201,8 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
                 added=declared.added_to_pyproject,
                 sdk_version=_single_version(selected, SDK),
             )
-            regenerate_lock(root, targets, uv_cache=cache.uv_cache)
+            with reporter.activity("locking uv.lock against ./wheels"):
+                regenerate_lock(root, targets, uv_cache=cache.uv_cache)
         notes += fix_ignore_files(root)
         python_note = fix_python_version(root, options.python)
         if python_note:
@@ -203,10 +210,11 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
 
         with atomic_output(output) as staged:
             # Signing writes the package itself: one pass over the files either way.
-            if options.sign_key is not None:
-                sign_tree(root, options.sign_key, staged)
-            else:
-                write_package(root, staged)
+            with reporter.activity(f"writing {output.name}" + (" (signed)" if options.sign_key else "")):
+                if options.sign_key is not None:
+                    sign_tree(root, options.sign_key, staged)
+                else:
+                    write_package(root, staged)
             verification = options.check(staged, manifest, targets) if options.check is not None else None
             stats = package_stats(staged)
         stats = ZipStats(output, stats.files, stats.compressed_bytes, stats.uncompressed_bytes)

@@ -219,8 +219,8 @@ def verify_package(
 
 
 def _describe(item: _Run) -> str:
-    tool = "pip" if item.version == "pip" else f"uv {item.version}"
-    return f"{item.profile} {tool} {item.target.arch}" + (" static" if item.mode == "static" else "")
+    tool = "" if item.version == "pip" else f" uv {item.version}"
+    return f"{item.profile}{tool} {item.target.arch}" + (" static" if item.mode == "static" else "")
 
 
 def _plan(
