@@ -55,6 +55,8 @@ def pack_json(text: str, outcome: PackResult | DifyRepackError, seconds: float) 
             "isolation": outcome.verification.isolation,
             "checks": len(outcome.verification.checks),
             "ok": outcome.verification.ok,
+            "remembered": outcome.verification.remembered or None,
+            "warnings": list(outcome.verification.warnings),
         },
         "notes": list(outcome.notes),
         "dify_settings": list(outcome.dify_settings),
