@@ -402,7 +402,8 @@ def test_batch_goes_on_after_a_bad_plugin_and_reports_each(
     code = main([*argv, "--no-verify", "--json"])
     payload = json.loads(capsys.readouterr().out)
     assert code == 10
-    assert payload["schema"] == 1 and payload["status"] == "partial"
+    assert payload["schema"] == 1 and payload["command"] == "pack" and payload["status"] == "partial"
+    assert payload["error"]["exit_code"] == 10 and "1 of 2 plugins failed" in payload["error"]["message"]
     assert [result["status"] for result in payload["results"]] == ["error", "success"]
     assert "dify_plugin==b65" in payload["results"][0]["error"]
     assert [path.name for path in out.iterdir()] == ["tester-demo_0.1.0-offline.difypkg"]

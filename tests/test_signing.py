@@ -395,7 +395,9 @@ def test_cli_sign_errors(tmp_path: Path, keys: tuple[Path, Path]) -> None:
     package = make_package(tmp_path)
     assert main(["sign", str(package), "--key", str(tmp_path / "missing.pem")]) == ExitCode.USAGE
     assert main(["sign", str(package), "--key", str(keys[1])]) == ExitCode.SIGNATURE
-    assert main(["sign", str(tmp_path / "missing.difypkg"), "--key", str(keys[0])]) == ExitCode.BAD_PACKAGE
+    assert (
+        main(["sign", str(tmp_path / "missing.difypkg"), "--key", str(keys[0])]) == ExitCode.USAGE
+    )  # a missing input file is 2 everywhere
     assert main(["sign", str(package), "--key", str(keys[0]), "--category", "official"]) == ExitCode.USAGE
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import re
 import time
 import zipfile
 from collections.abc import Iterator
@@ -13,12 +15,21 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from dify_repack.errors import NetworkError, PackageError, UsageError
-from dify_repack.sources import PluginId, ReleaseAsset, fetch_source, parse_source, read_source_list
+from dify_repack.package import zip_checksum
+from dify_repack.sources import (
+    PluginId,
+    ReleaseAsset,
+    fetch_source,
+    latest_on_marketplace,
+    parse_source,
+    read_source_list,
+)
 from fakeweb import FakeWeb, Reply, self_signed_cert, serve
 
 CHECKSUM = "ab" * 32
 RELEASE_PATH = "/owner/repo/releases/download/v1.0/demo.difypkg"
 MARKET_PATH = "/api/v1/plugins/langgenius/demo/0.0.1/download"
+PLUGIN_PATH = "/api/v1/plugins/langgenius/demo"
 LEGACY_PATH = "/api/v1/plugins/download"
 
 
@@ -383,3 +394,62 @@ def test_ca_bundle_from_the_environment(tmp_path: Path, monkeypatch: pytest.Monk
 
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))
         assert fetch(url, tmp_path / "trusted").read_bytes() == ZIP
+
+
+# A Marketplace id without a version: the latest, as the plugin document Dify's console reads names it.
+
+
+def plugin_document(version: object, identifier: str | None = None) -> Reply:
+    plugin = {"plugin_id": "langgenius/demo", "latest_version": version, "latest_package_identifier": identifier}
+    return Reply(body=json.dumps({"code": 0, "data": {"plugin": plugin}}).encode(), content_type="application/json")
+
+
+def test_an_id_without_version_is_parsed_as_the_latest() -> None:
+    source = parse_source("langgenius/demo")
+    assert source.kind == "marketplace" and source.plugin == PluginId("langgenius", "demo", None)
+    assert str(source.plugin) == "langgenius/demo"
+
+
+def test_the_latest_version_and_its_checksum_are_taken(web: FakeWeb, tmp_path: Path) -> None:
+    (tmp_path / "demo.difypkg").write_bytes(ZIP)
+    checksum = zip_checksum(tmp_path / "demo.difypkg")
+    web.route(PLUGIN_PATH, plugin_document("0.0.1", f"langgenius/demo:0.0.1@{checksum}"))
+    web.route(MARKET_PATH, Reply(body=ZIP))
+
+    latest = latest_on_marketplace(parse_source("langgenius/demo"), marketplace_url=web.url)
+    assert latest.plugin == PluginId("langgenius", "demo", "0.0.1", checksum)
+    assert latest.filename == "langgenius-demo_0.0.1.difypkg" and latest.text == "langgenius/demo"
+
+    path = fetch("langgenius/demo", tmp_path / "dl", marketplace_url=web.url)
+    assert path.read_bytes() == ZIP
+    assert [request.target for request in web.requests][-2:] == [PLUGIN_PATH, MARKET_PATH]
+
+
+def test_a_checksum_of_another_release_is_not_taken(web: FakeWeb) -> None:
+    web.route(PLUGIN_PATH, plugin_document("0.0.2", f"langgenius/demo:0.0.1@{CHECKSUM}"))
+    latest = latest_on_marketplace(parse_source("langgenius/demo"), marketplace_url=web.url)
+    assert latest.plugin == PluginId("langgenius", "demo", "0.0.2", None)
+
+
+def test_other_sources_are_left_as_they_are(tmp_path: Path) -> None:
+    source = parse_source("langgenius/demo:0.0.1")
+    assert latest_on_marketplace(source, marketplace_url="http://127.0.0.1:9") is source
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        (Reply(404, b"not found", "text/plain"), "not on the Marketplace at .* \\(HTTP 404\\)"),
+        (Reply(body=b"<html>maintenance</html>", content_type="text/html"), "does not name langgenius/demo's latest"),
+        (plugin_document(None), "given as None, not x.y.z"),
+        (plugin_document("../../x"), "not x.y.z"),
+    ],
+)
+def test_when_the_marketplace_cannot_say_the_error_says_what_to_add(
+    web: FakeWeb, tmp_path: Path, reply: Reply, message: str
+) -> None:
+    web.route(PLUGIN_PATH, reply)
+    error = failure("langgenius/demo", tmp_path, marketplace_url=web.url)
+    assert re.search(message, error.message)
+    assert error.tip is not None and "langgenius/demo:VERSION" in error.tip
+    assert [request.target for request in web.requests] == [PLUGIN_PATH], "nothing is downloaded"

@@ -6,6 +6,9 @@ The CLI turns each class into its exit code (``ExitCode``); library users catch 
 from __future__ import annotations
 
 import enum
+import signal
+
+from .redaction import redact
 
 
 class ExitCode(enum.IntEnum):
@@ -20,17 +23,23 @@ class ExitCode(enum.IntEnum):
     SIGNATURE = 8  # a key or signature problem
     ENVIRONMENT = 9  # the host lacks something the job needs (uv, a Python, network isolation)
     PARTIAL = 10  # a batch where some plugins failed and others succeeded
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
+    TERMINATED = 143  # SIGTERM (128 + SIGTERM)
 
 
 class DifyRepackError(Exception):
-    """Base class: ``str(error)`` is a one-line message; ``tip`` says what to do about it."""
+    """Base class: ``str(error)`` is a one-line message; ``tip`` says what to do about it.
+
+    Both are redacted here, so no message can carry a password from a URL it quotes.
+    """
 
     exit_code = ExitCode.FAILURE
 
     def __init__(self, message: str, *, tip: str | None = None) -> None:
+        message = redact(message)
         super().__init__(message)
         self.message = message
-        self.tip = tip
+        self.tip = redact(tip) if tip is not None else None
 
 
 class UsageError(DifyRepackError):
@@ -85,6 +94,19 @@ class SignatureError(DifyRepackError):
 
 
 class EnvironmentProblem(DifyRepackError):
-    """The host lacks a tool the job needs (uv, a CPython, namespaces for network isolation)."""
+    """The host lacks a tool the job needs (uv, a CPython, namespaces for network isolation), or a folder the job
+    writes to is read-only, unwritable or full."""
 
     exit_code = ExitCode.ENVIRONMENT
+
+
+class Interrupted(DifyRepackError):
+    """The user (Ctrl-C) or the system (SIGTERM) asked the run to stop; raised by ``cancel.check``."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__("interrupted")
+        self.signum = signum
+        if signum == signal.SIGTERM:
+            self.exit_code = ExitCode.TERMINATED

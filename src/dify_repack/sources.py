@@ -5,13 +5,15 @@ The forms, tried in this order:
 - ``http(s)://…``: any URL, GitHub release links included;
 - ``github:OWNER/REPO@TAG/ASSET.difypkg``: a release asset on GitHub, or GitHub Enterprise via ``GITHUB_URL``;
 - a path to a ``.difypkg`` file or to a plugin directory (one with manifest.yaml), used in place;
-- ``org/name:version[@checksum]``: a Marketplace identifier as Dify shows it (DAEMON-FACTS §7).
+- ``org/name:version[@checksum]``: a Marketplace identifier as Dify shows it (DAEMON-FACTS §7); without
+  ``:version`` the Marketplace's latest version is taken (``latest_on_marketplace``).
 
 Downloads go through ``http`` (proxies, CA bundles, retries, atomic files) and must be zips.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable
@@ -24,7 +26,7 @@ from urllib.parse import quote
 import httpx
 
 from .errors import NetworkError, PackageError, StatusError, UsageError
-from .http import ProgressCallback, download, make_client
+from .http import ProgressCallback, download, make_client, open_stream
 
 SourceKind = Literal["file", "directory", "marketplace", "github", "url"]
 
@@ -35,31 +37,38 @@ ZIP_MAGIC = b"PK\x03\x04"
 # Author and name as manifest.yaml allows them; the checksum is the daemon's sha256 (DAEMON-FACTS §1).
 _PLUGIN_ID = re.compile(
     r"(?P<org>[a-z0-9_-]{1,64})/(?P<name>[a-z0-9_-]{1,128})"
-    r":(?P<version>\d+\.\d+\.\d+(?:[.+-][0-9A-Za-z.+-]+)?)"
-    r"(?:@(?P<checksum>[0-9a-fA-F]{64}))?"
+    r"(?::(?P<version>\d+\.\d+\.\d+(?:[.+-][0-9A-Za-z.+-]+)?)"
+    r"(?:@(?P<checksum>[0-9a-fA-F]{64}))?)?"
 )
+# The plugin document Dify's console reads for a plugin page: {"data": {"plugin": {"latest_version": ...}}}.
+_MAX_PLUGIN_DOCUMENT = 4 * 1024 * 1024
 # The tag may hold slashes (``release/1.0``): the asset is whatever follows the last one.
 _GITHUB = re.compile(r"github:(?P<owner>[\w.-]+)/(?P<repo>[\w.-]+)@(?P<tag>\S+)/(?P<asset>[^/\s]+)")
 # As in pip requirement files: ``#`` starts a comment at a line start or after a space (URL fragments stay).
 _COMMENT = re.compile(r"(?:^|\s)#.*")
 _FORMS_TIP = (
-    "give a .difypkg file, a plugin directory, a Marketplace id (org/name:version[@checksum]), "
+    "give a .difypkg file, a plugin directory, a Marketplace id (org/name:version[@checksum], or org/name for "
+    "the latest), "
     "github:OWNER/REPO@TAG/ASSET.difypkg or an http(s):// URL"
 )
 
 
 @dataclass(frozen=True)
 class PluginId:
-    """A Marketplace identifier: ``org/name:version``, with the package checksum when Dify showed one."""
+    """A Marketplace identifier: ``org/name:version``, with the package checksum when Dify showed one.
+
+    ``version`` is None for ``org/name`` alone: the latest version, looked up before the download.
+    """
 
     org: str
     name: str
-    version: str
+    version: str | None
     checksum: str | None = None
 
     def __str__(self) -> str:
+        version = f":{self.version}" if self.version else ""
         suffix = f"@{self.checksum}" if self.checksum else ""
-        return f"{self.org}/{self.name}:{self.version}{suffix}"
+        return f"{self.org}/{self.name}{version}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -117,11 +126,14 @@ def parse_source(text: str, *, base: Path | None = None) -> Source:
     if match := _PLUGIN_ID.fullmatch(text):
         checksum = match["checksum"]
         plugin = PluginId(match["org"], match["name"], match["version"], checksum.lower() if checksum else None)
-        filename = f"{plugin.org}-{plugin.name}_{plugin.version}.difypkg"
-        return Source(text, "marketplace", plugin=plugin, filename=filename)
+        return Source(text, "marketplace", plugin=plugin, filename=_marketplace_name(plugin))
     raise UsageError(
         f"{text}: no such file or directory, and not a Marketplace id, github: asset or URL", tip=_FORMS_TIP
     )
+
+
+def _marketplace_name(plugin: PluginId) -> str:
+    return f"{plugin.org}-{plugin.name}_{plugin.version or 'latest'}.difypkg"
 
 
 def _parse_url(text: str) -> Source:
@@ -219,7 +231,10 @@ def fetch_source(
 
         if source.plugin is not None:
             marketplace = _base_url(marketplace_url, "DIFY_MARKETPLACE_URL", DEFAULT_MARKETPLACE_URL)
-            return _fetch_marketplace(source.plugin, marketplace, get)
+            plugin = source.plugin
+            if plugin.version is None:
+                plugin = _latest(plugin, marketplace, http_client, attempts=attempts, backoff=backoff)
+            return _fetch_marketplace(plugin, marketplace, get)
         url = source.release.url(github) if source.release is not None else source.url
         assert url is not None, f"a {source.kind} source has a path, plugin, release or url"
         try:
@@ -230,7 +245,64 @@ def fetch_source(
             raise
 
 
+def latest_on_marketplace(
+    source: Source, *, marketplace_url: str | None = None, client: httpx.Client | None = None, timeout: float = 30.0
+) -> Source:
+    """``source`` with the version (and checksum) of the Marketplace's latest release when it named none.
+
+    Any other source comes back unchanged. Raises NetworkError when the Marketplace cannot say, with a tip
+    naming the ``:VERSION`` to add.
+    """
+    if source.plugin is None or source.plugin.version is not None:
+        return source
+    marketplace = _base_url(marketplace_url, "DIFY_MARKETPLACE_URL", DEFAULT_MARKETPLACE_URL)
+    with ExitStack() as stack:
+        http_client = stack.enter_context(make_client(timeout=timeout)) if client is None else client
+        plugin = _latest(source.plugin, marketplace, http_client)
+    return Source(source.text, "marketplace", plugin=plugin, filename=_marketplace_name(plugin))
+
+
+def _latest(
+    plugin: PluginId, marketplace: str, client: httpx.Client, *, attempts: int = 4, backoff: float = 0.5
+) -> PluginId:
+    """Ask ``GET {marketplace}/api/v1/plugins/{org}/{name}`` (what Dify's plugin page reads) for the latest."""
+    wanted = f"{plugin.org}/{plugin.name}"
+    tip = f"add the version yourself: {wanted}:VERSION, as shown on the plugin's Marketplace page or in Dify"
+    url = f"{marketplace}/api/v1/plugins/{quote(plugin.org, safe='')}/{quote(plugin.name, safe='')}"
+    try:
+        with open_stream(client, url, attempts=attempts, backoff=backoff) as response:
+            body = b""
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > _MAX_PLUGIN_DOCUMENT:
+                    break
+    except StatusError as exc:
+        if exc.status != 404:
+            raise NetworkError(exc.message, tip=tip) from None
+        raise NetworkError(
+            f"{wanted}: not on the Marketplace at {marketplace} (HTTP 404), so it has no latest version", tip=tip
+        ) from None
+    try:
+        found = json.loads(body)["data"]["plugin"]
+        version, identifier = found["latest_version"], found.get("latest_package_identifier") or ""
+    except (ValueError, TypeError, KeyError):
+        raise NetworkError(f"{url}: the answer does not name {wanted}'s latest version", tip=tip) from None
+    if not isinstance(version, str) or not _PLUGIN_ID.fullmatch(f"{wanted}:{version}"):
+        raise NetworkError(f"{url}: the latest version of {wanted} is given as {version!r}, not x.y.z", tip=tip)
+    # That release's identifier carries the daemon's checksum: kept only when it names the same release.
+    checksum = None
+    match = _PLUGIN_ID.fullmatch(str(identifier))
+    if (
+        match
+        and match["checksum"]
+        and (match["org"], match["name"], match["version"]) == (plugin.org, plugin.name, version)
+    ):
+        checksum = match["checksum"].lower()
+    return PluginId(plugin.org, plugin.name, version, checksum)
+
+
 def _fetch_marketplace(plugin: PluginId, marketplace: str, get: Callable[[str], Path]) -> Path:
+    assert plugin.version is not None, "the latest version is looked up first"
     quoted = "/".join(quote(part, safe="") for part in (plugin.org, plugin.name, plugin.version))
     try:
         return get(f"{marketplace}/api/v1/plugins/{quoted}/download")

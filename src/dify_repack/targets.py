@@ -21,6 +21,9 @@ MACHINES = {"amd64": "x86_64", "arm64": "aarch64"}
 # for a daemon host known to be newer, so that wheels built only for a newer glibc are found.
 DEFAULT_GLIBC = (2, 28)
 DEFAULT_PYTHON = "3.12"
+# The daemon always makes a 3.12 venv; 3.10 to 3.13 are accepted for other runners. Anything else is refused at
+# once: uv would find no wheels for it and fall back to building sdists for minutes.
+PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 
 
 @dataclass(frozen=True)
@@ -113,14 +116,37 @@ class Target:
         return any(marker.evaluate(environment) for environment in environments)
 
 
-ARCH_CHOICES = (*MACHINES, "all")
+# Names people type for the same machines: the kernel's (uname -m) beside Docker's.
+ARCH_ALIASES = {"x86_64": "amd64", "aarch64": "arm64"}
+ARCH_CHOICES = (*MACHINES, "all", *ARCH_ALIASES)
+
+
+def canonical_arch(text: str) -> str:
+    """``amd64``, ``arm64`` or ``all`` for any accepted spelling (``x86_64``, ``AArch64``, ...)."""
+    name = text.strip().lower()
+    name = ARCH_ALIASES.get(name, name)
+    if name not in (*MACHINES, "all"):
+        raise UsageError(f"--arch {text!r}: choose amd64 (x86_64), arm64 (aarch64) or all")
+    return name
 
 
 def chosen_arches(choice: str | None, manifest_arches: tuple[str, ...]) -> tuple[str, ...]:
     """``--arch``: one architecture, "all", or (None) what the manifest lists."""
     if choice is None:
         return manifest_arches
-    return tuple(MACHINES) if choice == "all" else (choice,)
+    name = canonical_arch(choice)
+    return tuple(MACHINES) if name == "all" else (name,)
+
+
+def parse_python(text: str) -> str:
+    """``--python``: a CPython minor version this tool can build a target for (see ``PYTHONS``)."""
+    version = text.strip()
+    if version not in PYTHONS:
+        raise UsageError(
+            f"--python {text!r}: give a CPython version from {PYTHONS[0]} to {PYTHONS[-1]}",
+            tip=f"the daemon always installs into a {DEFAULT_PYTHON} venv, so leave the default unless you know better",
+        )
+    return version
 
 
 def parse_glibc(text: str) -> tuple[int, int]:
@@ -134,13 +160,11 @@ def parse_glibc(text: str) -> tuple[int, int]:
 def make_targets(
     python: str, arches: list[str] | tuple[str, ...], glibc: tuple[int, int] = DEFAULT_GLIBC
 ) -> tuple[Target, ...]:
-    parts = python.split(".")
-    if len(parts) != 2 or not all(part.isdigit() for part in parts) or parts[0] != "3":
-        raise UsageError(f"--python {python!r}: give a CPython version such as 3.12")
-    unknown = [arch for arch in arches if arch not in MACHINES]
+    python = parse_python(python)
+    unknown = [arch for arch in arches if ARCH_ALIASES.get(arch, arch) not in MACHINES]
     if unknown:
-        raise UsageError(f"unknown architecture {unknown[0]!r}: choose amd64, arm64 or all")
-    ordered = sorted(set(arches), key=list(MACHINES).index)
+        raise UsageError(f"unknown architecture {unknown[0]!r}: choose amd64 (x86_64), arm64 (aarch64) or all")
+    ordered = sorted({ARCH_ALIASES.get(arch, arch) for arch in arches}, key=list(MACHINES).index)
     return tuple(Target(python, arch, glibc) for arch in ordered)
 
 

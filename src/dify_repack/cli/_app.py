@@ -5,10 +5,12 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import pkgutil
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -18,15 +20,18 @@ from rich.markup import escape
 
 from .. import __version__
 from ..daemon import DEFAULT_UV_VERSIONS
-from ..errors import DifyRepackError, ExitCode
+from ..errors import DifyRepackError, ExitCode, UsageError
+from ..redaction import redact
 from ..resolve import DEFAULT_INDEX
-from ..targets import ARCH_CHOICES, DEFAULT_PYTHON
+from ..targets import ARCH_CHOICES, DEFAULT_PYTHON, PYTHONS, canonical_arch, parse_python
 
 if TYPE_CHECKING:
     from ..report import ConsoleReporter
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+PROG = "dify-repack"
+SCHEMA = 1  # of every --json document; raised only for changes that break a reader
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -50,32 +55,141 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
+@dataclass
+class Output:
+    """How the run prints, from ``-v``/``-q``/``--json`` given before or after the subcommand (either counts)."""
+
+    verbose: bool = False
+    quiet: bool = False
+    as_json: bool = False
+
+
+def output() -> Output:
+    root = click.get_current_context().find_root()
+    if not isinstance(root.obj, Output):
+        root.obj = Output()
+    return root.obj
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    state = output()
+    assert param.name is not None
+    merged = bool(value) or getattr(state, param.name)
+    setattr(state, param.name, merged)
+    if param.name == "verbose":
+        # basicConfig only acts once: the level is set apart, so a -v after the subcommand still counts.
+        logging.basicConfig(format="%(name)s: %(message)s")
+        logging.getLogger().setLevel(logging.DEBUG if merged else logging.WARNING)
+    return merged
+
+
+# Every command and the group take these three, so they work on either side of the subcommand.
+output_options = [
+    click.option(
+        "-v",
+        "--verbose",
+        is_flag=True,
+        expose_value=False,
+        callback=_remember,
+        help="Show commands run and tracebacks of unexpected errors.",
+    ),
+    click.option(
+        "-q", "--quiet", is_flag=True, expose_value=False, callback=_remember, help="Print only the result and errors."
+    ),
+    click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        expose_value=False,
+        callback=_remember,
+        help="Print one JSON document (schema 1) on stdout, whatever the outcome; nothing else goes to stdout.",
+    ),
+]
+
+
+def with_options(options: list[Callable[[F], F]]) -> Callable[[F], F]:
+    def decorate(function: F) -> F:
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="dify-repack")
-@click.option("-v", "--verbose", is_flag=True, help="Show commands run and tracebacks of unexpected errors.")
-@click.pass_context
-def cli(ctx: click.Context, verbose: bool) -> None:
+@click.version_option(__version__, prog_name=PROG)
+@with_options(output_options)
+def cli() -> None:
     """Repackage Dify plugins so they install on a Dify deployment with no internet access.
 
     \b
-    Typical use, on a machine with internet access:
-      dify-repack pack ./author-plugin_1.0.0.difypkg   # writes ./author-plugin_1.0.0-offline.difypkg
+    Common flows, on a machine with internet access:
+      dify-repack pack ./author-plugin_1.0.0.difypkg         # writes ./author-plugin_1.0.0-offline.difypkg
+      dify-repack pack langgenius/openai_api_compatible      # the latest Marketplace version
+      dify-repack pack -r plugins.txt -o offline/            # a batch, one source a line
+      dify-repack keygen keys/offline && dify-repack pack ./p.difypkg --sign-key keys/offline.private.pem
       dify-repack inspect ./author-plugin_1.0.0-offline.difypkg
-    Then carry the -offline.difypkg across the air gap and upload it in Dify's plugin page.
+    Then carry the -offline.difypkg across the air gap and upload it in Dify's plugin page
+    (docs/operators.md: the settings, the upload, troubleshooting).
+
+    \b
+    -v, -q and --json work before or after the command. Exit codes: 0 ok, 2 usage, 3 bad package,
+    4 dependencies, 5 build, 6 network, 7 verification, 8 signature, 9 host, 10 partial batch.
     """
-    ctx.ensure_object(dict)
-    ctx.obj["verbose"] = verbose
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(name)s: %(message)s")
 
 
-def echo_json(payload: dict[str, object]) -> None:
-    click.echo(json.dumps(payload, indent=2, default=str))
+def emit(status: str, fields: dict[str, object], error: DifyRepackError | dict[str, object] | None = None) -> None:
+    """Print the one JSON document of the running command (PLAN contract 4)."""
+    command = " ".join(click.get_current_context().command_path.split()[1:])
+    if isinstance(error, DifyRepackError):
+        error = error_json(error.message, error.tip, int(error.exit_code))
+    click.echo(json.dumps(envelope(command, status, fields, error), indent=2, default=str))
+
+
+def envelope(
+    command: str | None, status: str, fields: dict[str, object], error: dict[str, object] | None = None
+) -> dict[str, object]:
+    """``{"schema": 1, "command", "status", ...fields}``, and ``"error"`` when the command failed."""
+    payload: dict[str, object] = {"schema": SCHEMA, "command": command, "status": status}
+    # A core result's own "schema"/"status" keys give way to the envelope's.
+    payload.update((key, value) for key, value in fields.items() if key not in payload)
+    if error is not None:
+        payload["error"] = error
+    return payload
+
+
+def error_json(message: str, tip: str | None, exit_code: int) -> dict[str, object]:
+    return {"message": one_line(message), "tip": tip, "exit_code": exit_code}
 
 
 def make_reporter(quiet: bool) -> ConsoleReporter:
     from ..report import ConsoleReporter
 
     return ConsoleReporter(stderr, quiet=quiet)
+
+
+def _where(ctx: click.Context, param: click.Parameter) -> str:
+    """How the user gave a value: the flag, or the environment variable click read it from."""
+    flag = param.opts[0]
+    if ctx.get_parameter_source(param.name or "") is click.core.ParameterSource.ENVIRONMENT:
+        names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
+        variable = next((name for name in names if os.environ.get(name)), None)
+        if variable:
+            return f"{variable} (read as {flag})"
+    return flag
+
+
+def check_urls(ctx: click.Context, param: click.Parameter, value: str | tuple[str, ...] | None) -> object:
+    """An index or Marketplace URL must say its scheme: found out now, not after a failed resolution."""
+    for url in (value,) if isinstance(value, str) else value or ():
+        if not url.lower().startswith(("http://", "https://")):
+            where = _where(ctx, param)
+            if "://" in url:
+                raise UsageError(f"{where} {url!r}: only http:// and https:// URLs are supported")
+            # A password typed without the scheme is masked too: redact() recognises URLs by their scheme.
+            shown = redact(f"https://{url}").removeprefix("https://")
+            raise UsageError(f"{where} {shown!r} has no scheme", tip=f"write the whole URL: https://{shown}")
+    return value
 
 
 index_options = [
@@ -85,6 +199,7 @@ index_options = [
         default=DEFAULT_INDEX,
         show_default=True,
         metavar="URL",
+        callback=check_urls,
         help="Package index to resolve and download from (a private mirror works). "
         "Env: UV_DEFAULT_INDEX, UV_INDEX_URL, PIP_INDEX_URL.",
     ),
@@ -94,6 +209,7 @@ index_options = [
         multiple=True,
         envvar=["UV_EXTRA_INDEX_URL", "PIP_EXTRA_INDEX_URL"],
         metavar="URL",
+        callback=check_urls,
         help="Another index to use as well (repeatable). Env: UV_EXTRA_INDEX_URL, PIP_EXTRA_INDEX_URL.",
     ),
 ]
@@ -115,8 +231,9 @@ uv_option = click.option(
 
 arch_option = click.option(
     "--arch",
-    type=click.Choice(ARCH_CHOICES),
-    help="CPU architectures: amd64, arm64 or all (default: the manifest's meta.arch).",
+    type=click.Choice(ARCH_CHOICES, case_sensitive=False),
+    callback=lambda _ctx, _param, value: None if value is None else canonical_arch(value),
+    help="CPU architectures: amd64 (or x86_64), arm64 (or aarch64) or all (default: the manifest's meta.arch).",
 )
 glibc_option = click.option(
     "--glibc",
@@ -130,46 +247,68 @@ python_option = click.option(
     "python_version",
     default=DEFAULT_PYTHON,
     show_default=True,
-    help="CPython version of the daemon's venv (always 3.12 today, whatever the manifest says).",
+    metavar="3.N",
+    callback=lambda _ctx, _param, value: parse_python(value),
+    help=f"CPython version of the daemon's venv ({PYTHONS[0]} to {PYTHONS[-1]}; "
+    "the daemon always makes a 3.12 venv, whatever the manifest says).",
 )
-
-
-def with_options(options: list[Callable[[F], F]]) -> Callable[[F], F]:
-    def decorate(function: F) -> F:
-        for option in reversed(options):
-            function = option(function)
-        return function
-
-    return decorate
 
 
 def one_line(text: str) -> str:
     return " | ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+def _command_of(args: Sequence[str]) -> str | None:
+    """The (sub)command named in ``args``, for the envelope of errors raised before or outside it."""
+    words = [arg for arg in args if not arg.startswith("-")]
+    group: click.Group = cli
+    names: list[str] = []
+    for word in words:
+        command = group.commands.get(word)
+        if command is None:
+            break
+        names.append(word)
+        if not isinstance(command, click.Group):
+            break
+        group = command
+    return " ".join(names) or None
+
+
+def _fail(args: Sequence[str], message: str, tip: str | None, exit_code: int) -> int:
+    """Render an error: one ``error:`` line (+ ``tip:``) on stderr, and with --json the one document on stdout."""
+    message, tip = redact(message), tip and redact(tip)  # click's messages and unexpected errors quote input too
+    stderr.print(f"[bold red]error:[/] {escape(one_line(message))}")
+    if tip:
+        stderr.print(f"[bold]tip:[/] {escape(tip)}")
+    options = args[: args.index("--")] if "--" in args else args
+    if "--json" in options:
+        document = envelope(_command_of(args), "error", {}, error_json(message, tip, exit_code))
+        click.echo(json.dumps(document, indent=2))
+    return exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code instead of exiting (tests call this in-process)."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        code = cli.main(args=args, prog_name="dify-repack", standalone_mode=False)
+        code = cli.main(args=args, prog_name=PROG, standalone_mode=False)
     except DifyRepackError as error:
-        stderr.print(f"[bold red]error:[/] {escape(one_line(error.message))}")
-        if error.tip:
-            stderr.print(f"[bold]tip:[/] {escape(error.tip)}")
-        return int(error.exit_code)
+        return _fail(args, error.message, error.tip, int(error.exit_code))
     except click.exceptions.Abort:
-        stderr.print("[bold red]error:[/] interrupted")
-        return 130
+        return _fail(args, "interrupted", None, 130)
+    except click.exceptions.NoArgsIsHelpError as error:
+        click.echo(error.ctx.get_help() if error.ctx else "")
+        return int(ExitCode.USAGE)
     except click.ClickException as error:
-        error.show()
-        return error.exit_code
+        # Every click error is a usage error (its FileError would say 1, which here means a bug).
+        context = getattr(error, "ctx", None)
+        path = context.command_path if context is not None else PROG
+        return _fail(args, error.format_message(), f"see `{path} --help`", int(ExitCode.USAGE))
     except click.exceptions.Exit as exit_:
         return exit_.exit_code
     except Exception as error:
         if "-v" in args or "--verbose" in args:
             traceback.print_exc()
-        stderr.print(
-            f"[bold red]error:[/] unexpected {type(error).__name__}: {escape(str(error))} (run with -v for the traceback)"
-        )
-        return int(ExitCode.FAILURE)
+        message = f"unexpected {type(error).__name__}: {error}"
+        return _fail(args, message, "run with -v for the traceback, and report it", int(ExitCode.FAILURE))
     return code if isinstance(code, int) else int(ExitCode.OK)

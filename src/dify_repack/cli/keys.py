@@ -10,7 +10,16 @@ import click
 from ..signing import CATEGORIES, generate_keypair, sign_package, trust_instructions, verify_signature
 from ._app import (
     cli,
+    emit,
+    output,
+    output_options,
+    with_options,
 )
+
+
+def _utc(timestamp: int) -> str:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
 
 # Signing: keys, signatures and their verification as the daemon does it.
 
@@ -18,6 +27,7 @@ from ._app import (
 @cli.command("keygen")
 @click.argument("name", type=click.Path(dir_okay=False))
 @click.option("--bits", type=int, default=4096, show_default=True, help="RSA key size (2048 at least).")
+@with_options(output_options)
 def keygen_command(name: str, bits: int) -> None:
     """Create the key pair NAME.private.pem and NAME.public.pem for signing packages.
 
@@ -28,23 +38,28 @@ def keygen_command(name: str, bits: int) -> None:
     Existing files are never overwritten.
 
     \b
-    Example:
+    Examples:
       dify-repack keygen keys/offline
+      dify-repack pack ./plugin.difypkg --sign-key keys/offline.private.pem
       dify-repack sign plugin-offline.difypkg --key keys/offline.private.pem
     """
     private, public = generate_keypair(Path(name), bits=bits)
+    if output().as_json:
+        emit("success", {"private_key": str(private), "public_key": str(public), "trust": trust_instructions(public)})
+        return
     click.echo(f"private key: {private}  (mode 0600: signs packages; never copy it to Dify or into a plugin)")
     click.echo(f"public key:  {public}")
-    click.echo()
-    click.echo(trust_instructions(public))
+    if not output().quiet:
+        click.echo()
+        click.echo(trust_instructions(public))
 
 
 @cli.command("sign")
-@click.argument("package", type=click.Path(dir_okay=False))
+@click.argument("package", type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--key",
     required=True,
-    type=click.Path(dir_okay=False),
+    type=click.Path(exists=True, dir_okay=False),
     help="The private key, PEM (NAME.private.pem from `dify-repack keygen NAME`).",
 )
 @click.option(
@@ -57,10 +72,12 @@ def keygen_command(name: str, bits: int) -> None:
 @click.option(
     "-o",
     "--output",
+    "output_path",
     type=click.Path(dir_okay=False),
     help="Where to write the signed package.  [default: PACKAGE with .signed.difypkg, beside it]",
 )
-def sign_command(package: str, key: str, category: str, output: str | None) -> None:
+@with_options(output_options)
+def sign_command(package: str, key: str, category: str, output_path: str | None) -> None:
     """Sign PACKAGE so a plugin daemon that trusts your public key installs it.
 
     \b
@@ -68,28 +85,34 @@ def sign_command(package: str, key: str, category: str, output: str | None) -> N
     PACKAGE itself is left untouched unless -o names it.
 
     \b
-    Example:
+    Examples:
       dify-repack sign plugin-offline.difypkg --key keys/offline.private.pem
       # writes plugin-offline.signed.difypkg
+      dify-repack sign plugin-offline.difypkg --key keys/offline.private.pem -o plugin-offline.difypkg
+      # replaces the package in place
     """
     source = Path(package)
-    target = Path(output) if output else source.with_name(source.stem + ".signed.difypkg")
+    target = Path(output_path) if output_path else source.with_name(source.stem + ".signed.difypkg")
     info = sign_package(source, Path(key), target, category=category)
-    signed_at = datetime.fromtimestamp(info.time, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    click.echo(f"signed: {target}  (category {info.category}, {signed_at})")
+    if output().as_json:
+        emit("success", {"package": str(target), "category": info.category, "time": info.time})
+        return
+    click.echo(f"signed: {target}  (category {info.category}, {_utc(info.time)})")
     stem = key.removesuffix(".private.pem")
     public = f"{stem}.public.pem" if stem != key else "NAME.public.pem"
-    click.echo(f"check:  dify-repack verify-signature {target} --key {public}")
+    if not output().quiet:
+        click.echo(f"check:  dify-repack verify-signature {target} --key {public}")
 
 
 @cli.command("verify-signature")
-@click.argument("package", type=click.Path(dir_okay=False))
+@click.argument("package", type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--key",
     required=True,
-    type=click.Path(dir_okay=False),
+    type=click.Path(exists=True, dir_okay=False),
     help="The public key the daemon trusts: PEM PKCS#1, 'BEGIN RSA PUBLIC KEY' (NAME.public.pem).",
 )
+@with_options(output_options)
 def verify_signature_command(package: str, key: str) -> None:
     """Check PACKAGE's signature against one public key, exactly as the plugin daemon does.
 
@@ -98,8 +121,14 @@ def verify_signature_command(package: str, key: str) -> None:
     signed with another key, or when the key file is in a form the daemon would refuse (SPKI
     'BEGIN PUBLIC KEY', or anything after the END line): one refused key file makes the daemon
     verify no package at all, so check the exact file you mount into the daemon.
+
+    \b
+    Examples:
+      dify-repack verify-signature plugin-offline.signed.difypkg --key keys/offline.public.pem
+      dify-repack verify-signature plugin.difypkg --key /srv/dify/docker/keys/offline.public.pem --json
     """
     info = verify_signature(Path(package), Path(key))
-    signed_at = datetime.fromtimestamp(info.time, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    category = info.category or "none"
-    click.echo(f"verified: {package}  (signed {signed_at}, category {category}, key {key})")
+    if output().as_json:
+        emit("success", {"package": package, "key": key, "category": info.category, "time": info.time})
+        return
+    click.echo(f"verified: {package}  (signed {_utc(info.time)}, category {info.category or 'none'}, key {key})")

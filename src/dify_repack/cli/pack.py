@@ -22,19 +22,23 @@ from ..render import (
 )
 from ..report import PrefixedReporter, Reporter
 from ..resolve import Indexes
-from ..sources import Source, fetch_source, parse_source, read_source_list
+from ..sources import Source, fetch_source, latest_on_marketplace, parse_source, read_source_list
 from ..targets import Target, parse_glibc
 from ..verify import DEFAULT_UV_VERSIONS, PROFILES, VerifyOptions, VerifyReport, require_pass, verify_package
 from ..wheels import default_cache_dir
 from ._app import (
     arch_option,
     cache_option,
+    check_urls,
     cli,
-    echo_json,
+    emit,
+    error_json,
     glibc_option,
     index_options,
     make_reporter,
     one_line,
+    output,
+    output_options,
     python_option,
     stderr,
     uv_option,
@@ -94,7 +98,8 @@ from ._app import (
     "--marketplace-url",
     metavar="URL",
     envvar="DIFY_MARKETPLACE_URL",
-    help="Marketplace for NAME:VERSION sources.",
+    callback=check_urls,
+    help="Marketplace for ORG/NAME[:VERSION] sources (default: Dify's public one). Env: DIFY_MARKETPLACE_URL.",
 )
 @click.option(
     "--refresh",
@@ -110,8 +115,7 @@ from ._app import (
     show_default=True,
     help="Plugins of a batch packed side by side (they share the cache, so a wheel is still fetched once).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result (schema 1) on stdout.")
-@click.option("-q", "--quiet", is_flag=True, help="Only print the result and errors.")
+@with_options(output_options)
 def pack_command(
     sources: tuple[str, ...],
     sources_file: Path | None,
@@ -131,8 +135,6 @@ def pack_command(
     marketplace_url: str | None,
     refresh: bool,
     jobs: int,
-    as_json: bool,
-    quiet: bool,
 ) -> int:
     """Repackage plugins so that every Dify daemon version installs them with no internet access.
 
@@ -141,6 +143,7 @@ def pack_command(
       ./author-name_1.0.0.difypkg          a package file
       ./my-plugin/                         a plugin source directory (with manifest.yaml)
       langgenius/openai_api_compatible:0.0.35[@CHECKSUM]   a Marketplace plugin
+      langgenius/openai_api_compatible     its latest version on the Marketplace
       github:OWNER/REPO@TAG/ASSET.difypkg  a GitHub release asset
       https://host/path/plugin.difypkg     any URL
 
@@ -149,12 +152,22 @@ def pack_command(
     CPython on Linux (per architecture), requirements.txt / pyproject.toml / uv.lock set to install
     only from those wheels, and checks the result by replaying each daemon's install offline.
     Then prints the Dify settings the upload needs.
+
+    \b
+    Examples:
+      dify-repack pack ./langgenius-openai_api_compatible_0.0.35.difypkg
+      dify-repack pack langgenius/openai_api_compatible --arch x86_64 -o offline/
+      dify-repack pack -r plugins.txt -o offline/ -j 2 --json > report.json
+      dify-repack pack ./plugin.difypkg --sign-key keys/offline.private.pem
+      dify-repack pack ./plugin.difypkg --index-url https://nexus.example.com/repository/pypi/simple
+      dify-repack pack ./plugin.difypkg --no-verify -q      # on a host without Linux/unshare
     """
     parsed = [parse_source(text) for text in sources] + (read_source_list(sources_file) if sources_file else [])
     if not parsed:
         raise UsageError("give at least one SOURCE (a .difypkg, a plugin folder, NAME:VERSION or a URL)")
     glibc_version = parse_glibc(glibc)
-    console_reporter = make_reporter(quiet or as_json)
+    as_json = output().as_json
+    console_reporter = make_reporter(output().quiet or as_json)
     cache = cache_dir or default_cache_dir()
     indexes = Indexes(index_url, extra_index_urls)
     verify_options = VerifyOptions(
@@ -192,6 +205,9 @@ def pack_command(
         options = dataclasses.replace(base_options, check=check if verify else None)
         started = time.monotonic()
         try:
+            if source.plugin is not None and source.plugin.version is None:
+                source = latest_on_marketplace(source, marketplace_url=marketplace_url)
+                reporter.step(f"{source.text}: the latest version on the Marketplace is {source.plugin}")
             # One folder a source: two URLs may end in the same file name.
             local = fetch_source(source, downloads / str(number), marketplace_url=marketplace_url)
             result: PackResult | DifyRepackError = pack(local, options, reporter)
@@ -211,16 +227,12 @@ def pack_command(
         futures = [pool.submit(pack_one, number, source, Path(downloads)) for number, source in enumerate(parsed)]
         outcomes = [future.result() for future in futures]
     failures = [outcome for _, outcome, _ in outcomes if isinstance(outcome, DifyRepackError)]
+    code = int(ExitCode.OK if not failures else failures[0].exit_code if len(outcomes) == 1 else ExitCode.PARTIAL)
     if as_json:
-        echo_json(
-            {
-                "schema": 1,
-                "status": "error" if len(failures) == len(outcomes) else "partial" if failures else "success",
-                "results": [pack_json(text, outcome, seconds) for text, outcome, seconds in outcomes],
-            }
-        )
+        status = "success" if not failures else "partial" if len(failures) < len(outcomes) else "error"
+        message = f"{len(failures)} of {len(outcomes)} plugins failed; each result says why"
+        problem = error_json(message, "the other packages were written; fix these and pack them again", code)
+        emit(status, {"results": [pack_json(*outcome) for outcome in outcomes]}, problem if failures else None)
     elif len(outcomes) > 1:
         print_batch_table(outcomes)
-    if not failures:
-        return int(ExitCode.OK)
-    return int(failures[0].exit_code) if len(outcomes) == 1 else int(ExitCode.PARTIAL)
+    return code

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import ExitCode
+from ..errors import DifyRepackError, ExitCode
 from ..inspect import inspect_package
 from ..render import (
     print_inspection,
@@ -14,15 +14,17 @@ from ..render import (
 )
 from ..resolve import Indexes
 from ..targets import chosen_arches, parse_glibc
-from ..verify import DEFAULT_UV_VERSIONS, PROFILES, VerifyOptions, verify_package
+from ..verify import DEFAULT_UV_VERSIONS, PROFILES, VerifyOptions, require_pass, verify_package
 from ._app import (
     arch_option,
     cache_option,
     cli,
-    echo_json,
+    emit,
     glibc_option,
     index_options,
     make_reporter,
+    output,
+    output_options,
     python_option,
     uv_option,
     with_options,
@@ -46,7 +48,7 @@ from ._app import (
 @click.option("--no-start", is_flag=True, help="Skip starting the plugin and waiting for its heartbeat.")
 @with_options(index_options)
 @cache_option
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (schema 1) on stdout.")
+@with_options(output_options)
 def verify_command(
     package: Path,
     profiles: tuple[str, ...],
@@ -58,7 +60,6 @@ def verify_command(
     index_url: str,
     extra_index_urls: tuple[str, ...],
     cache_dir: Path | None,
-    as_json: bool,
 ) -> int:
     """Prove that PACKAGE installs with the network cut off, as each Dify daemon version installs it.
 
@@ -67,7 +68,13 @@ def verify_command(
     venv, run the daemon's install command with its replaced environment inside a network namespace
     (unshare -n), compileall, `import dify_plugin`, then start the plugin with INSTALL_METHOD=local and
     wait for its first heartbeat. Architectures this host cannot run get a static offline resolution
-    for their platform. Exit code 0 only when every check passed.
+    for their platform. Exit code 0 only when every check passed, 7 when one failed.
+
+    \b
+    Examples:
+      dify-repack verify ./author-plugin_1.0.0-offline.difypkg
+      dify-repack verify ./p-offline.difypkg --profile uv-sync-frozen --uv 0.11.7 -q
+      dify-repack verify ./p-offline.difypkg --arch x86_64 --no-start --json
     """
     arches = chosen_arches(arch, ()) or None
     options = VerifyOptions(
@@ -80,26 +87,40 @@ def verify_command(
         index_args=Indexes(index_url, extra_index_urls).uv_args(),
         glibc=parse_glibc(glibc),
     )
-    report = verify_package(package, options, make_reporter(as_json))
-    if as_json:
-        echo_json(report.to_json())
+    out = output()
+    report = verify_package(package, options, make_reporter(out.quiet or out.as_json))
+    failure = None
+    try:
+        require_pass(report)
+    except DifyRepackError as error:
+        failure = error
+    if out.as_json:
+        emit("success" if failure is None else "error", report.to_json(), failure)
+    elif out.quiet:
+        if failure is not None:
+            raise failure  # the one error line says which profile failed and why
+        live = sum(check.mode == "live" for check in report.checks)
+        click.echo(
+            f"verified: {report.identifier}: {live} live replays + {len(report.checks) - live} static checks passed "
+            f"(network cut by {report.isolation})"
+        )
     else:
         print_verify_report(report)
-    return int(ExitCode.OK if report.ok else ExitCode.VERIFY)
+    return int(ExitCode.OK) if failure is None else int(failure.exit_code)
 
 
 # Inspect: a static reading of any .difypkg.
 
 
 @cli.command("inspect")
-@click.argument("package", type=click.Path(dir_okay=False))
+@click.argument("package", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--key",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A public key (PEM PKCS#1) to verify the signature with, as the daemon would.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON (schema 1) on stdout instead.")
-def inspect_command(package: str, key: Path | None, as_json: bool) -> None:
+@with_options(output_options)
+def inspect_command(package: Path, key: Path | None) -> None:
     """Show what PACKAGE holds and predict, per daemon version, whether it installs offline.
 
     \b
@@ -122,10 +143,26 @@ def inspect_command(package: str, key: Path | None, as_json: bool) -> None:
     A verdict is a prediction from the files alone. The proof is
       dify-repack verify PACKAGE
     which replays each install with the network cut off. Exits 0 whenever PACKAGE could be
-    read, whatever the verdicts; 3 when it is not a readable, safe Dify plugin package.
+    read, whatever the verdicts; 2 when it does not exist; 3 when it is not a readable, safe Dify
+    plugin package.
+
+    \b
+    Examples:
+      dify-repack inspect ./langgenius-openai_api_compatible_0.0.35.difypkg
+      dify-repack inspect ./p-offline.difypkg --key keys/offline.public.pem
+      dify-repack inspect ./p-offline.difypkg -q          # one line: identifier, signature, verdicts
+      dify-repack inspect ./p-offline.difypkg --json | jq .verdicts
     """
-    result = inspect_package(Path(package), public_key=key)
-    if as_json:
-        echo_json(result.to_json())
-        return
-    print_inspection(result)
+    result = inspect_package(package, public_key=key)
+    if output().as_json:
+        emit("success", result.to_json())
+    elif output().quiet:
+        verdicts = ", ".join(f"{v.profile} {'ok' if v.ok else 'FAIL'}" for v in result.verdicts)
+        signature = (
+            "unsigned"
+            if not result.signed
+            else {None: "signed", True: "verified", False: "NOT verified"}[result.verified]
+        )
+        click.echo(f"{result.identifier}: {signature}; {verdicts}")
+    else:
+        print_inspection(result)

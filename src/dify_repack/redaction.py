@@ -1,0 +1,27 @@
+"""Secrets out of every message: passwords in URLs and tokens in ``Authorization`` text, hidden as pip hides them.
+
+Applied to error messages (``DifyRepackError`` redacts its own), JSON fields, log lines and child output, so a
+password typed in ``--index-url https://user:secret@host/simple`` is shown as ``https://user:****@host/simple``.
+"""
+
+from __future__ import annotations
+
+import re
+
+MASK = "****"
+
+# The userinfo of a URL: everything up to the last "@" before the path, as urllib splits it. A lone user name
+# may itself be a token (``https://TOKEN@host``), so pip hides it whole; a user name with a password stays.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/\s?#]*)@")
+_AUTHORIZATION = re.compile(r"(?i)\b(authorization[\"']?\s*[:=]\s*[\"']?(?:basic|bearer|token|digest)?\s*)[^\s\"',;]+")
+
+
+def _mask_userinfo(match: re.Match[str]) -> str:
+    userinfo = match.group(2)
+    user, colon, _ = userinfo.partition(":")
+    return f"{match.group(1)}{user}:{MASK}@" if colon else f"{match.group(1)}{MASK}@"
+
+
+def redact(text: str) -> str:
+    """``text`` with URL passwords and Authorization values replaced by ``****``."""
+    return _AUTHORIZATION.sub(rf"\1{MASK}", _USERINFO.sub(_mask_userinfo, text))

@@ -1,0 +1,45 @@
+"""Secrets are hidden the way pip hides them, wherever a URL or an Authorization header is quoted."""
+
+from __future__ import annotations
+
+import pytest
+
+from dify_repack.errors import NetworkError
+from dify_repack.redaction import redact
+from dify_repack.runner import redact as runner_redact
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("https://user:secret@host/simple", "https://user:****@host/simple"),
+        (
+            "cannot reach https://user:secret@host:8443/simple: refused",
+            "cannot reach https://user:****@host:8443/simple: refused",
+        ),
+        ("https://TOKEN@host/simple", "https://****@host/simple"),  # a lone user name may be a token
+        ("https://user:p@ss:w0rd@host/x", "https://user:****@host/x"),  # the last @ ends the userinfo
+        ("git+https://u:s@host/repo.git", "git+https://u:****@host/repo.git"),
+        ("`http://u:s@127.0.0.1:1/simple/helper/`", "`http://u:****@127.0.0.1:1/simple/helper/`"),
+        ("two: http://a:1@x/ and https://b:2@y/", "two: http://a:****@x/ and https://b:****@y/"),
+        ("Authorization: Bearer abc.def", "Authorization: Bearer ****"),
+        ("authorization=Basic dXNlcjpzZWNyZXQ=", "authorization=Basic ****"),
+        ("{'Authorization': 'token ghp_x'}", "{'Authorization': 'token ****'}"),
+        # Left alone: no userinfo, an @ after the path, an e-mail address.
+        ("https://host/simple", "https://host/simple"),
+        ("https://host/pkg@1.0", "https://host/pkg@1.0"),
+        ("mail me@example.org", "mail me@example.org"),
+    ],
+)
+def test_redact(text: str, shown: str) -> None:
+    assert redact(text) == shown
+
+
+def test_the_runner_uses_the_same_redaction() -> None:
+    assert runner_redact is redact
+
+
+def test_errors_redact_their_message_and_tip() -> None:
+    error = NetworkError("https://u:secret@h/x: HTTP 500", tip="retry https://u:secret@h/")
+    assert "secret" not in str(error) + error.message + str(error.tip)
+    assert error.message == "https://u:****@h/x: HTTP 500"
