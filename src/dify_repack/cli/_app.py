@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import logging
@@ -15,8 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.markup import escape
 
 from .. import __version__
 from ..daemon import DEFAULT_UV_VERSIONS
@@ -26,13 +25,22 @@ from ..resolve import DEFAULT_INDEX
 from ..targets import ARCH_CHOICES, DEFAULT_PYTHON, PYTHONS, canonical_arch, parse_python
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from ..report import ConsoleReporter
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 PROG = "dify-repack"
 SCHEMA = 1  # of every --json document; raised only for changes that break a reader
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@functools.cache
+def stderr() -> Console:
+    """The console for progress and errors; made on first use, so that ``--version`` does not import rich."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class LazyGroup(click.Group):
@@ -165,7 +173,7 @@ def error_json(message: str, tip: str | None, exit_code: int) -> dict[str, objec
 def make_reporter(quiet: bool) -> ConsoleReporter:
     from ..report import ConsoleReporter
 
-    return ConsoleReporter(stderr, quiet=quiet)
+    return ConsoleReporter(stderr(), quiet=quiet)
 
 
 def _where(ctx: click.Context, param: click.Parameter) -> str:
@@ -277,9 +285,11 @@ def _command_of(args: Sequence[str]) -> str | None:
 def _fail(args: Sequence[str], message: str, tip: str | None, exit_code: int) -> int:
     """Render an error: one ``error:`` line (+ ``tip:``) on stderr, and with --json the one document on stdout."""
     message, tip = redact(message), tip and redact(tip)  # click's messages and unexpected errors quote input too
-    stderr.print(f"[bold red]error:[/] {escape(one_line(message))}")
+    from rich.markup import escape
+
+    stderr().print(f"[bold red]error:[/] {escape(one_line(message))}")
     if tip:
-        stderr.print(f"[bold]tip:[/] {escape(tip)}")
+        stderr().print(f"[bold]tip:[/] {escape(tip)}")
     options = args[: args.index("--")] if "--" in args else args
     if "--json" in options:
         document = envelope(_command_of(args), "error", {}, error_json(message, tip, exit_code))

@@ -214,7 +214,7 @@ def pack_command(
         except DifyRepackError as error:
             if len(parsed) == 1:
                 raise
-            stderr.print(f"[bold red]error:[/] {escape(source.text)}: {escape(one_line(error.message))}")
+            stderr().print(f"[bold red]error:[/] {escape(source.text)}: {escape(one_line(error.message))}")
             result = error
         if isinstance(result, PackResult) and not as_json:
             print_pack_result(result)
