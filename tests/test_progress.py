@@ -130,3 +130,16 @@ def test_a_log_gets_plain_lines_and_quiet_gets_none(
     captured = capsys.readouterr()
     assert captured.err == ""
     assert "remembered from" in captured.out
+
+
+def test_version_imports_none_of_the_heavy_libraries() -> None:
+    # `dify-repack --version` must answer in well under 0.3 s: the commands and their libraries load lazily.
+    script = (
+        "import sys\n"
+        "from dify_repack.cli import main\n"
+        "assert main(['--version']) == 0\n"
+        "heavy = {'httpx', 'rich', 'cryptography', 'tomlkit', 'yaml', 'pathspec', 'platformdirs'}\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] in heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.splitlines()[-1] == "[]"
