@@ -222,19 +222,28 @@ def live_replay(
         update("compile")
         compile_argv = [*prefix, python, "-m", "compileall", "-q", "-x", r"\.venv|\.uv-cache", "."]
         steps.append(timed("compile", compile_argv, cwd=root, env=daemon_env, timeout=300, fatal=False))
-        label = f"{profile} {'pip' if uv is None else 'uv ' + version}"
-        owner, result = context.environments.claim(environment_fingerprint(root / ".venv"), label)
-        if owner != label:
-            update(f"import, start: same installed files as {owner}")
-            steps += [replace(step, seconds=0.0, same_as=owner) for step in result.result()]
+        if uv is None:
+            # Only the pip profile makes its venv with `python -m venv` and pip: no other replay can match it.
+            steps += _import_and_start(context, root, daemon_env, update)
         else:
-            try:
-                result.set_result(_import_and_start(context, root, daemon_env, update))
-            except BaseException as error:
-                result.set_exception(error)  # the replays waiting for this one must not hang
-                raise
-            steps += result.result()
+            steps += _shared_import_and_start(context, root, daemon_env, update, f"{profile} uv {version}")
     return Check(profile, version, str(target), "live", shown_command(command), tuple(steps))
+
+
+def _shared_import_and_start(
+    context: Replay, root: Path, env: dict[str, str], update: Update, label: str
+) -> list[Step]:
+    """Import and start, or the result of the replay that ran them on byte-identical installed files."""
+    owner, result = context.environments.claim(environment_fingerprint(root / ".venv"), label)
+    if owner != label:
+        update(f"import, start: same installed files as {owner}")
+        return [replace(step, seconds=0.0, same_as=owner) for step in result.result()]
+    try:
+        result.set_result(_import_and_start(context, root, env, update))
+    except BaseException as error:
+        result.set_exception(error)  # the replays waiting for this one must not hang
+        raise
+    return result.result()
 
 
 def _import_and_start(context: Replay, root: Path, env: dict[str, str], update: Update) -> list[Step]:
