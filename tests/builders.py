@@ -19,6 +19,8 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
+from fakeweb import use_tls
+
 
 def _record_line(path: str, data: bytes) -> str:
     digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
@@ -130,13 +132,26 @@ def make_sdist(directory: Path, name: str, version: str, *, mode: str = "pure") 
     return path
 
 
+@dataclass(frozen=True)
+class IndexRequest:
+    path: str
+    authorization: str | None  # the header as sent, None when absent
+    user_agent: str  # "dify-repack" for our downloads, uv's own for uv
+
+
 @dataclass
 class LocalIndex:
-    """A PEP 503 index on 127.0.0.1 serving ``files``; ``requests`` logs every path asked for."""
+    """A PEP 503 index on 127.0.0.1 serving ``files``; ``requests`` logs every path asked for.
+
+    With ``auth`` (user, password) every request needs HTTP basic auth, else 401; ``seen`` logs each request
+    with its Authorization header.
+    """
 
     root: Path
     url: str = ""
     requests: list[str] = field(default_factory=list)
+    auth: tuple[str, str] | None = None
+    seen: list[IndexRequest] = field(default_factory=list)
 
     @property
     def files(self) -> Path:
@@ -165,18 +180,34 @@ class LocalIndex:
 
 
 @contextmanager
-def serve_index(root: Path) -> Iterator[LocalIndex]:
-    index = LocalIndex(root)
+def serve_index(
+    root: Path, *, auth: tuple[str, str] | None = None, tls: tuple[Path, Path] | None = None
+) -> Iterator[LocalIndex]:
+    """Serve ``root`` as an index; ``tls`` is (certificate, key) for https (see fakeweb.private_ca)."""
+    index = LocalIndex(root, auth=auth)
     index.files.mkdir(parents=True, exist_ok=True)
+    expected = "Basic " + base64.b64encode(":".join(auth).encode()).decode() if auth else None
 
     class Handler(SimpleHTTPRequestHandler):
         def log_message(self, format: str, *args: object) -> None:
             index.requests.append(self.path)
 
+        def send_head(self):  # type: ignore[no-untyped-def]
+            given = self.headers.get("Authorization")
+            index.seen.append(IndexRequest(self.path, given, self.headers.get("User-Agent", "")))
+            if expected is not None and given != expected:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="test index"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return None
+            return super().send_head()
+
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
+    scheme = use_tls(server, tls)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    index.url = f"http://127.0.0.1:{server.server_address[1]}/simple"
+    index.url = f"{scheme}://127.0.0.1:{server.server_address[1]}/simple"
     try:
         yield index
     finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import socketserver
 import ssl
 import threading
 from collections.abc import Iterator, Mapping
@@ -92,18 +93,23 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # keep test output clean
 
 
+def use_tls(server: socketserver.TCPServer, tls: tuple[Path, Path] | None) -> str:
+    """Make ``server`` speak TLS with (certificate, key) when given; its URL scheme."""
+    if tls is None:
+        return "http"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*tls)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    return "https"
+
+
 @contextmanager
-def serve(*, tls: tuple[Path, Path] | None = None) -> Iterator[FakeWeb]:
-    """A running server; ``tls`` is (certificate, key) for an https:// one."""
-    server = _Server(("127.0.0.1", 0), _Handler)
-    scheme = "http"
-    if tls is not None:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(*tls)
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-        scheme = "https"
+def serve(*, tls: tuple[Path, Path] | None = None, host: str = "127.0.0.1") -> Iterator[FakeWeb]:
+    """A running server; ``tls`` is (certificate, key) for an https:// one; ``host`` another loopback address."""
+    server = _Server((host, 0), _Handler)
+    scheme = use_tls(server, tls)
     stopping = threading.Event()
-    server.web = FakeWeb(f"{scheme}://127.0.0.1:{server.server_address[1]}", stopping)
+    server.web = FakeWeb(f"{scheme}://{host}:{server.server_address[1]}", stopping)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -115,34 +121,64 @@ def serve(*, tls: tuple[Path, Path] | None = None) -> Iterator[FakeWeb]:
         thread.join()
 
 
-def self_signed_cert(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 that is its own CA, so a test can trust it through SSL_CERT_FILE."""
+@dataclass(frozen=True)
+class PrivateCA:
+    """A private CA and a server certificate it issued for 127.0.0.1, as a corporate network has them.
+
+    A test trusts ``ca`` through SSL_CERT_FILE or --cert. uv (rustls) refuses a CA certificate used as the
+    server's own, hence two certificates.
+    """
+
+    ca: Path  # what a client trusts: --cert, SSL_CERT_FILE, REQUESTS_CA_BUNDLE
+    cert: Path  # the server's certificate
+    key: Path
+
+
+def private_ca(directory: Path) -> PrivateCA:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dify-repack test")])
     now = datetime.datetime.now(datetime.timezone.utc)
-    public = key.public_key()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dify-repack test CA")])
+    server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+
+    def build(subject: x509.Name, public: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(ca_name)
+            .public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        )
+
+    ca = (
+        build(ca_name, ca_key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )  # keyCertSign, cRLSign
+        .sign(ca_key, hashes.SHA256())
+    )
+    server = (
+        build(server_name, server_key.public_key())
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False)
-        .sign(key, hashes.SHA256())
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
     )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    result = PrivateCA(directory / "ca.pem", directory / "server.pem", directory / "server-key.pem")
+    result.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    result.cert.write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    result.key.write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
     )
-    return cert_path, key_path
+    return result

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from dify_repack.credentials import Indexes
 from dify_repack.errors import NetworkError
+from dify_repack.packing import PackOptions
 from dify_repack.redaction import redact
 from dify_repack.runner import redact as runner_redact
 
@@ -43,3 +45,9 @@ def test_errors_redact_their_message_and_tip() -> None:
     error = NetworkError("https://u:secret@h/x: HTTP 500", tip="retry https://u:secret@h/")
     assert "secret" not in str(error) + error.message + str(error.tip)
     assert error.message == "https://u:****@h/x: HTTP 500"
+
+
+def test_index_options_never_show_their_password() -> None:
+    indexes = Indexes("https://u:secret@h/simple", ("https://v:other@i/simple",))
+    assert "secret" not in repr(indexes) and "other" not in repr(indexes)
+    assert "secret" not in repr(PackOptions(indexes=indexes))

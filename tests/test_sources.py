@@ -24,7 +24,7 @@ from dify_repack.sources import (
     parse_source,
     read_source_list,
 )
-from fakeweb import FakeWeb, Reply, self_signed_cert, serve
+from fakeweb import FakeWeb, Reply, private_ca, serve
 
 CHECKSUM = "ab" * 32
 RELEASE_PATH = "/owner/repo/releases/download/v1.0/demo.difypkg"
@@ -382,18 +382,23 @@ def test_no_proxy_from_the_environment(web: FakeWeb, tmp_path: Path, monkeypatch
 
 
 def test_ca_bundle_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cert, key = self_signed_cert(tmp_path)
+    ca = private_ca(tmp_path)
+    cert = ca.ca
     monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
-    with serve(tls=(cert, key)) as tls_web:
+    with serve(tls=(ca.cert, ca.key)) as tls_web:
         tls_web.route("/demo.difypkg", Reply(body=ZIP))
         url = tls_web.url + "/demo.difypkg"
 
         monkeypatch.delenv("SSL_CERT_FILE", raising=False)
         error = failure(url, tmp_path / "untrusted", attempts=1)
-        assert "cannot connect" in str(error)
+        assert "TLS certificate is not trusted (unable to get local issuer certificate)" in str(error)
+        assert error.tip is not None and "--cert FILE" in error.tip and "--native-tls" in error.tip
 
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))
         assert fetch(url, tmp_path / "trusted").read_bytes() == ZIP
+        monkeypatch.delenv("SSL_CERT_FILE")
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+        assert fetch(url, tmp_path / "requests-bundle").read_bytes() == ZIP
 
 
 # A Marketplace id without a version: the latest, as the plugin document Dify's console reads names it.

@@ -1,5 +1,7 @@
 """HTTP for every download: one client setup honouring proxies and CA bundles, retries, streamed files.
 
+Logins and trust are the ones uv gets (credentials.py), so resolution and downloads reach the same servers.
+
 A download keeps a temporary name until its size and sha256 are checked, so an interrupted run never leaves a
 file that a later run would trust.
 """
@@ -17,7 +19,8 @@ from pathlib import Path
 
 import httpx
 
-from .errors import NetworkError, StatusError
+from .credentials import HostAuth, ca_bundle, certificate_error, is_certificate_error, system_certs
+from .errors import NetworkError, StatusError, UsageError
 
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 USER_AGENT = "dify-repack"
@@ -25,19 +28,46 @@ ProgressCallback = Callable[[int], None]
 
 
 def ssl_context() -> ssl.SSLContext:
-    """Trust the bundle in ``SSL_CERT_FILE``/``REQUESTS_CA_BUNDLE`` (corporate CAs), else the system's."""
-    bundle = os.environ.get("SSL_CERT_FILE") or os.environ.get("REQUESTS_CA_BUNDLE")
-    context = ssl.create_default_context(cafile=bundle if bundle and Path(bundle).is_file() else None)
-    if not bundle and not context.get_ca_certs():
-        import certifi
+    """The trust uv has with the same settings: a CA bundle, the system store, or the Mozilla roots.
 
-        context.load_verify_locations(certifi.where())
+    ``SSL_CERT_DIR`` (a hashed folder of certificates) adds to any of them, as for uv.
+    """
+    bundle = ca_bundle()
+    folder = os.environ.get("SSL_CERT_DIR")
+    try:
+        if system_certs():
+            try:
+                import truststore  # the OS verifier itself (keychain, Windows store), when installed
+
+                context: ssl.SSLContext = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            except ImportError:
+                context = ssl.create_default_context()  # OpenSSL's system paths
+            if bundle is not None:
+                context.load_verify_locations(cafile=bundle)
+        else:  # a bundle replaces the default roots, as it does for uv
+            context = ssl.create_default_context(cafile=bundle or _mozilla_roots())
+        if folder and Path(folder).is_dir():
+            context.load_verify_locations(capath=folder)
+    except ssl.SSLError as exc:
+        raise UsageError(
+            f"{bundle}: not a PEM file of CA certificates ({exc.reason or exc})",
+            tip="give --cert (or SSL_CERT_FILE / REQUESTS_CA_BUNDLE) a file of -----BEGIN CERTIFICATE----- blocks",
+        ) from None
     return context
 
 
-def make_client(*, timeout: float = 60.0, headers: dict[str, str] | None = None) -> httpx.Client:
+def _mozilla_roots() -> str:
+    import certifi
+
+    return str(certifi.where())
+
+
+def make_client(
+    *, timeout: float = 60.0, headers: dict[str, str] | None = None, auth: HostAuth | None = None
+) -> httpx.Client:
     """A client that follows redirects and reads ``HTTPS_PROXY``/``NO_PROXY`` from the environment.
 
+    ``auth`` adds index logins per request, redirect hops included (see credentials.HostAuth).
     No ``transport=`` here: httpx ignores the proxy variables when given one. open_stream does the retrying.
     """
     return httpx.Client(
@@ -46,6 +76,7 @@ def make_client(*, timeout: float = 60.0, headers: dict[str, str] | None = None)
         follow_redirects=True,
         trust_env=True,
         headers={"User-Agent": USER_AGENT, **(headers or {})},
+        event_hooks={"request": [auth]} if auth is not None else None,
     )
 
 
@@ -78,6 +109,8 @@ def open_stream(
             if attempt == attempts:
                 raise NetworkError(f"{url}: timed out after {attempts} attempts") from None
         except httpx.TransportError as exc:
+            if is_certificate_error(str(exc)):
+                raise certificate_error(url, str(exc)) from None  # no retry can make it trusted
             if attempt == attempts:
                 raise NetworkError(
                     f"{url}: cannot connect ({exc})", tip="check the network, proxy and CA settings"
@@ -90,7 +123,7 @@ def describe_status(url: str, status: int) -> str:
     if status == 404:
         return f"{url}: not found (HTTP 404)"
     if status in (401, 403):
-        return f"{url}: access denied (HTTP {status}); check credentials or tokens"
+        return f"{url}: access denied (HTTP {status}); check the login (in the URL, ~/.netrc or a keyring) or token"
     if status == 429:
         return f"{url}: rate limited (HTTP 429); wait and retry, or use a token"
     return f"{url}: HTTP {status}"

@@ -35,6 +35,7 @@ from .requirements import SDK, declared_dependencies
 from .resolve import Indexes, Pin, ResolutionCache, resolve
 from .signing import load_private_key, sign_tree
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, chosen_arches, make_targets
+from .uvbin import require_python
 from .verify import VerifyReport
 from .wheels import Selected, WheelCache, default_cache_dir, fetch_all, prefetch
 
@@ -141,6 +142,9 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
 
         targets = make_targets(options.python, chosen_arches(options.arch, manifest.arches), options.glibc)
         declared = declared_dependencies(root)
+        if options.check is not None or (root / "pyproject.toml").is_file():
+            # uv lock and the replays need the daemon's CPython: find it, or have uv install it, before any download.
+            require_python(options.python, reporter.step)
         reporter.step(
             f"{manifest.plugin_id} {manifest.version}: {len(declared.requirements)} requirements from "
             f"{declared.source}, for {', '.join(map(str, targets))}"

@@ -6,6 +6,7 @@ password typed in ``--index-url https://user:secret@host/simple`` is shown as ``
 
 from __future__ import annotations
 
+import logging
 import re
 
 MASK = "****"
@@ -25,3 +26,14 @@ def _mask_userinfo(match: re.Match[str]) -> str:
 def redact(text: str) -> str:
     """``text`` with URL passwords and Authorization values replaced by ``****``."""
     return _AUTHORIZATION.sub(rf"\1{MASK}", _USERINFO.sub(_mask_userinfo, text))
+
+
+class RedactingFilter(logging.Filter):
+    """A handler filter that redacts every record, whichever library logged it (httpx logs request URLs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        shown = redact(message)
+        if shown != message:
+            record.msg, record.args = shown, None
+        return True

@@ -23,13 +23,14 @@ from typing import Any
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
+from .credentials import DEFAULT_INDEX as DEFAULT_INDEX
+from .credentials import Indexes as Indexes
+from .credentials import certificate_error, is_certificate_error
 from .errors import DependencyError, NetworkError
 from .requirements import tomllib
 from .runner import clean_env, run
 from .targets import Target
 from .uvbin import find_python, uv_bin
-
-DEFAULT_INDEX = "https://pypi.org/simple"
 
 
 @dataclass(frozen=True)
@@ -54,18 +55,6 @@ class Pin:
         return min(ranked, key=lambda item: item[0])[1] if ranked else None
 
 
-@dataclass(frozen=True)
-class Indexes:
-    url: str = DEFAULT_INDEX
-    extra: tuple[str, ...] = ()
-
-    def uv_args(self) -> list[str]:
-        args = ["--index-url", self.url]
-        for extra in self.extra:
-            args += ["--extra-index-url", extra]
-        return args
-
-
 # A resolution is reused for a day: a second run of the same plugin then needs no index at all, while a
 # run a day later still picks up new releases. --refresh resolves again at once.
 RESOLUTION_MAX_AGE = 24 * 3600.0
@@ -86,7 +75,7 @@ class ResolutionCache:
             "requirements": sorted(str(requirement) for requirement in requirements),
             "preferences": sorted(preferences.items()),
             "target": [target.python, target.arch, list(target.glibc)],
-            "indexes": [indexes.url, *indexes.extra],
+            "indexes": list(indexes.public_urls()),  # a changed password must not cost a resolution
             "uv": uv_bin(),
         }
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
@@ -181,7 +170,7 @@ def _compile(
             *indexes.uv_args(),
             *(["--refresh"] if refresh else []),  # uv's own HTTP cache must not answer for the index either
         ]
-        env = clean_env({"UV_CACHE_DIR": str(uv_cache)} if uv_cache else None)
+        env = clean_env({**({"UV_CACHE_DIR": str(uv_cache)} if uv_cache else {}), **indexes.uv_env()})
         result = run(argv, cwd=work, env=env, timeout=900)
         if result.returncode != 0:
             raise _explain_failure(result.output, target, indexes)
@@ -192,9 +181,18 @@ def _compile(
 def _explain_failure(output: str, target: Target, indexes: Indexes) -> Exception:
     lines = [line.strip() for line in output.splitlines() if line.strip() and not line.startswith("warning")]
     text = " ".join(lines)
+    where = ", ".join(indexes.public_urls())
+    if is_certificate_error(text):
+        return certificate_error(where, output)
+    if denied := re.search(r"\b40[13] (?:Unauthorized|Forbidden)\b", text):
+        return NetworkError(
+            f"the package index {where} refused access ({denied.group(0)}): the login is missing or wrong",
+            tip="give it in the URL as USER:PASSWORD@ before the host, in ~/.netrc (or the file $NETRC names), "
+            "or in a keyring",
+        )
     if re.search(r"Failed to fetch|error sending request|dns error|Connect|tcp connect", text):
         return NetworkError(
-            f"cannot reach the package index {indexes.url}: {lines[-1] if lines else text}",
+            f"cannot reach the package index {where}: {lines[-1] if lines else text}",
             tip="check the network/proxy, or point --index-url at a reachable mirror",
         )
     summary = "; ".join(line.lstrip("╰─▶ ").rstrip(".") for line in lines if not line.startswith(("hint", "help")))

@@ -29,18 +29,54 @@ commands = logging.getLogger("dify_repack.commands")
 # Settings a user or the machine may have for pip/uv must not leak into what we resolve, build or verify:
 # the daemon never sees them, so a package that only works with them is broken.
 _SCRUBBED_PREFIXES = ("PIP_", "UV_", "PYTHON", "VIRTUAL_ENV", "CONDA_")
+# Except the uv settings that concern only this machine: how its uv gets a CPython, trusts servers and times
+# out. They change how the work is done, never what the package holds (indexes, find-links, resolution, offline
+# mode and the cache stay ours). Index logins are no such setting: they go only to the commands that talk to
+# an index (credentials.Indexes.uv_env), never to a replay that runs the plugin's own code.
+UV_MACHINE_SETTINGS = frozenset(
+    {
+        "UV_PYTHON_DOWNLOADS",
+        "UV_PYTHON_INSTALL_MIRROR",
+        "UV_PYPY_INSTALL_MIRROR",
+        "UV_GRAALPY_INSTALL_MIRROR",
+        "UV_PYTHON_DOWNLOADS_JSON_URL",
+        "UV_PYTHON_INSTALL_DIR",
+        "UV_PYTHON_PREFERENCE",
+        "UV_MANAGED_PYTHON",
+        "UV_NO_MANAGED_PYTHON",
+        "UV_SYSTEM_CERTS",
+        "UV_NATIVE_TLS",
+        "UV_KEYRING_PROVIDER",
+        "UV_HTTP_TIMEOUT",
+        "UV_REQUEST_TIMEOUT",
+        "UV_HTTP_CONNECT_TIMEOUT",
+        "UV_HTTP_RETRIES",
+        "UV_CONCURRENT_DOWNLOADS",
+        "UV_CONCURRENT_BUILDS",
+        "UV_CONCURRENT_INSTALLS",
+    }
+)
+
+
 _POLL = 0.05  # seconds between looks at the clock and the cancel flag while a child is quiet
 
 Killed = Literal["idle", "timeout", "cancelled"]
 
 
-def clean_env(extra: Mapping[str, str] | None = None, *, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The current environment without pip/uv/Python settings, plus ``extra``.
+def _kept(name: str) -> bool:
+    return not name.startswith(_SCRUBBED_PREFIXES) or name in UV_MACHINE_SETTINGS
 
-    ``PIP_CONFIG_FILE=os.devnull`` makes pip ignore every pip.conf (global, user and site).
+
+def clean_env(extra: Mapping[str, str] | None = None, *, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The current environment without pip/uv/Python settings (but uv's machine settings), plus ``extra``.
+
+    ``PIP_CONFIG_FILE=os.devnull`` makes pip ignore every pip.conf (global, user and site). uv reads only
+    ``SSL_CERT_FILE``, so a ``REQUESTS_CA_BUNDLE`` alone is handed to it under that name: httpx trusts the same.
     """
     source = os.environ if base is None else base
-    env = {key: value for key, value in source.items() if not key.startswith(_SCRUBBED_PREFIXES)}
+    env = {key: value for key, value in source.items() if _kept(key)}
+    if not env.get("SSL_CERT_FILE") and env.get("REQUESTS_CA_BUNDLE"):
+        env["SSL_CERT_FILE"] = env["REQUESTS_CA_BUNDLE"]
     env["PIP_CONFIG_FILE"] = os.devnull
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     if extra:

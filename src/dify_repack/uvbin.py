@@ -1,4 +1,10 @@
-"""Finding the tools the work runs on: our own uv, other uv versions for verification, and CPythons."""
+"""Finding the tools the work runs on: our own uv, other uv versions for verification, and CPythons.
+
+The daemon's CPython is looked for first of all (``require_python``): ``uv lock`` and the replays need it, and
+a host without it must hear so in the first second, not after every download. When none is found, uv's own
+settings decide whether uv may install a managed one (``UV_PYTHON_DOWNLOADS``, ``UV_PYTHON_INSTALL_MIRROR``,
+``UV_PYTHON_INSTALL_DIR``: runner.clean_env passes them through).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,12 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
+from .credentials import Indexes, certificate_error, is_certificate_error
 from .errors import EnvironmentProblem, NetworkError
 from .runner import clean_env, run
 
@@ -67,11 +74,12 @@ def own_uv_version() -> str:
     return str(_version_of(uv_bin()))
 
 
-def fetch_uv(version: str, cache_dir: Path, index_args: Sequence[str] = ()) -> Path:
+def fetch_uv(version: str, cache_dir: Path, indexes: Indexes | None = None) -> Path:
     """A uv binary of ``version`` ("latest" for the newest), installed once into ``cache_dir/uv/``.
 
-    ``index_args`` (``--index-url ...``) point at a private mirror where the public index is out of reach.
+    ``indexes`` (with their logins) point at a private mirror where the public index is out of reach.
     """
+    indexes = indexes or Indexes()
     own = uv_bin()
     if version == own_uv_version():
         return Path(own)
@@ -83,13 +91,15 @@ def fetch_uv(version: str, cache_dir: Path, index_args: Sequence[str] = ()) -> P
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cache_dir / "uv"))
     spec = "uv" if version == "latest" else f"uv=={version}"
     result = run(
-        [own, "pip", "install", "--quiet", "--target", staging, "--python-version", "3.12", spec, *index_args],
-        env=clean_env({"UV_CACHE_DIR": str(cache_dir / "uv-cache")}),
+        [own, "pip", "install", "--quiet", "--target", staging, "--python-version", "3.12", spec, *indexes.uv_args()],
+        env=clean_env({"UV_CACHE_DIR": str(cache_dir / "uv-cache"), **indexes.uv_env()}),
         timeout=300,
     )
     binary = staging / "bin" / "uv"
     if result.returncode != 0 or not binary.is_file():
         shutil.rmtree(staging, ignore_errors=True)
+        if is_certificate_error(result.output):
+            raise certificate_error(", ".join(indexes.public_urls()), result.output)
         raise NetworkError(f"could not fetch {spec} for verification: {result.tail(3)}")
     found = _version_of(str(binary))
     final = cache_dir / "uv" / str(found or version)
@@ -133,3 +143,58 @@ def _find_python(version: str) -> Path | None:
         if _python_version(discovered) == version:
             return discovered
     return None
+
+
+def python_downloads_allowed() -> bool:
+    """Whether uv may fetch a managed CPython on its own, as ``UV_PYTHON_DOWNLOADS`` says (default: yes)."""
+    return os.environ.get("UV_PYTHON_DOWNLOADS", "automatic").strip().lower() not in ("never", "manual", "false", "0")
+
+
+_install_lock = threading.Lock()
+
+
+def provide_python(version: str, announce: Callable[[str], None] | None = None) -> Path | None:
+    """A CPython ``version``: found on this host, else installed by uv when its settings allow; None otherwise.
+
+    Raises EnvironmentProblem (or NetworkError for a certificate) when uv tried to install one and failed.
+    """
+    with _install_lock:  # plugins of a batch ask at once; one install is enough
+        found = find_python(version)
+        if found is not None or not python_downloads_allowed():
+            return found
+        if announce is not None:
+            announce(f"no CPython {version} on this host: uv installs a managed one")
+        result = run([uv_bin(), "python", "install", version], timeout=600)
+        if result.returncode != 0:
+            if is_certificate_error(result.output):
+                raise certificate_error(f"uv python install {version}", result.output)
+            raise EnvironmentProblem(
+                f"no CPython {version} on this host, and `uv python install {version}` failed: {result.tail(1)}",
+                tip=_python_tip(version),
+            )
+        _find_python.cache_clear()
+        return find_python(version)
+
+
+def require_python(version: str, announce: Callable[[str], None] | None = None) -> Path:
+    """``provide_python``, or an error with the fix before any work is done."""
+    found = provide_python(version, announce)
+    if found is None:
+        why = (
+            f"UV_PYTHON_DOWNLOADS={os.environ.get('UV_PYTHON_DOWNLOADS', '')} keeps uv from installing one"
+            if not python_downloads_allowed()
+            else "uv installed one that it does not find (UV_PYTHON_PREFERENCE?)"
+        )
+        raise EnvironmentProblem(
+            f"no CPython {version} on this host (PATH, pyenv, uv-managed), and {why}; "
+            "uv lock and the install replays need it",
+            tip=_python_tip(version),
+        )
+    return found
+
+
+def _python_tip(version: str) -> str:
+    return (
+        f"install it with `uv python install {version}` (UV_PYTHON_INSTALL_MIRROR names a mirror), "
+        f"`pyenv install {version}` or the OS package, then run again"
+    )

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import cancel
+from .credentials import Indexes
 from .daemon import (
     DEFAULT_UV_VERSIONS,
     INSTALL_IDLE_TIMEOUT,
@@ -33,7 +34,7 @@ from .daemon import (
     START_TIMEOUT,
     install_command,
 )
-from .errors import EnvironmentProblem, UsageError, VerificationError
+from .errors import EnvironmentProblem, NetworkError, UsageError, VerificationError
 from .manifest import read_manifest
 from .package import extract_package, open_package, zip_checksum
 from .replay import (
@@ -50,7 +51,7 @@ from .replay import (
 from .report import NullReporter, Reporter
 from .runner import run
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, make_targets
-from .uvbin import fetch_uv, find_python, own_uv_version
+from .uvbin import fetch_uv, own_uv_version, provide_python
 from .wheels import default_cache_dir
 
 __all__ = ["DEFAULT_UV_VERSIONS", "PROFILES", "Check", "Step", "VerifyOptions", "VerifyReport", "verify_package"]
@@ -108,7 +109,7 @@ class VerifyOptions:
     cache_dir: Path | None = None
     start_timeout: float = START_TIMEOUT
     start: bool = True  # start the plugin and wait for its heartbeat
-    index_args: Sequence[str] = ()  # where to fetch uv versions from (``--index-url URL ...``)
+    indexes: Indexes = field(default_factory=Indexes)  # where to fetch uv versions from, with their logins
     glibc: tuple[int, int] = DEFAULT_GLIBC  # for the static checks of other architectures
     install_timeout: float = INSTALL_TIMEOUT  # the daemon's watchdogs (tests shorten them)
     install_idle_timeout: float = INSTALL_IDLE_TIMEOUT
@@ -146,7 +147,11 @@ def verify_package(
         raise UsageError(f"unknown profile {unknown[0]!r}; choose from {', '.join(PROFILES)}")
     cache_dir = options.cache_dir or default_cache_dir()
     prefix, isolation = network_isolation()
-    interpreter = find_python(options.python)
+    try:
+        interpreter = provide_python(options.python, reporter.step)
+    except (EnvironmentProblem, NetworkError) as problem:
+        interpreter = None  # static checks still prove something
+        reporter.warn(problem.message)
     memory = _memory_path(package, options, isolation, interpreter, cache_dir)
     if options.reuse and memory is not None and (remembered := _recall(memory, package)) is not None:
         reporter.step(
@@ -253,7 +258,7 @@ def _fetch_uv_versions(options: VerifyOptions, cache_dir: Path, reporter: Report
         reporter.activity(f"uv {', '.join(versions)}: fetching for the replays"),
         ThreadPoolExecutor(len(versions)) as pool,
     ):
-        futures = {version: pool.submit(fetch_uv, version, cache_dir, options.index_args) for version in versions}
+        futures = {version: pool.submit(fetch_uv, version, cache_dir, options.indexes) for version in versions}
         return {version: future.result() for version, future in futures.items()}
 
 

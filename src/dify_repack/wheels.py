@@ -140,7 +140,7 @@ def fetch_all(
         )
     # sdists first: they are few and small, and building them overlaps with the wheel downloads.
     sdist_of = {key: sdist for key in needs_build if (sdist := pins[key].sdist) is not None}
-    sdists = _download_many(list(sdist_of.values()), cache, reporter)
+    sdists = _download_many(list(sdist_of.values()), cache, indexes, reporter)
     with ThreadPoolExecutor(1) as builder:
         builds = {
             key: builder.submit(
@@ -148,7 +148,7 @@ def fetch_all(
             )
             for key, sdist in sdist_of.items()
         }
-        downloaded = _download_many(list(wanted.values()), cache, reporter)
+        downloaded = _download_many(list(wanted.values()), cache, indexes, reporter)
         built: dict[tuple[str, str], dict[Target, Path]] = {}
         failures: list[BuildError] = []
         for key, future in builds.items():
@@ -187,7 +187,9 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def _download_many(artifacts: Sequence[Artifact], cache: WheelCache, reporter: Reporter) -> dict[str, Path]:
+def _download_many(
+    artifacts: Sequence[Artifact], cache: WheelCache, indexes: Indexes, reporter: Reporter
+) -> dict[str, Path]:
     result: dict[str, Path] = {}
     todo = []
     for artifact in artifacts:
@@ -204,7 +206,7 @@ def _download_many(artifacts: Sequence[Artifact], cache: WheelCache, reporter: R
     total = sum(artifact.size or 0 for artifact in todo)
     reporter.step(f"downloading {plural(len(todo), 'file')} ({_megabytes(total)}); {known}")
     with (
-        make_client(timeout=120) as client,
+        make_client(timeout=120, auth=indexes.auth()) as client,
         reporter.task("downloading", total or None, unit="bytes") as advance,
         ThreadPoolExecutor(PARALLEL_DOWNLOADS) as pool,
     ):
@@ -265,7 +267,7 @@ def _build(pin: Pin, sdist: Path, python: Path, build_dir: Path, cache: WheelCac
         out = Path(temp) / "out"
         result = run(
             [uv_bin(), "build", "--wheel", "--python", python, "--out-dir", out, sdist, *indexes.uv_args()],
-            env=clean_env({"UV_CACHE_DIR": str(cache.uv_cache)}),
+            env=clean_env({"UV_CACHE_DIR": str(cache.uv_cache), **indexes.uv_env()}),
             timeout=1800,
         )
         wheels = sorted(out.glob("*.whl")) if out.is_dir() else []

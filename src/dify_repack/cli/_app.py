@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from .. import __version__
+from ..credentials import use_tls_options
 from ..daemon import DEFAULT_UV_VERSIONS
 from ..errors import DifyRepackError, ExitCode, UsageError
-from ..redaction import redact
+from ..redaction import RedactingFilter, redact
 from ..resolve import DEFAULT_INDEX
 from ..targets import ARCH_CHOICES, DEFAULT_PYTHON, PYTHONS, canonical_arch, parse_python
 
@@ -87,6 +88,8 @@ def _remember(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
     if param.name == "verbose":
         # basicConfig only acts once: the level is set apart, so a -v after the subcommand still counts.
         logging.basicConfig(format="%(name)s: %(message)s")
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(RedactingFilter())  # httpx logs the URLs it asks for, a login included
         logging.getLogger().setLevel(logging.DEBUG if merged else logging.WARNING)
     return merged
 
@@ -219,6 +222,25 @@ index_options = [
         metavar="URL",
         callback=check_urls,
         help="Another index to use as well (repeatable). Env: UV_EXTRA_INDEX_URL, PIP_EXTRA_INDEX_URL.",
+    ),
+    # Both stand for the variables uv reads too (see http.py), so they take effect by setting them.
+    click.option(
+        "--cert",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        expose_value=False,
+        callback=lambda _ctx, _param, value: use_tls_options(value, False),
+        metavar="FILE",
+        help="CA bundle (PEM) to trust for the index and downloads, instead of the default roots. "
+        "Env: SSL_CERT_FILE, REQUESTS_CA_BUNDLE.",
+    ),
+    click.option(
+        "--native-tls",
+        "--system-certs",
+        is_flag=True,
+        expose_value=False,
+        callback=lambda _ctx, _param, value: use_tls_options(None, value),
+        help="Trust the system's certificate store (a corporate CA installed there), as uv's flag of that name. "
+        "Env: UV_SYSTEM_CERTS.",
     ),
 ]
 cache_option = click.option(

@@ -14,6 +14,7 @@ from rich.markup import escape
 from ..errors import DifyRepackError, ExitCode, UsageError
 from ..manifest import Manifest
 from ..packing import PackOptions, PackResult, pack
+from ..redaction import redact
 from ..render import (
     Outcome,
     pack_json,
@@ -24,6 +25,7 @@ from ..report import PrefixedReporter, Reporter
 from ..resolve import Indexes
 from ..sources import Source, fetch_source, latest_on_marketplace, parse_source, read_source_list
 from ..targets import Target, parse_glibc
+from ..uvbin import require_python
 from ..verify import DEFAULT_UV_VERSIONS, PROFILES, VerifyOptions, VerifyReport, require_pass, verify_package
 from ..wheels import default_cache_dir
 from ._app import (
@@ -176,7 +178,7 @@ def pack_command(
         python=python_version,
         cache_dir=cache,
         start=not no_start,
-        index_args=indexes.uv_args(),
+        indexes=indexes,
         glibc=glibc_version,
         reuse=not (reverify or refresh),
     )
@@ -191,10 +193,13 @@ def pack_command(
         glibc=glibc_version,
     )
     parallel = jobs > 1 and len(parsed) > 1
+    if verify:  # before any source is downloaded: the replays need the daemon's CPython
+        require_python(python_version, console_reporter.step)
 
     def pack_one(number: int, source: Source, downloads: Path) -> Outcome:
+        shown = redact(source.text)  # a URL source may carry a login
         # Plugins packed side by side share one console: their lines carry the plugin, and no live bars.
-        reporter: Reporter = PrefixedReporter(console_reporter, source.text) if parallel else console_reporter
+        reporter: Reporter = PrefixedReporter(console_reporter, shown) if parallel else console_reporter
 
         def check(staged: Path, _manifest: Manifest, targets: tuple[Target, ...]) -> VerifyReport:
             arches = [target.arch for target in targets]
@@ -214,11 +219,11 @@ def pack_command(
         except DifyRepackError as error:
             if len(parsed) == 1:
                 raise
-            stderr().print(f"[bold red]error:[/] {escape(source.text)}: {escape(one_line(error.message))}")
+            stderr().print(f"[bold red]error:[/] {escape(shown)}: {escape(one_line(error.message))}")
             result = error
         if isinstance(result, PackResult) and not as_json:
             print_pack_result(result)
-        return source.text, result, time.monotonic() - started
+        return shown, result, time.monotonic() - started
 
     with (
         tempfile.TemporaryDirectory(prefix="dify-repack-sources-") as downloads,

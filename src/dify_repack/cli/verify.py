@@ -84,7 +84,7 @@ def verify_command(
         python=python_version,
         cache_dir=cache_dir,
         start=not no_start,
-        index_args=Indexes(index_url, extra_index_urls).uv_args(),
+        indexes=Indexes(index_url, extra_index_urls),
         glibc=parse_glibc(glibc),
     )
     out = output()
