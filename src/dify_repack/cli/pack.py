@@ -198,7 +198,7 @@ def pack_command(
 
     def pack_one(number: int, source: Source, downloads: Path) -> Outcome:
         shown = redact(source.text)  # a URL source may carry a login
-        # Plugins packed side by side share one console: their lines carry the plugin, and no live bars.
+        # Plugins packed side by side share one console and its live view: their lines carry the plugin.
         reporter: Reporter = PrefixedReporter(console_reporter, shown) if parallel else console_reporter
 
         def check(staged: Path, _manifest: Manifest, targets: tuple[Target, ...]) -> VerifyReport:
