@@ -290,3 +290,22 @@ def make_plugin(directory: Path, files: Mapping[str, str]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     return directory
+
+
+# DAEMON-FACTS §1: these three entries give this checksum (the daemon hashes raw digests, not hex strings).
+CHECKSUM_VECTOR = {"manifest.yaml": b"author: a\n", "main.py": b"print(1)\n", "wheels/x.whl": b""}
+CHECKSUM_VECTOR_SUM = "f3b71a438484b65f2f17c949112cf1a07b71d3045c2adf43ed3f23625eadf2b9"
+
+
+def daemon_checksum(package: Path) -> str:
+    """DAEMON-FACTS §1 written out with hashlib alone: sha256 over sha256(path) + sha256(content), raw 32-byte
+    digests, file entries sorted by path (bytewise)."""
+    with zipfile.ZipFile(package) as archive:
+        entries = sorted(
+            (info.filename.encode(), archive.read(info)) for info in archive.infolist() if not info.is_dir()
+        )
+    outer = hashlib.sha256()
+    for path, content in entries:
+        outer.update(hashlib.sha256(path).digest())
+        outer.update(hashlib.sha256(content).digest())
+    return outer.hexdigest()

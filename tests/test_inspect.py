@@ -1,12 +1,11 @@
 """inspect: a static reading of a .difypkg must agree with the daemon's rules (DAEMON-FACTS §1-5).
 
 Packages are built from dicts of files in tmp_path; a wheel here only needs the right file name, so its
-contents are a tiny zip. The checksum is recomputed in this file from DAEMON-FACTS §1 with hashlib alone.
+contents are a tiny zip. The checksum is recomputed from DAEMON-FACTS §1 with hashlib alone (builders.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import zipfile
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from builders import make_plugin, manifest_yaml
+from builders import daemon_checksum, make_plugin, manifest_yaml
 from dify_repack.cli import main
 from dify_repack.errors import ExitCode, PackageError
 from dify_repack.inspect import OLD_UV, SCHEMA, Inspection, Verdict, inspect_package, upload_settings
@@ -102,19 +101,6 @@ def build(tmp_path: Path, files: Mapping[str, str | bytes | None], name: str = "
 
 def verdict(inspection: Inspection, profile: str) -> Verdict:
     return next(v for v in inspection.verdicts if v.profile == profile)
-
-
-def daemon_checksum(package: Path) -> str:
-    """DAEMON-FACTS §1, written out: sha256 over hex(sha256(path)) + hex(sha256(content)), entries sorted by path."""
-    with zipfile.ZipFile(package) as archive:
-        entries = sorted(
-            (info.filename, archive.read(info)) for info in archive.infolist() if not info.filename.endswith("/")
-        )
-    outer = hashlib.sha256()
-    for path, content in entries:
-        outer.update(hashlib.sha256(path.encode()).hexdigest().encode())
-        outer.update(hashlib.sha256(content).hexdigest().encode())
-    return outer.hexdigest()
 
 
 def test_correct_offline_package_is_ok_everywhere(tmp_path: Path) -> None:

@@ -494,6 +494,9 @@ def test_pyproject_without_project_table_gets_one(tmp_path: Path, index: LocalIn
 
 def test_cache_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cache = tmp_path / "cache"
+    from dify_repack.wheels import WheelCache
+
+    WheelCache(cache).mark()  # as pack does when it first uses a cache
     (cache / "files" / "ab").mkdir(parents=True)
     (cache / "files" / "ab" / "x.whl").write_bytes(b"x" * 1024)
     assert main(["cache", "info", "--cache-dir", str(cache)]) == 0

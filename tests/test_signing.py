@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from builders import make_plugin
 from dify_repack.cli import main
-from dify_repack.errors import ExitCode, SignatureError, UsageError
+from dify_repack.errors import ExitCode, PackageError, SignatureError, UsageError
 from dify_repack.inspect import inspect_package
 from dify_repack.package import SIGNATURE_FILE, write_package
 from dify_repack.signing import (
@@ -344,7 +344,8 @@ def test_duplicate_entries_are_refused(tmp_path: Path, signed: Path, keys: tuple
     entries = entries_of(signed)
     with pytest.warns(UserWarning, match="Duplicate name"):
         rewrite(signed, doubled, [*entries, entries[-1]])
-    with pytest.raises(SignatureError, match="appears twice"):
+    # The shared entry check (package.open_package) refuses it before any signature is looked at.
+    with pytest.raises(PackageError, match="appears twice"):
         verify_signature(doubled, keys[1])
 
 

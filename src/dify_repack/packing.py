@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -9,7 +10,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from .errors import PackageError, UsageError
 from .manifest import Manifest, read_manifest
@@ -29,11 +30,12 @@ from .package import (
     extract_package,
     package_stats,
     write_package,
+    zip_checksum,
 )
 from .report import NullReporter, Reporter
 from .requirements import SDK, declared_dependencies
 from .resolve import Indexes, Pin, ResolutionCache, resolve
-from .signing import load_private_key, sign_tree
+from .signing import key_permission_warning, load_private_key, sign_tree
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, chosen_arches, make_targets
 from .uvbin import require_python
 from .verify import VerifyReport
@@ -59,6 +61,8 @@ class PackOptions:
     check: Check | None = None
     refresh: bool = False  # resolve again even when a recent resolution of the same input is cached
     glibc: tuple[int, int] = DEFAULT_GLIBC  # the newest manylinux level the daemon's host can run
+    follow_symlinks: bool = False  # follow links of a plugin folder that lead outside it and its repository
+    origin: str | None = None  # the source as the user gave it (a URL, a Marketplace id): named in errors
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,11 @@ class PackResult:
     def dify_settings(self) -> tuple[str, ...]:
         """The Dify settings this upload needs, as ``NAME=value  # why`` lines."""
         return upload_settings(self.stats.compressed_bytes, self.stats.uncompressed_bytes, signed=self.signed)
+
+    @property
+    def identifier(self) -> str:
+        """``author/name:version@checksum`` as the daemon will report the written package."""
+        return f"{self.manifest.plugin_id}:{self.manifest.version}@{self.stats.checksum}"
 
 
 def upload_settings(compressed: int, uncompressed: int, *, signed: bool) -> tuple[str, ...]:
@@ -104,17 +113,27 @@ def upload_settings(compressed: int, uncompressed: int, *, signed: bool) -> tupl
 
 
 def output_path(manifest: Manifest, output_dir: Path | None) -> Path:
-    return (output_dir or Path.cwd()) / manifest.offline_filename
+    """The package's path: exactly one file name, built from checked manifest fields, inside ``output_dir``."""
+    folder = output_dir or Path.cwd()
+    name = manifest.offline_filename
+    output = folder / name
+    # The manifest rules already exclude separators; this holds even if those rules change.
+    if PurePath(name).name != name or name in (".", "..") or output.parent != folder:
+        raise PackageError(f"manifest fields make the output name {name!r}, which is not one file name")
+    return output
 
 
-def load_plugin(source: Path, dest: Path) -> None:
-    """Put the plugin's files into ``dest``: a source directory is copied, a .difypkg extracted."""
+def load_plugin(source: Path, dest: Path, *, follow_symlinks: bool = False, shown_as: str | None = None) -> list[str]:
+    """Put the plugin's files into ``dest``: a source directory is copied, a .difypkg extracted; notes.
+
+    ``shown_as`` names a downloaded package in messages (its URL), instead of its temporary path.
+    """
     if source.is_dir():
-        copy_plugin_dir(source, dest)
-    elif source.is_file():
-        extract_package(source, dest)
-    else:
-        raise PackageError(f"{source}: no such file or directory")
+        return copy_plugin_dir(source, dest, follow_symlinks=follow_symlinks)
+    if source.is_file():
+        extract_package(source, dest, shown_as=shown_as)
+        return []
+    raise PackageError(f"{source}: no such file or directory")
 
 
 def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | None = None) -> PackResult:
@@ -124,12 +143,15 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
     if options.sign_key is not None:
         # A wrong or SPKI key should fail in a second, not after every download and build.
         load_private_key(options.sign_key)
+        if warning := key_permission_warning(options.sign_key):
+            reporter.warn(warning)
     cache = WheelCache(options.cache_dir or default_cache_dir())
     with tempfile.TemporaryDirectory(prefix="dify-repack-") as temp:
         root = Path(temp) / "plugin"
         root.mkdir()
-        load_plugin(source, root)
-        manifest = read_manifest(root, origin=str(source))
+        shown = options.origin or str(source)
+        link_notes = load_plugin(source, root, follow_symlinks=options.follow_symlinks, shown_as=shown)
+        manifest = read_manifest(root, origin=shown)
         output = output_path(manifest, options.output_dir)
         if source.is_file() and output.resolve() == source.resolve():
             raise UsageError(
@@ -149,9 +171,10 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             f"{manifest.plugin_id} {manifest.version}: {len(declared.requirements)} requirements from "
             f"{declared.source}, for {', '.join(map(str, targets))}"
         )
-        notes = list(declared.notes)
+        notes = [*link_notes, *declared.notes]
         for note in notes:
             reporter.warn(note)
+        cache.mark()
 
         resolutions = ResolutionCache(cache.root / "resolutions", refresh=options.refresh)
 
@@ -217,11 +240,11 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             with reporter.activity(f"writing {output.name}" + (" (signed)" if options.sign_key else "")):
                 if options.sign_key is not None:
                     sign_tree(root, options.sign_key, staged)
+                    stats = dataclasses.replace(package_stats(staged), checksum=zip_checksum(staged))
                 else:
-                    write_package(root, staged)
+                    stats = write_package(root, staged)
             verification = options.check(staged, manifest, targets) if options.check is not None else None
-            stats = package_stats(staged)
-        stats = ZipStats(output, stats.files, stats.compressed_bytes, stats.uncompressed_bytes)
+        stats = dataclasses.replace(stats, path=output)
 
     return PackResult(
         source=str(source),

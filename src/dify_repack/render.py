@@ -41,6 +41,7 @@ def pack_json(text: str, outcome: PackResult | DifyRepackError, seconds: float) 
         "output": str(outcome.output),
         "plugin": outcome.manifest.plugin_id,
         "version": outcome.manifest.version,
+        "identifier": outcome.identifier,
         "targets": [str(target) for target in outcome.targets],
         "dependency_source": outcome.dependency_source,
         "packages": outcome.packages,

@@ -13,6 +13,7 @@ import binascii
 import json
 import os
 import re
+import stat
 import tempfile
 import time
 import zipfile
@@ -38,8 +39,11 @@ from .package import (
 # The daemon's ``authorized_category`` values; Dify's installation scopes (enterprise) filter on them.
 CATEGORIES = ("community", "partner", "langgenius")
 DEFAULT_CATEGORY = "community"
-# Go 1.24 refuses RSA keys under 1024 bits; 2048 is the floor anyone should still use.
+# Go 1.24 refuses RSA keys under 1024 bits; 2048 is the floor anyone should still use. Above 16384 bits key
+# generation takes hours and no verifier gains anything.
 MIN_BITS = 2048
+MAX_BITS = 16384
+_MAX_VERIFICATION_BYTES = 4096
 _PEM_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
 _PRIVATE_BLOCKS = ("RSA PRIVATE KEY", "PRIVATE KEY", "ENCRYPTED PRIVATE KEY")
 _PUBLIC_BLOCKS = ("RSA PUBLIC KEY", "PUBLIC KEY")
@@ -66,6 +70,11 @@ def generate_keypair(name_prefix: Path, bits: int = 4096) -> tuple[Path, Path]:
     """Write ``NAME.private.pem`` (0600) and ``NAME.public.pem``, PKCS#1 PEM; never overwrite either."""
     if bits < MIN_BITS:
         raise UsageError(f"a {bits}-bit RSA key is too weak", tip=f"use at least {MIN_BITS} bits (4096 is the default)")
+    if bits > MAX_BITS:
+        raise UsageError(
+            f"a {bits}-bit RSA key would take hours to generate",
+            tip=f"use at most {MAX_BITS} bits (4096 is the default)",
+        )
     if not name_prefix.name or name_prefix.is_dir():
         raise UsageError(
             f"{name_prefix}: is a directory, not a key name",
@@ -107,6 +116,26 @@ def _write_key_file(path: Path, data: bytes, mode: int) -> None:
         temp.replace(path)
     finally:
         temp.unlink(missing_ok=True)
+
+
+def key_permission_warning(path: Path) -> str | None:
+    """A warning when a private key file can be read by its group or by everyone, else None."""
+    try:
+        mode = path.stat().st_mode
+        with path.open("rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return None
+    block = _PEM_BEGIN.search(head)
+    # A public key (or anything else) given by mistake is refused later, with its own message.
+    if block is None or block.group(1).decode() not in _PRIVATE_BLOCKS:
+        return None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return (
+            f"{path}: the private key is readable by others (mode {stat.S_IMODE(mode):04o}); "
+            f"anyone who reads it can sign packages your daemons trust: chmod 600 {path}"
+        )
+    return None
 
 
 def load_private_key(path: Path) -> rsa.RSAPrivateKey:
@@ -202,15 +231,28 @@ def _check_nothing_after_block(data: bytes, kind: str, path: Path) -> None:
 def sign_package(
     package: Path, key: Path, output: Path, *, category: str = DEFAULT_CATEGORY, now: int | None = None
 ) -> SignatureInfo:
-    """Write ``package`` signed with the private ``key`` to ``output`` (which may be ``package``).
+    """Write ``package`` signed with the private ``key`` to ``output`` (which may be ``package``, never ``key``).
 
     Any old signature and ``.verification.dify.json`` are replaced; entries are written sorted by path.
     The result is verified with the key's public half before it replaces ``output``.
     """
+    if same_file(output, key):
+        raise UsageError(
+            f"{output}: is the private key; refusing to overwrite it with a package",
+            tip="write the signed package elsewhere (the default is PACKAGE.signed.difypkg beside it)",
+        )
     with tempfile.TemporaryDirectory(prefix="dify-repack-sign-") as temp:
         root = Path(temp)
         extract_package(package, root)
         return sign_tree(root, key, output, category=category, now=now, origin=package)
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (through links too); False when either cannot be looked at."""
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
 
 
 def sign_tree(
@@ -275,14 +317,16 @@ def read_signature(package: Path) -> SignatureInfo | None:
 
 
 def _verify(package: Path, key: rsa.RSAPublicKey, *, shown_as: Path) -> SignatureInfo:
-    with open_package(package) as archive:
+    with open_package(package, shown_as=shown_as) as archive:
+        # Every entry is read first: a corrupt package is a bad package (exit 3), signed or not.
+        digests = _signed_digests(archive)
         claim = _read_claim(archive, shown_as)
         if claim is None:
             raise SignatureError(
                 f"{shown_as}: is not signed (its zip comment is empty)",
                 tip=f"sign it: dify-repack sign {shown_as} --key NAME.private.pem",
             )
-        payload = _signed_digests(archive, shown_as) + str(claim.time).encode()
+        payload = digests + str(claim.time).encode()
     try:
         key.verify(claim.signature, payload, padding.PKCS1v15(), hashes.SHA256())
     except InvalidSignature:
@@ -314,9 +358,12 @@ def _read_claim(archive: zipfile.ZipFile, package: Path) -> _Claim | None:
 
 def _read_category(archive: zipfile.ZipFile, package: Path) -> str | None:
     try:
-        raw = archive.read(SIGNATURE_FILE)
+        info = archive.getinfo(SIGNATURE_FILE)
     except KeyError:
         return None
+    if info.file_size > _MAX_VERIFICATION_BYTES:
+        raise SignatureError(f"{package}: {SIGNATURE_FILE} is {info.file_size} bytes; the real one is a few dozen")
+    raw = archive.read(info)
     try:
         category = json.loads(raw)["authorized_category"]
     except (ValueError, TypeError, KeyError):
@@ -327,16 +374,9 @@ def _read_category(archive: zipfile.ZipFile, package: Path) -> str | None:
     return category
 
 
-def _signed_digests(archive: zipfile.ZipFile, package: Path) -> bytes:
-    digests = bytearray()
-    seen: set[str] = set()
-    for name, digest in entry_digests(archive):
-        if name in seen:
-            # The daemon opens entries by name, so it may hash the other copy: the result is not predictable.
-            raise SignatureError(f"{package}: entry {name!r} appears twice; the daemon may read either copy")
-        seen.add(name)
-        digests += digest
-    return bytes(digests)
+def _signed_digests(archive: zipfile.ZipFile) -> bytes:
+    # open_package already refused duplicate names, which would make the daemon's reading unpredictable.
+    return b"".join(digest for _, digest in entry_digests(archive))
 
 
 def trust_instructions(public_key: Path) -> str:

@@ -34,7 +34,7 @@ from .daemon import (
     START_TIMEOUT,
     install_command,
 )
-from .errors import EnvironmentProblem, NetworkError, UsageError, VerificationError
+from .errors import EnvironmentProblem, NetworkError, PackageError, UsageError, VerificationError
 from .manifest import read_manifest
 from .package import extract_package, open_package, zip_checksum
 from .replay import (
@@ -52,7 +52,7 @@ from .report import NullReporter, Reporter
 from .runner import run
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, make_targets
 from .uvbin import fetch_uv, own_uv_version, provide_python
-from .wheels import default_cache_dir
+from .wheels import WheelCache, default_cache_dir
 
 __all__ = ["DEFAULT_UV_VERSIONS", "PROFILES", "Check", "Step", "VerifyOptions", "VerifyReport", "verify_package"]
 
@@ -175,6 +175,8 @@ def verify_package(
         if interpreter is None:
             notes.append(f"no CPython {options.python} on this host: static checks only (install one to replay live)")
             reporter.warn(notes[-1])
+        if live:
+            WheelCache(cache_dir).mark()  # uv versions are kept there; tagged so `cache clean` knows it
         uv_binaries = _fetch_uv_versions(options, cache_dir, reporter) if live else {}
         runs = _plan(tree, options, live, static, uv_binaries)
         context = None
@@ -193,7 +195,7 @@ def verify_package(
 
         def execute(number: int, item: _Run) -> Check:
             label = f"{number}/{total} {_describe(item)}"
-            root = work / item.mode / f"{manifest.name}@{item.profile}-{item.version}-{item.target.arch}"
+            root = _replay_dir(work / item.mode, f"{manifest.name}@{item.profile}-{item.version}-{item.target.arch}")
             started = time.monotonic()
             with reporter.activity(label) as update:
                 if item.mode == "live":
@@ -221,6 +223,14 @@ def verify_package(
     if memory is not None and report.ok and report.isolated:
         _remember(memory, report)
     return report
+
+
+def _replay_dir(parent: Path, name: str) -> Path:
+    folder = parent / name
+    # The manifest rules keep names plain; a replay must never build a venv outside its temp folder.
+    if folder.resolve().parent != parent.resolve():
+        raise PackageError(f"manifest fields make the working folder {folder}, outside {parent}")
+    return folder
 
 
 def _describe(item: _Run) -> str:
@@ -319,6 +329,7 @@ def _memory_path(
 def _remember(memory: Path, report: VerifyReport) -> None:
     data = report.to_json()
     data["remembered"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    WheelCache(memory.parent.parent).mark()
     memory.parent.mkdir(parents=True, exist_ok=True)
     temporary = memory.with_name(f".{memory.name}.{os.getpid()}")
     temporary.write_text(json.dumps(data), encoding="utf-8")

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import platformdirs
 
-from .errors import BuildError, DifyRepackError
+from .errors import BuildError, DifyRepackError, UsageError
 from .http import ProgressCallback, download, make_client
 from .report import NullReporter, Reporter
 from .resolve import Artifact, Indexes, Pin
@@ -37,12 +37,37 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DIFY_REPACK_CACHE_DIR") or platformdirs.user_cache_dir("dify-repack"))
 
 
+# Cache Directory Tagging Specification (https://bford.info/cachedir/): backup tools skip the folder, and
+# `cache clean` deletes only a folder that carries this tag, written when the cache is created.
+CACHEDIR_TAG = "CACHEDIR.TAG"
+_TAG_SIGNATURE = "Signature: 8a477f597d28d172789f06886806bc55"
+_TAG_TEXT = (
+    f"{_TAG_SIGNATURE}\n"
+    "# This file is a cache directory tag created by dify-repack.\n"
+    "# For information about cache directory tags, see https://bford.info/cachedir/\n"
+)
+
+
 class WheelCache:
     """Files stored by sha256 under ``root/files/ab/abcdef.../<filename>``; a file is there only once verified."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.fetched: set[Path] = set()  # files this run downloaded or built (not "already in the cache")
+
+    def mark(self) -> None:
+        """Create the cache folder with its tag (once): what `clean` later checks before deleting anything."""
+        tag = self.root / CACHEDIR_TAG
+        if not tag.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            tag.write_text(_TAG_TEXT, encoding="utf-8")
+
+    def is_ours(self) -> bool:
+        try:
+            text = (self.root / CACHEDIR_TAG).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+        return text.startswith(_TAG_SIGNATURE) and "dify-repack" in text
 
     @property
     def uv_cache(self) -> Path:
@@ -92,10 +117,20 @@ class WheelCache:
         return scratch
 
     def size(self) -> tuple[int, int]:
-        files = [path for path in self.root.rglob("*") if path.is_file()] if self.root.exists() else []
+        found = self.root.rglob("*") if self.root.exists() else []
+        files = [path for path in found if path.is_file() and path.name != CACHEDIR_TAG]
         return len(files), sum(path.stat().st_size for path in files)
 
     def clean(self) -> None:
+        """Delete the cache; refused for a folder this tool did not create (no dify-repack CACHEDIR.TAG)."""
+        if not self.root.exists():
+            return
+        if self.root.is_symlink() or not self.is_ours():
+            raise UsageError(
+                f"{self.root}: not a dify-repack cache (no {CACHEDIR_TAG} written by dify-repack); refusing to delete it",
+                tip="check --cache-dir / DIFY_REPACK_CACHE_DIR; a cache made by an older dify-repack has no tag: "
+                "delete it yourself if you are sure",
+            )
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -55,7 +55,7 @@ def cache_info(cache_dir: Path | None) -> None:
 @cache_option
 @with_options(output_options)
 def cache_clean(cache_dir: Path | None) -> None:
-    """Delete everything in the cache.
+    """Delete everything in the cache (only a folder dify-repack created: it carries a CACHEDIR.TAG).
 
     \b
     Examples:

@@ -6,13 +6,26 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
-from ..signing import CATEGORIES, generate_keypair, sign_package, trust_instructions, verify_signature
+from ..errors import UsageError
+from ..signing import (
+    CATEGORIES,
+    MAX_BITS,
+    MIN_BITS,
+    generate_keypair,
+    key_permission_warning,
+    same_file,
+    sign_package,
+    trust_instructions,
+    verify_signature,
+)
 from ._app import (
     cli,
     emit,
     output,
     output_options,
+    stderr,
     with_options,
 )
 
@@ -26,7 +39,13 @@ def _utc(timestamp: int) -> str:
 
 @cli.command("keygen")
 @click.argument("name", type=click.Path(dir_okay=False))
-@click.option("--bits", type=int, default=4096, show_default=True, help="RSA key size (2048 at least).")
+@click.option(
+    "--bits",
+    type=click.IntRange(MIN_BITS, MAX_BITS),
+    default=4096,
+    show_default=True,
+    help=f"RSA key size ({MIN_BITS} to {MAX_BITS}).",
+)
 @with_options(output_options)
 def keygen_command(name: str, bits: int) -> None:
     """Create the key pair NAME.private.pem and NAME.public.pem for signing packages.
@@ -74,7 +93,7 @@ def keygen_command(name: str, bits: int) -> None:
     "--output",
     "output_path",
     type=click.Path(dir_okay=False),
-    help="Where to write the signed package.  [default: PACKAGE with .signed.difypkg, beside it]",
+    help="Where to write the signed package; never PACKAGE or the key.  [default: PACKAGE with .signed.difypkg, beside it]",
 )
 @with_options(output_options)
 def sign_command(package: str, key: str, category: str, output_path: str | None) -> None:
@@ -82,17 +101,24 @@ def sign_command(package: str, key: str, category: str, output_path: str | None)
 
     \b
     Replaces any earlier signature, writes a new package and checks the signature on it;
-    PACKAGE itself is left untouched unless -o names it.
+    PACKAGE itself is left untouched (-o naming it, or the key, is refused).
 
     \b
     Examples:
       dify-repack sign plugin-offline.difypkg --key keys/offline.private.pem
       # writes plugin-offline.signed.difypkg
-      dify-repack sign plugin-offline.difypkg --key keys/offline.private.pem -o plugin-offline.difypkg
-      # replaces the package in place
+      dify-repack sign plugin-offline.difypkg --key keys/offline.private.pem -o signed/plugin.difypkg
+      # writes signed/plugin.difypkg (-o never replaces PACKAGE or the key)
     """
     source = Path(package)
     target = Path(output_path) if output_path else source.with_name(source.stem + ".signed.difypkg")
+    if same_file(target, source):
+        raise UsageError(
+            f"{target}: is the input package; refusing to replace it",
+            tip="write the signed package elsewhere with -o (the default is PACKAGE.signed.difypkg beside it)",
+        )
+    if warning := key_permission_warning(Path(key)):
+        stderr().print(f"[bold yellow]warning:[/] {escape(warning)}")
     info = sign_package(source, Path(key), target, category=category)
     if output().as_json:
         emit("success", {"package": str(target), "category": info.category, "time": info.time})

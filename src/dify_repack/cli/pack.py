@@ -110,6 +110,12 @@ from ._app import (
     "last 24 hours is reused.",
 )
 @click.option(
+    "--follow-symlinks",
+    is_flag=True,
+    help="Package what every symbolic link of a plugin folder points to, even outside the folder and its "
+    "git repository (by default such links are refused).",
+)
+@click.option(
     "-j",
     "--jobs",
     type=click.IntRange(1, 8),
@@ -136,6 +142,7 @@ def pack_command(
     sign_key: Path | None,
     marketplace_url: str | None,
     refresh: bool,
+    follow_symlinks: bool,
     jobs: int,
 ) -> int:
     """Repackage plugins so that every Dify daemon version installs them with no internet access.
@@ -191,6 +198,7 @@ def pack_command(
         sign_key=sign_key,
         refresh=refresh,
         glibc=glibc_version,
+        follow_symlinks=follow_symlinks,
     )
     parallel = jobs > 1 and len(parsed) > 1
     if verify:  # before any source is downloaded: the replays need the daemon's CPython
@@ -207,7 +215,8 @@ def pack_command(
             require_pass(report)
             return report
 
-        options = dataclasses.replace(base_options, check=check if verify else None)
+        # Errors name the source as typed (a URL, a Marketplace id), not the download's temp path.
+        options = dataclasses.replace(base_options, check=check if verify else None, origin=source.text)
         started = time.monotonic()
         try:
             if source.plugin is not None and source.plugin.version is None:
