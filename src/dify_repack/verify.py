@@ -35,7 +35,7 @@ from .daemon import (
     install_command,
 )
 from .errors import EnvironmentProblem, NetworkError, PackageError, UsageError, VerificationError
-from .manifest import read_manifest
+from .manifest import Manifest, read_manifest
 from .package import extract_package, open_package, zip_checksum
 from .replay import (
     Check,
@@ -195,7 +195,7 @@ def verify_package(
 
         def execute(number: int, item: _Run) -> Check:
             label = f"{number}/{total} {_describe(item)}"
-            root = _replay_dir(work / item.mode, f"{manifest.name}@{item.profile}-{item.version}-{item.target.arch}")
+            root = _daemon_dir(work / item.mode, manifest, f"{item.profile}-{item.version}-{item.target.arch}")
             started = time.monotonic()
             with reporter.activity(label) as update:
                 if item.mode == "live":
@@ -225,11 +225,12 @@ def verify_package(
     return report
 
 
-def _replay_dir(parent: Path, name: str) -> Path:
-    folder = parent / name
-    # The manifest rules keep names plain; a replay must never build a venv outside its temp folder.
-    if folder.resolve().parent != parent.resolve():
-        raise PackageError(f"manifest fields make the working folder {folder}, outside {parent}")
+def _daemon_dir(work: Path, manifest: Manifest, label: str) -> Path:
+    """The plugin folder as the daemon lays it out (``author/name-version@...``), one per replay."""
+    folder = work / manifest.author / f"{manifest.name}-{manifest.version}@{label}"
+    # The manifest rules keep these names plain; a replay must never build a venv outside its temp folder.
+    if folder.resolve().parent.parent != work.resolve():
+        raise PackageError(f"manifest fields make the working folder {folder}, outside {work}")
     return folder
 
 
@@ -264,6 +265,8 @@ def _plan(
 def _fetch_uv_versions(options: VerifyOptions, cache_dir: Path, reporter: Reporter) -> dict[str, Path]:
     """Every requested uv, fetched once and side by side (most are already in the cache)."""
     versions = list(dict.fromkeys(options.uv_versions))
+    if not versions:
+        return {}
     with (
         reporter.activity(f"uv {', '.join(versions)}: fetching for the replays"),
         ThreadPoolExecutor(len(versions)) as pool,
