@@ -603,7 +603,7 @@ def test_requirements_file_forms(tmp_path: Path) -> None:
         tmp_path,
         {
             "requirements.txt": "# comment\n--index-url https://mirror.invalid/simple\n-r base.txt\n"
-            "fastmath==2.0.0 \\\n    --hash=sha256:abc  # pinned\nhelper>=1 ; python_version >= '3.8'\n"
+            f"fastmath==2.0.0 \\\n    --hash=sha256:{'ab' * 32}  # pinned\nhelper>=1 ; python_version >= '3.8'\n"
             "dify_plugin~=0.0.1b76\n",
             "base.txt": "multiplatform[extra]\n",
         },
@@ -619,6 +619,7 @@ def test_requirements_file_forms(tmp_path: Path) -> None:
         "requirements.txt:2: --index-url https://mirror.invalid/simple is not used to resolve; "
         "give it to dify-repack as --index-url",
     )
+    assert [(pin.name, pin.hashes) for pin in declared.hashes] == [("fastmath", frozenset({f"sha256:{'ab' * 32}"}))]
 
 
 def test_batch_packs_plugins_side_by_side(

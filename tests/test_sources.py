@@ -210,14 +210,46 @@ def test_marketplace_download(web: FakeWeb, tmp_path: Path, monkeypatch: pytest.
 
 def test_marketplace_falls_back_to_the_unique_identifier_form(web: FakeWeb, tmp_path: Path) -> None:
     web.route(LEGACY_PATH, Reply(body=ZIP))
+    checksum = zip_checksum_of(ZIP, tmp_path)
 
-    path = fetch(f"langgenius/demo:0.0.1@{CHECKSUM}", tmp_path, marketplace_url=web.url)
+    path = fetch(f"langgenius/demo:0.0.1@{checksum}", tmp_path, marketplace_url=web.url)
 
     assert path.read_bytes() == ZIP
     first, second = web.requests
     assert first.target == MARKET_PATH
     query = parse_qs(urlsplit(second.target).query)
-    assert query == {"unique_identifier": [f"langgenius/demo:0.0.1@{CHECKSUM}"]}
+    assert query == {"unique_identifier": [f"langgenius/demo:0.0.1@{checksum}"]}
+
+
+def zip_checksum_of(data: bytes, tmp_path: Path) -> str:
+    """The daemon's checksum of a package given as bytes."""
+    (tmp_path / "probe").mkdir(exist_ok=True)
+    path = tmp_path / "probe" / "package.difypkg"
+    path.write_bytes(data)
+    return zip_checksum(path)
+
+
+@pytest.mark.parametrize("path", [MARKET_PATH, LEGACY_PATH])
+def test_marketplace_checksum_must_match_the_download(web: FakeWeb, tmp_path: Path, path: str) -> None:
+    # Another plugin's package (or another build of this version) served for a pinned identifier.
+    web.route(path, Reply(body=ZIP))
+    wanted = "cd" * 32
+    dest = tmp_path / "downloads"
+
+    error = failure(f"langgenius/demo:0.0.1@{wanted}", dest, marketplace_url=web.url)
+
+    assert isinstance(error, NetworkError) and error.exit_code == 6
+    assert wanted in error.message and zip_checksum_of(ZIP, tmp_path) in error.message
+    assert not dest.exists() or not list(dest.iterdir()), "a refused download is not left behind"
+
+
+def test_marketplace_checksum_is_compared_case_insensitively(web: FakeWeb, tmp_path: Path) -> None:
+    web.route(MARKET_PATH, Reply(body=ZIP))
+    checksum = zip_checksum_of(ZIP, tmp_path).upper()
+
+    path = fetch(f"langgenius/demo:0.0.1@{checksum}", tmp_path / "downloads", marketplace_url=web.url)
+
+    assert path.read_bytes() == ZIP
 
 
 def test_marketplace_404_names_the_plugin_and_version(web: FakeWeb, tmp_path: Path) -> None:

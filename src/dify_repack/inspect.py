@@ -24,7 +24,8 @@ from .manifest import Manifest, read_manifest
 from .offline import WHEELS_DIR
 from .package import extract_package, open_package, zip_checksum
 from .packing import API_DEFAULT_LIMIT, DAEMON_DEFAULT_LIMIT, upload_settings
-from .requirements import logical_lines, parse_requirement, read_requirements_file, remote_lock_sources, tomllib
+from .reqfile import logical_lines, parse_requirement, read_requirements_file
+from .requirements import remote_lock_sources, tomllib
 from .signing import read_signature, verify_signature
 from .targets import DEFAULT_PYTHON, Target, make_targets
 

@@ -11,14 +11,14 @@ from pathlib import Path
 import pathspec
 import tomlkit
 from packaging.requirements import Requirement
-from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from tomlkit.container import OutOfOrderTableProxy
 from tomlkit.items import Array, Table
 
 from .errors import DependencyError, EnvironmentProblem
 from .manifest import Manifest
-from .requirements import SDK
+from .package import file_sha256
+from .requirements import SDK, check_requires_python
 from .runner import clean_env, run
 from .targets import Target
 from .uvbin import find_python, uv_bin
@@ -38,22 +38,30 @@ PROTECTED = (
 )
 
 
-def requirements_lines(selected: Sequence[Selected], targets: Sequence[Target]) -> list[str]:
-    """Exact pins for every package; an architecture marker only where the targets differ."""
+def requirements_lines(selected: Sequence[Selected], targets: Sequence[Target], *, hashes: bool = False) -> list[str]:
+    """Exact pins for every package; an architecture marker only where the targets differ.
+
+    With ``hashes`` every line also names the sha256 of each shipped file of it, so pip and uv check them when
+    they install (a plugin that pinned hashes keeps that check; pip then wants one on every line).
+    """
     lines = []
     for item in selected:
         name = SDK_NAME if item.pin.name == "dify-plugin" else item.pin.name
         covered = [target for target in targets if target in item.files]
-        if len(covered) == len(targets):
-            lines.append(f"{name}=={item.pin.version}")
-        else:
-            marker = " or ".join(target.arch_marker for target in covered)
-            lines.append(f"{name}=={item.pin.version} ; {marker}")
+        line = f"{name}=={item.pin.version}"
+        if len(covered) != len(targets):
+            line += f" ; {' or '.join(target.arch_marker for target in covered)}"
+        if hashes:
+            digests = sorted({file_sha256(path) for path in item.files.values()})
+            line += "".join(f" \\\n    --hash=sha256:{digest}" for digest in digests)
+        lines.append(line)
     return lines
 
 
-def write_requirements(root: Path, selected: Sequence[Selected], targets: Sequence[Target]) -> None:
-    body = "".join(f"{line}\n" for line in requirements_lines(selected, targets))
+def write_requirements(
+    root: Path, selected: Sequence[Selected], targets: Sequence[Target], *, hashes: bool = False
+) -> None:
+    body = "".join(f"{line}\n" for line in requirements_lines(selected, targets, hashes=hashes))
     text = f"{HEADER}--no-index\n--find-links=./{WHEELS_DIR}/\n{body}"
     (root / "requirements.txt").write_text(text, encoding="utf-8")
 
@@ -84,11 +92,7 @@ def edit_pyproject(
     requires = project.get("requires-python")
     python = targets[0].python
     if requires is not None:
-        if not SpecifierSet(str(requires)).contains(f"{python}.0"):
-            raise DependencyError(
-                f"pyproject.toml requires-python {requires!s} excludes CPython {python}, which the daemon always uses",
-                tip=f"allow {python} in requires-python",
-            )
+        check_requires_python(str(requires), python)
     else:
         project["requires-python"] = f">={python}"
     if declared_in_pyproject and added:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import tempfile
 import time
@@ -32,8 +31,9 @@ from .package import (
     write_package,
     zip_checksum,
 )
+from .pins import PinChange, check_hashes, compare_pins, preferences_for
 from .report import NullReporter, Reporter
-from .requirements import SDK, declared_dependencies
+from .requirements import SDK, check_requires_python, declared_dependencies
 from .resolve import Indexes, Pin, ResolutionCache, resolve
 from .signing import key_permission_warning, load_private_key, sign_tree
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, chosen_arches, make_targets
@@ -79,6 +79,7 @@ class PackResult:
     notes: tuple[str, ...]
     signed: bool
     verification: VerifyReport | None = None  # what the check found, when one ran
+    pin_changes: tuple[PinChange, ...] = ()  # shipped versions that differ from a version the plugin pinned
 
     @property
     def dify_settings(self) -> tuple[str, ...]:
@@ -145,7 +146,7 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
         load_private_key(options.sign_key)
         if warning := key_permission_warning(options.sign_key):
             reporter.warn(warning)
-    cache = WheelCache(options.cache_dir or default_cache_dir())
+    cache = WheelCache(options.cache_dir or default_cache_dir(), warn=reporter.warn)
     with tempfile.TemporaryDirectory(prefix="dify-repack-") as temp:
         root = Path(temp) / "plugin"
         root.mkdir()
@@ -164,6 +165,8 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
 
         targets = make_targets(options.python, chosen_arches(options.arch, manifest.arches), options.glibc)
         declared = declared_dependencies(root)
+        if declared.requires_python is not None:
+            check_requires_python(declared.requires_python, options.python)  # before anything is downloaded
         if options.check is not None or (root / "pyproject.toml").is_file():
             # uv lock and the replays need the daemon's CPython: find it, or have uv install it, before any download.
             require_python(options.python, reporter.step)
@@ -185,7 +188,8 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
                     declared.requirements,
                     target,
                     indexes=options.indexes,
-                    preferences=declared.lock_pins,
+                    preferences=preferences_for(declared.preferred, target),
+                    constraints=declared.constraints,
                     uv_cache=cache.uv_cache,
                     cache=resolutions,
                 )
@@ -209,15 +213,19 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             if prefetching is not None:
                 prefetching.result()
         selected = fetch_all(plan, cache, indexes=options.indexes, reporter=reporter)
+        check_hashes(declared, selected)
+        compared, changes = compare_pins(declared.pins, selected)
+        if changes:
+            reporter.warn(f"{len(changes)} of {compared} versions the plugin pinned are shipped in another version")
 
         wheel_dir = root / WHEELS_DIR
         wheel_dir.mkdir()
         wheel_files = {path for item in selected for path in item.files.values()}
         for path in wheel_files:
-            _link_or_copy(path, wheel_dir / path.name)
+            cache.export(path, wheel_dir / path.name)
 
         reporter.step("writing the offline configuration")
-        write_requirements(root, selected, targets)
+        write_requirements(root, selected, targets, hashes=bool(declared.hashes))
         if (root / "pyproject.toml").is_file():
             notes += edit_pyproject(
                 root,
@@ -259,17 +267,10 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
         notes=tuple(notes),
         signed=options.sign_key is not None,
         verification=verification,
+        pin_changes=changes,
     )
 
 
 def _single_version(selected: list[Selected], name: str) -> str | None:
     versions = {item.pin.version for item in selected if item.pin.name == name}
     return versions.pop() if len(versions) == 1 else None
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    # A hard link costs nothing; the cache may be on another file system, then copy.
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)

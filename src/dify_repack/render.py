@@ -16,6 +16,7 @@ from .packing import API_DEFAULT_LIMIT, DAEMON_DEFAULT_LIMIT, PackResult
 from .verify import Step, VerifyReport
 
 Outcome = tuple[str, "PackResult | DifyRepackError", float]
+PIN_CHANGES_SHOWN = 10  # the summary lists this many changed pins; --json has them all
 
 
 def _console() -> Console:
@@ -60,6 +61,10 @@ def pack_json(text: str, outcome: PackResult | DifyRepackError, seconds: float) 
             "warnings": list(outcome.verification.warnings),
         },
         "notes": list(outcome.notes),
+        "pin_changes": [
+            {"name": c.name, "declared": c.declared, "shipped": c.shipped, "where": c.where}
+            for c in outcome.pin_changes
+        ],
         "dify_settings": list(outcome.dify_settings),
         "seconds": round(seconds, 2),
     }
@@ -91,6 +96,12 @@ def print_pack_result(result: PackResult) -> None:
         out.print("  verified  [yellow]skipped (--no-verify)[/]: run `dify-repack verify` before carrying it across")
     for note in result.notes:
         out.print(f"  note      {note}", markup=False)
+    for change in result.pin_changes[:PIN_CHANGES_SHOWN]:
+        out.print(
+            f"  changed   {change.name} {change.declared} → {change.shipped} (pinned in {change.where})", markup=False
+        )
+    if len(result.pin_changes) > PIN_CHANGES_SHOWN:
+        out.print(f"  changed   … and {len(result.pin_changes) - PIN_CHANGES_SHOWN} more pins (--json lists all)")
     out.print("Dify settings for this upload:" if result.dify_settings else "Dify settings: the defaults accept it.")
     for setting in result.dify_settings:
         out.print(f"  {setting}", markup=False)

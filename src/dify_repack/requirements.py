@@ -1,4 +1,4 @@
-"""What a plugin declares it needs: pyproject.toml, requirements.txt (with -r, markers, hashes) and uv.lock pins."""
+"""What a plugin declares it needs: pyproject.toml, requirements.txt (read by ``reqfile``) and uv.lock pins."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packaging.requirements import InvalidRequirement, Requirement
+from packaging.markers import InvalidMarker, Marker
+from packaging.requirements import Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from .errors import DependencyError
+from .reqfile import DeclaredPin, HashPin, RequirementsFile, parse_requirement, parse_requirements_file, shown_line
 
 if sys.version_info >= (3, 11):
     import tomllib as tomllib
@@ -20,14 +23,6 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 SDK = "dify-plugin"
-_INCLUDE = re.compile(r"^(-r|--requirement|-c|--constraint)(\s+|=)(?P<path>\S+)$")
-# Options that configure where pip looks: the package replaces them all with its own wheels.
-_IGNORED_OPTION = re.compile(
-    r"^(-i|-f|--index-url|--extra-index-url|--find-links|--no-index|--trusted-host|--pre|"
-    r"--prefer-binary|--only-binary|--no-binary|--use-feature|--no-build-isolation)\b"
-)
-_INDEX_OPTION = re.compile(r"^(-i|--index-url|--extra-index-url)\b")
-_INLINE_OPTION = re.compile(r"\s+--(hash|config-settings|global-option|install-option)[=\s]\S+")
 
 
 @dataclass(frozen=True)
@@ -40,96 +35,14 @@ class Declared:
     lock_pins: dict[str, str] = field(default_factory=dict)  # canonical name -> version in an existing uv.lock
     has_pyproject_project: bool = False
     added_to_pyproject: tuple[Requirement, ...] = ()  # requirements pyproject.toml must gain to match the set
-
-
-def read_requirements_file(
-    path: Path, *, root: Path, notes: list[str] | None = None, _seen: frozenset[Path] = frozenset()
-) -> list[Requirement]:
-    """Parse a pip requirements file; invalid lines raise DependencyError naming file and line.
-
-    Index options are not followed (the package installs from its own wheels); ``notes`` learns of them.
-    """
-    shown = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
-    if path.resolve() in _seen:
-        raise DependencyError(f"{shown}: includes itself (-r loop)")
-    if not path.is_file():
-        raise DependencyError(f"{shown}: no such requirements file")
-    requirements: list[Requirement] = []
-    for lineno, line in logical_lines(path.read_text(encoding="utf-8", errors="replace")):
-        where = f"{shown}:{lineno}"
-        include = _INCLUDE.match(line)
-        if include:
-            if line.startswith(("-c", "--constraint")):
-                continue  # constraints narrow versions; the resolver picks within the plugin's own pins anyway
-            nested = path.parent / include.group("path")
-            requirements += read_requirements_file(nested, root=root, notes=notes, _seen=_seen | {path.resolve()})
-            continue
-        if _IGNORED_OPTION.match(line):
-            if notes is not None and _INDEX_OPTION.match(line):
-                notes.append(f"{where}: {line} is not used to resolve; give it to dify-repack as --index-url")
-            continue
-        if line.startswith(("-e", "--editable")):
-            raise DependencyError(
-                f"{where}: editable requirement {line!r} cannot be packaged",
-                tip="list the package by name and version",
-            )
-        if line.startswith("-"):
-            raise DependencyError(f"{where}: unsupported requirements-file option {line.split()[0]!r}")
-        requirements.append(parse_requirement(_INLINE_OPTION.sub("", line), where))
-    return requirements
-
-
-def logical_lines(text: str) -> list[tuple[int, str]]:
-    """Lines with comments removed and backslash continuations joined, numbered by where they start."""
-    result: list[tuple[int, str]] = []
-    pending, start = "", 0
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = re.sub(r"(^|\s)#.*$", "", raw).rstrip()
-        if not pending:
-            start = number
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        line = (pending + line).strip()
-        pending = ""
-        if line:
-            result.append((start, line))
-    if pending.strip():
-        result.append((start, pending.strip()))
-    return result
-
-
-_VERSION_AFTER_OPERATOR = re.compile(r"(===|==|~=|!=|<=|>=|<|>)\s*(?P<version>[^\s,;]+)")
-
-
-def _is_version(text: str) -> bool:
-    try:
-        Version(text.removesuffix(".*"))
-    except InvalidVersion:
-        return False
-    return True
-
-
-def parse_requirement(text: str, where: str) -> Requirement:
-    try:
-        requirement = Requirement(text)
-    except InvalidRequirement as exc:
-        reason = str(exc).splitlines()[0]
-        # packaging's parser error for a bad version ("Expected semicolon ...") hides the actual mistake.
-        versions = (match.group("version") for match in _VERSION_AFTER_OPERATOR.finditer(text))
-        bad = next((version for version in versions if not _is_version(version)), None)
-        if bad is not None:
-            reason = f"{bad!r} is not a valid version"
-        raise DependencyError(
-            f"{where}: invalid requirement {text!r}: {reason}",
-            tip="fix the line (a version looks like 1.2.3, e.g. dify_plugin==0.7.4)",
-        ) from None
-    if requirement.url:
-        raise DependencyError(
-            f"{where}: {requirement.name} is a direct URL requirement ({requirement.url}); it cannot be resolved from an index",
-            tip="publish the package to an index (a private one works with --index-url) and require it by version",
-        )
-    return requirement
+    # Hard limits for resolution: constraint files, and the exact versions of hash-pinned packages.
+    constraints: tuple[Requirement, ...] = ()
+    # Every exact pin stated (uv.lock first, then requirements files); ``preferred`` ones steer resolution.
+    pins: tuple[DeclaredPin, ...] = ()
+    preferred: tuple[DeclaredPin, ...] = ()
+    hashes: tuple[HashPin, ...] = ()
+    require_hashes: bool = False  # --require-hashes: every shipped package needs a pinned hash
+    requires_python: str | None = None  # pyproject.toml's, validated
 
 
 def read_pyproject(path: Path) -> dict[str, Any]:
@@ -139,21 +52,38 @@ def read_pyproject(path: Path) -> dict[str, Any]:
         raise DependencyError(f"pyproject.toml: not valid TOML: {exc}") from None
 
 
-def read_lock_pins(path: Path) -> dict[str, str]:
-    """Versions an existing uv.lock chose, to prefer them; the project itself and unparsable entries are skipped."""
+def read_lock_pins(path: Path, notes: list[str] | None = None) -> list[DeclaredPin]:
+    """Versions an existing uv.lock chose, to prefer them; the project itself and unparsable entries are skipped.
+
+    A lock that cannot be read only loses its preference (``notes`` says so): the plugin still declares its set.
+    """
+    notes = [] if notes is None else notes
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
-        return {}
-    pins: dict[str, str] = {}
-    for package in data.get("package", []):
-        source = package.get("source", {})
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        notes.append(f"uv.lock: not valid TOML ({exc}); its versions are not preferred")
+        return []
+    packages = data.get("package", [])
+    if not isinstance(packages, list):
+        notes.append("uv.lock: `package` is not a list of tables; its versions are not preferred")
+        return []
+    pins, skipped = [], 0
+    for package in packages:
+        source = package.get("source") if isinstance(package, dict) else None
         if not isinstance(source, dict) or "registry" not in source:
+            skipped += not isinstance(package, dict)
             continue
+        name, version, markers = package.get("name"), package.get("version"), package.get("resolution-markers")
         try:
-            pins[canonicalize_name(package["name"])] = str(Version(package["version"]))
-        except (KeyError, InvalidVersion):
-            continue
+            if not isinstance(name, str) or not isinstance(version, str):
+                raise TypeError(name)
+            # A package locked in several versions holds each only where its resolution markers say.
+            marker = Marker(" or ".join(f"({m})" for m in markers)) if isinstance(markers, list) and markers else None
+            pins.append(DeclaredPin(canonicalize_name(name), str(Version(version)), "uv.lock", marker))
+        except (TypeError, InvalidVersion, InvalidMarker):
+            skipped += 1
+    if skipped:
+        notes.append(f"uv.lock: {skipped} malformed package entries skipped; their versions are not preferred")
     return pins
 
 
@@ -162,6 +92,8 @@ def remote_lock_sources(lock: dict[str, Any]) -> list[str]:
     remote: list[str] = []
     packages = lock.get("package")
     for package in packages if isinstance(packages, list) else []:
+        if not isinstance(package, dict):
+            continue
         source = package.get("source")
         for kind, value in (source if isinstance(source, dict) else {}).items():
             if kind in ("git", "url") or (kind == "registry" and "://" in str(value)):
@@ -173,23 +105,24 @@ def remote_lock_sources(lock: dict[str, Any]) -> list[str]:
 
 def declared_dependencies(root: Path) -> Declared:
     """The one dependency set to resolve: pyproject.toml's when it declares any, else requirements.txt's."""
-    pyproject_path, requirements_path = root / "pyproject.toml", root / "requirements.txt"
+    pyproject_path = _confined(root / "pyproject.toml", root)
+    requirements_path = _confined(root / "requirements.txt", root)
     pyproject = read_pyproject(pyproject_path) if pyproject_path.is_file() else {}
     project = pyproject.get("project")
-    from_pyproject: list[Requirement] | None = None
-    if isinstance(project, dict) and project.get("dependencies"):
-        from_pyproject = [
-            parse_requirement(str(text), f"pyproject.toml [project].dependencies[{index}]")
-            for index, text in enumerate(project["dependencies"])
-        ]
+    from_pyproject = _pyproject_dependencies(project) if isinstance(project, dict) else None
     file_notes: list[str] = []
-    from_requirements = (
-        read_requirements_file(requirements_path, root=root, notes=file_notes) if requirements_path.is_file() else None
+    from_file = (
+        parse_requirements_file(requirements_path, root=root, notes=file_notes) if requirements_path.is_file() else None
     )
-    lock = root / "uv.lock"
-    pins = read_lock_pins(lock) if lock.is_file() else {}
-    has_project = isinstance(project, dict)
-    if from_pyproject is not None:
+    from_requirements = from_file.requirements if from_file is not None else None
+    lock = _confined(root / "uv.lock", root)
+    lock_pins = read_lock_pins(lock, file_notes) if lock.is_file() else []
+    agrees = (
+        from_pyproject is None or from_requirements is None or not _disagreements(from_pyproject, from_requirements)
+    )
+    file_pins = from_file.pins if from_file is not None else []
+    if from_pyproject:
+        source, requirements = "pyproject.toml", from_pyproject
         notes = _disagreements(from_pyproject, from_requirements) if from_requirements is not None else []
         notes += file_notes
         added: tuple[Requirement, ...] = ()
@@ -202,15 +135,93 @@ def declared_dependencies(root: Path) -> Declared:
                 f"{requirement.name} is only in {where}, not in [project].dependencies: added {requirement} there, "
                 "since `uv sync` installs only [project].dependencies and the daemon imports dify_plugin"
             )
-        notes += _missing_sdk(from_pyproject)
-        return Declared(tuple(from_pyproject), "pyproject.toml", tuple(notes), pins, has_project, added)
-    if from_requirements is not None:
-        notes = file_notes + _missing_sdk(from_requirements)
-        return Declared(tuple(from_requirements), "requirements.txt", tuple(notes), pins, has_project)
-    raise DependencyError(
-        f"{root}: neither requirements.txt nor pyproject.toml [project].dependencies declares the dependencies",
-        tip="a Python plugin lists at least dify_plugin in requirements.txt or pyproject.toml",
+    elif from_requirements is not None:
+        source, requirements, notes, added = "requirements.txt", from_requirements, file_notes, ()
+    else:
+        raise DependencyError(
+            f"{root}: neither requirements.txt nor pyproject.toml [project].dependencies declares the dependencies",
+            tip="a Python plugin lists at least dify_plugin in requirements.txt or pyproject.toml",
+        )
+    return Declared(
+        tuple(requirements),
+        source,
+        tuple(notes + _missing_sdk(requirements)),
+        lock_pins={pin.name: pin.version for pin in lock_pins if pin.marker is None},
+        has_pyproject_project=isinstance(project, dict),
+        added_to_pyproject=added,
+        constraints=tuple(_uv_constraints(pyproject) + _hash_constraints(from_file)),
+        pins=tuple(lock_pins + file_pins),
+        # uv.lock first: daemons 0.5.5+ install from it. A requirements.txt contradicting pyproject.toml is stale.
+        preferred=tuple(lock_pins + (file_pins if agrees else [])),
+        hashes=tuple(from_file.hashes) if from_file is not None else (),
+        require_hashes=from_file is not None and from_file.require_hashes,
+        requires_python=str(project["requires-python"])
+        if isinstance(project, dict) and "requires-python" in project
+        else None,
     )
+
+
+def check_requires_python(requires: str, python: str) -> None:
+    """Refuse a requires-python that excludes the daemon's CPython: uv sync would refuse to install."""
+    if not SpecifierSet(requires).contains(f"{python}.0"):
+        raise DependencyError(
+            f"pyproject.toml requires-python {requires} excludes CPython {python}, which the daemon always uses",
+            tip=f"allow {python} in requires-python",
+        )
+
+
+def _confined(path: Path, root: Path) -> Path:
+    """``path`` when it stays inside the plugin once links are resolved; a link leading out is refused unread."""
+    if path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
+        raise DependencyError(f"{path.name}: leads outside the plugin folder; refusing to read it")
+    return path
+
+
+def _pyproject_dependencies(project: dict[str, Any]) -> list[Requirement]:
+    """``[project].dependencies`` (and a valid ``requires-python``), or a DependencyError naming the entry."""
+    requires = project.get("requires-python")
+    if requires is not None:
+        try:
+            SpecifierSet(requires if isinstance(requires, str) else repr(requires))
+        except InvalidSpecifier:
+            raise DependencyError(
+                f"pyproject.toml: requires-python {shown_line(str(requires))} is not a version specifier",
+                tip='write it like ">=3.12"',
+            ) from None
+    dependencies = project.get("dependencies", [])
+    if not isinstance(dependencies, list):
+        raise DependencyError(
+            f"pyproject.toml: [project].dependencies is a {type(dependencies).__name__}, not a list of requirements",
+            tip='write it as dependencies = ["dify_plugin==0.7.4", ...]',
+        )
+    where = "pyproject.toml [project].dependencies"
+    for index, text in enumerate(dependencies):
+        if not isinstance(text, str):
+            raise DependencyError(f"{where}[{index}]: a {type(text).__name__}, not a requirement string")
+    return [parse_requirement(text, f"{where}[{index}]") for index, text in enumerate(dependencies)]
+
+
+def _uv_constraints(pyproject: dict[str, Any]) -> list[Requirement]:
+    """``[tool.uv] constraint-dependencies``: honoured while resolving, as uv would."""
+    tool = pyproject.get("tool")
+    uv = tool.get("uv") if isinstance(tool, dict) else None
+    entries = uv.get("constraint-dependencies") if isinstance(uv, dict) else None
+    if entries is None:
+        return []
+    where = "pyproject.toml [tool.uv].constraint-dependencies"
+    if not isinstance(entries, list) or not all(isinstance(entry, str) for entry in entries):
+        raise DependencyError(f"{where}: not a list of requirement strings")
+    return [parse_requirement(entry, f"{where}[{index}]") for index, entry in enumerate(entries)]
+
+
+def _hash_constraints(parsed: RequirementsFile | None) -> list[Requirement]:
+    """Constraint files' lines, and the exact version of every hash-pinned package: hashes name those files only."""
+    if parsed is None:
+        return []
+    pinned = [
+        Requirement(f"{pin.name}=={pin.version}" + (f"; {pin.marker}" if pin.marker else "")) for pin in parsed.hashes
+    ]
+    return parsed.constraints + pinned
 
 
 def _missing_sdk(requirements: list[Requirement]) -> list[str]:

@@ -19,14 +19,17 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name, parse_wheel_filename
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+from packaging.version import InvalidVersion
 
 from .credentials import DEFAULT_INDEX as DEFAULT_INDEX
 from .credentials import Indexes as Indexes
 from .credentials import certificate_error, is_certificate_error
 from .errors import DependencyError, NetworkError
+from .reqfile import shown_line
 from .requirements import tomllib
 from .runner import clean_env, run
 from .targets import Target
@@ -69,11 +72,17 @@ class ResolutionCache:
     refresh: bool = False
 
     def key(
-        self, requirements: Sequence[Requirement], target: Target, indexes: Indexes, preferences: dict[str, str]
+        self,
+        requirements: Sequence[Requirement],
+        target: Target,
+        indexes: Indexes,
+        preferences: dict[str, str],
+        constraints: Sequence[Requirement] = (),
     ) -> str:
         material = {
             "requirements": sorted(str(requirement) for requirement in requirements),
             "preferences": sorted(preferences.items()),
+            "constraints": sorted(str(constraint) for constraint in constraints),
             "target": [target.python, target.arch, list(target.glibc)],
             "indexes": list(indexes.public_urls()),  # a changed password must not cost a resolution
             "uv": uv_bin(),
@@ -107,25 +116,27 @@ def resolve(
     *,
     indexes: Indexes,
     preferences: dict[str, str] | None = None,
+    constraints: Sequence[Requirement] = (),
     uv_cache: Path | None = None,
     cache: ResolutionCache | None = None,
 ) -> list[Pin]:
     """Pin every package ``requirements`` need on ``target``, preferring ``preferences`` (e.g. uv.lock pins).
 
     Preferences are tried as constraints first; when they conflict with the declared ranges, the set is
-    resolved afresh (a stale lock must not make a valid plugin fail).
+    resolved afresh (a stale lock must not make a valid plugin fail). ``constraints`` (constraint files,
+    hash-pinned versions) always hold.
     """
     preferences = preferences or {}
     refresh = cache is not None and cache.refresh
-    key = cache.key(requirements, target, indexes, preferences) if cache else ""
+    key = cache.key(requirements, target, indexes, preferences, constraints) if cache else ""
     if cache and (cached := cache.load(key)) is not None:
         return cached
     pins: list[Pin] | None = None
     if preferences:
         with contextlib.suppress(DependencyError):  # the preferences conflict: resolve without them
-            pins = _compile(requirements, target, indexes, preferences, uv_cache, refresh)
+            pins = _compile(requirements, target, indexes, constraints, preferences, uv_cache, refresh)
     if pins is None:
-        pins = _compile(requirements, target, indexes, {}, uv_cache, refresh)
+        pins = _compile(requirements, target, indexes, constraints, {}, uv_cache, refresh)
     if cache:
         cache.store(key, pins)
     return pins
@@ -135,16 +146,18 @@ def _compile(
     requirements: Sequence[Requirement],
     target: Target,
     indexes: Indexes,
-    constraints: dict[str, str],
+    constraints: Sequence[Requirement],
+    preferences: dict[str, str],
     uv_cache: Path | None,
     refresh: bool = False,
 ) -> list[Pin]:
     with tempfile.TemporaryDirectory(prefix="dify-repack-resolve-") as temp:
         work = Path(temp)
         (work / "requirements.in").write_text("".join(f"{req}\n" for req in requirements), encoding="utf-8")
-        (work / "constraints.txt").write_text(
-            "".join(f"{name}=={version}\n" for name, version in sorted(constraints.items())), encoding="utf-8"
-        )
+        # Constraints never carry extras (uv refuses them): only the name, versions and marker matter.
+        lines = [f"{constraint.name}{constraint.specifier}{_marker_suffix(constraint)}\n" for constraint in constraints]
+        lines += [f"{name}=={version}\n" for name, version in sorted(preferences.items())]
+        (work / "constraints.txt").write_text("".join(lines), encoding="utf-8")
         # An interpreter of the target's version builds sdist metadata faithfully; any one will do otherwise,
         # and naming one stops uv from trying to download a managed Python.
         interpreter = find_python(target.python) or Path(sys.executable)
@@ -178,6 +191,10 @@ def _compile(
     return [_pin(package, target) for package in data.get("packages", [])]
 
 
+def _marker_suffix(requirement: Requirement) -> str:
+    return f" ; {requirement.marker}" if requirement.marker else ""
+
+
 def _explain_failure(output: str, target: Target, indexes: Indexes) -> Exception:
     lines = [line.strip() for line in output.splitlines() if line.strip() and not line.startswith("warning")]
     text = " ".join(lines)
@@ -202,22 +219,36 @@ def _explain_failure(output: str, target: Target, indexes: Indexes) -> Exception
     )
 
 
-def _artifact(entry: dict[str, Any]) -> Artifact:
+def _artifact(entry: dict[str, Any], name: str) -> Artifact:
     url = str(entry.get("url") or entry.get("path") or "")
+    # Indexes may add a query (signed links) and percent-encode the name ("torch-2.5.1%2Bcpu-..."): the
+    # file name is the last path segment, decoded. It becomes a path in the cache and the package.
+    filename = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    if filename in ("", ".", "..") or any(char in filename for char in "/\\\0"):
+        raise DependencyError(
+            f"{name}: the index links a file with an unusable name ({shown_line(filename)})",
+            tip="check the index; a file name must be one path segment",
+        )
     hashes = entry.get("hashes") or {}
     size = entry.get("size")
-    return Artifact(url, url.rsplit("/", 1)[-1].split("#", 1)[0], hashes.get("sha256"), int(size) if size else None)
+    return Artifact(url, filename, hashes.get("sha256"), int(size) if size else None)
+
+
+def _wheel_for(artifact: Artifact, name: str, target: Target) -> bool:
+    """Whether ``artifact`` is a wheel of ``name`` that ``target`` installs; unparsable names are not."""
+    try:
+        return target.wheel_rank(artifact.filename) is not None and (
+            canonicalize_name(parse_wheel_filename(artifact.filename)[0]) == name
+        )
+    except (InvalidWheelFilename, InvalidVersion):
+        return False
 
 
 def _pin(package: dict[str, Any], target: Target) -> Pin:
     name = canonicalize_name(package["name"])
     if "version" not in package or package.get("vcs") or package.get("archive") or package.get("directory"):
         raise DependencyError(f"{name}: direct URL / VCS / path dependencies cannot be packaged for {target}")
-    wheels = tuple(
-        artifact
-        for artifact in map(_artifact, package.get("wheels", []))
-        if target.wheel_rank(artifact.filename) is not None
-        and canonicalize_name(parse_wheel_filename(artifact.filename)[0]) == name
-    )
-    sdist = _artifact(package["sdist"]) if package.get("sdist") else None
+    candidates = (_artifact(entry, name) for entry in package.get("wheels", []))
+    wheels = tuple(artifact for artifact in candidates if _wheel_for(artifact, name, target))
+    sdist = _artifact(package["sdist"], name) if package.get("sdist") else None
     return Pin(name, str(package["version"]), wheels, sdist)

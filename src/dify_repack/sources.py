@@ -27,6 +27,7 @@ import httpx
 
 from .errors import NetworkError, PackageError, StatusError, UsageError
 from .http import ProgressCallback, download, make_client, open_stream
+from .package import zip_checksum
 
 SourceKind = Literal["file", "directory", "marketplace", "github", "url"]
 
@@ -234,7 +235,7 @@ def fetch_source(
             plugin = source.plugin
             if plugin.version is None:
                 plugin = _latest(plugin, marketplace, http_client, attempts=attempts, backoff=backoff)
-            return _fetch_marketplace(plugin, marketplace, get)
+            return _check_checksum(plugin, _fetch_marketplace(plugin, marketplace, get))
         url = source.release.url(github) if source.release is not None else source.url
         assert url is not None, f"a {source.kind} source has a path, plugin, release or url"
         try:
@@ -319,6 +320,26 @@ def _fetch_marketplace(plugin: PluginId, marketplace: str, get: Callable[[str], 
         if exc.status != 404:
             raise
         raise _not_on_marketplace(plugin, marketplace) from None
+
+
+def _check_checksum(plugin: PluginId, package: Path) -> Path:
+    """The package when it is the one ``@checksum`` names (the daemon's checksum); else removed and refused."""
+    if plugin.checksum is None:
+        return package
+    try:
+        actual = zip_checksum(package)
+    except PackageError:
+        package.unlink(missing_ok=True)
+        raise
+    if actual != plugin.checksum:
+        package.unlink(missing_ok=True)
+        raise NetworkError(
+            f"{plugin.org}/{plugin.name}:{plugin.version}: the Marketplace served a package with checksum {actual}, "
+            f"not the {plugin.checksum} the identifier names",
+            tip="the identifier names another build of this version: copy it again from Dify, "
+            "or leave out @CHECKSUM to take the package the Marketplace serves now",
+        )
+    return package
 
 
 def _not_on_marketplace(plugin: PluginId, marketplace: str) -> NetworkError:

@@ -49,6 +49,7 @@ from .replay import (
     static_profile,
 )
 from .report import NullReporter, Reporter
+from .reqfile import check_includes
 from .runner import run
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, make_targets
 from .uvbin import fetch_uv, own_uv_version, provide_python
@@ -167,6 +168,8 @@ def verify_package(
         tree = work / "package"
         extract_package(package, tree)
         manifest = read_manifest(tree, origin=str(package))
+        # pip and uv follow -r/-c as written: an include leading out of the package would read this host's files.
+        check_includes(tree / "requirements.txt", root=tree)
         identifier = f"{manifest.plugin_id}:{manifest.version}@{zip_checksum(package)}"
         targets = make_targets(options.python, list(options.arches or manifest.arches), options.glibc)
         host_machine = platform.machine()

@@ -13,8 +13,9 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,9 @@ from pathlib import Path
 import httpx
 import platformdirs
 
-from .errors import BuildError, DifyRepackError, UsageError
+from .errors import BuildError, DifyRepackError, EnvironmentProblem, UsageError
 from .http import ProgressCallback, download, make_client
+from .package import file_sha256
 from .report import NullReporter, Reporter
 from .resolve import Artifact, Indexes, Pin
 from .runner import clean_env, run
@@ -31,6 +33,7 @@ from .targets import MACHINES, Target, is_pure_wheel
 from .uvbin import find_python, uv_bin
 
 PARALLEL_DOWNLOADS = 8
+SHA256_SUFFIX = ".sha256"  # beside a built wheel: its hash, checked before it is used again
 
 
 def default_cache_dir() -> Path:
@@ -49,11 +52,19 @@ _TAG_TEXT = (
 
 
 class WheelCache:
-    """Files stored by sha256 under ``root/files/ab/abcdef.../<filename>``; a file is there only once verified."""
+    """Files stored by sha256 under ``root/files/ab/abcdef.../<filename>``; a file is there only once verified.
 
-    def __init__(self, root: Path) -> None:
+    The name is not trusted: a file is hashed again before it is used in a run (once per run, while its inode,
+    size and mtime stay the same), and an entry whose bytes do not match is dropped, said through ``warn``
+    and fetched or built again. Built wheels keep their sha256 beside them for the same check.
+    """
+
+    def __init__(self, root: Path, *, warn: Callable[[str], None] | None = None) -> None:
         self.root = root
         self.fetched: set[Path] = set()  # files this run downloaded or built (not "already in the cache")
+        self._warn = warn or (lambda _message: None)
+        self._verified: dict[Path, tuple[tuple[int, int, int], str]] = {}
+        self._lock = threading.Lock()
 
     def mark(self) -> None:
         """Create the cache folder with its tag (once): what `clean` later checks before deleting anything."""
@@ -80,7 +91,55 @@ class WheelCache:
         if artifact.sha256 is None:
             return None
         path = self.path_for(artifact.sha256, artifact.filename)
-        return path if path.is_file() else None
+        if not path.is_file():
+            return None
+        if self.verify(path, artifact.sha256.lower()):
+            return path
+        return None
+
+    def verify(self, path: Path, sha256: str) -> bool:
+        """Whether ``path`` hashes to ``sha256``; a mismatching entry is removed and the run told so."""
+        identity = _identity(path)
+        with self._lock:
+            if self._verified.get(path) == (identity, sha256):
+                return True
+        actual = file_sha256(path)
+        if actual == sha256:
+            self._remember(path, sha256)
+            return True
+        path.unlink(missing_ok=True)
+        self._warn(
+            f"cache: {path.name} did not match its sha256 (found {actual[:12]}…, expected {sha256[:12]}…); "
+            "dropped it, it is fetched again"
+        )
+        return False
+
+    def _remember(self, path: Path, sha256: str) -> None:
+        with self._lock:
+            self._verified[path] = (_identity(path), sha256)
+
+    def export(self, path: Path, dest: Path) -> None:
+        """Put a verified cache file into a package: a hard link when it is still the file checked, else a copy
+        whose bytes are checked again."""
+        with self._lock:
+            known = self._verified.get(path)
+        if known is None:
+            raise ValueError(f"{path} was not verified in this run")  # a programming error, not user input
+        identity, sha256 = known
+        try:
+            os.link(path, dest)
+            if _identity(dest) == identity:
+                return
+            dest.unlink()  # the entry changed since it was checked: copy it and check the copy
+        except OSError:
+            pass  # the cache may be on another file system
+        shutil.copyfile(path, dest)
+        if file_sha256(dest) != sha256:
+            dest.unlink()
+            raise EnvironmentProblem(
+                f"cache: {path.name} changed while this run used it",
+                tip="another process is writing the cache; run again",
+            )
 
     def fetch(self, client: httpx.Client, artifact: Artifact, advance: ProgressCallback | None = None) -> Path:
         cached = self.lookup(artifact)
@@ -95,7 +154,8 @@ class WheelCache:
                 self.fetched.add(stored)
                 return stored
         path = self.path_for(artifact.sha256, artifact.filename)
-        download(client, artifact.url, path, sha256=artifact.sha256, size=artifact.size, progress=advance)
+        digest = download(client, artifact.url, path, sha256=artifact.sha256, size=artifact.size, progress=advance)
+        self._remember(path, digest)
         self.fetched.add(path)
         return path
 
@@ -104,7 +164,29 @@ class WheelCache:
         path = self.path_for(sha256, file.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         file.replace(path)
+        self._remember(path, sha256)
         return path
+
+    def built_wheels(self, build_dir: Path) -> list[Path]:
+        """The verified wheels built earlier into ``build_dir``; a damaged build is dropped (and rebuilt)."""
+        wheels = sorted(build_dir.glob("*.whl")) if build_dir.is_dir() else []
+        for wheel in wheels:
+            sidecar = wheel.with_name(wheel.name + SHA256_SUFFIX)
+            expected = sidecar.read_text(encoding="ascii", errors="replace").strip() if sidecar.is_file() else ""
+            if not self.verify(wheel, expected):
+                shutil.rmtree(build_dir, ignore_errors=True)
+                return []
+        return wheels
+
+    def store_built(self, wheel: Path, build_dir: Path) -> Path:
+        """Keep a freshly built wheel in ``build_dir`` with its sha256 beside it."""
+        build_dir.mkdir(parents=True, exist_ok=True)
+        sha256 = file_sha256(wheel)
+        final = build_dir / wheel.name
+        final.with_name(final.name + SHA256_SUFFIX).write_text(f"{sha256}\n", encoding="ascii")
+        wheel.replace(final)
+        self._remember(final, sha256)
+        return final
 
     def built_dir(self, sdist: Artifact, python: str) -> Path:
         """Where wheels built from one sdist by one CPython version and machine are kept."""
@@ -132,6 +214,11 @@ class WheelCache:
                 "delete it yourself if you are sure",
             )
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 @dataclass(frozen=True)
@@ -267,7 +354,7 @@ def build_wheels(
     build_python = interpreter or Path(sys.executable)
     key_version = python_version if interpreter else f"{sys.version_info.major}.{sys.version_info.minor}"
     build_dir = cache.built_dir(pin.sdist, key_version) if pin.sdist else cache.root / "built" / "unknown"
-    wheels = sorted(build_dir.glob("*.whl")) if build_dir.is_dir() else []
+    wheels = cache.built_wheels(build_dir)
     if not wheels:
         started = time.monotonic()
         with reporter.activity(f"building {pin.name} {pin.version} from its sdist (no wheel is published)"):
@@ -318,7 +405,4 @@ def _build(pin: Pin, sdist: Path, python: Path, build_dir: Path, cache: WheelCac
                 f"{pin.name} {pin.version}: building a wheel from its sdist failed: {'; '.join(reasons[-3:]) or result.tail(3)}",
                 tip="it may need a C compiler or system headers on this host; or pin a version that publishes wheels",
             )
-        build_dir.mkdir(parents=True, exist_ok=True)
-        final = build_dir / wheels[0].name
-        wheels[0].replace(final)
-        return final
+        return cache.store_built(wheels[0], build_dir)

@@ -1,0 +1,327 @@
+"""pip requirements files as a plugin ships them: includes confined to the plugin, options, pins and hashes.
+
+A requirements file can pull in others (``-r``, ``-c`` and the spellings pip accepts); a hostile one names files
+of the packing machine (``/proc/self/environ``). Only files inside the plugin folder are ever opened.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packaging.markers import Marker
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from .errors import DependencyError
+
+# Long options pip accepts in requirement files that pull in another file; optparse also takes any unique
+# prefix (``--constr``), so a prefix counts as the option: it is then confined like the full spelling.
+_INCLUDES = {"--requirement": "requirement", "--constraint": "constraint"}
+_SHORT_INCLUDES = {"-r": "requirement", "-c": "constraint"}
+# Options that configure where pip looks: the package replaces them all with its own wheels.
+_IGNORED_OPTION = re.compile(
+    r"^(-i|-f|--index-url|--extra-index-url|--find-links|--no-index|--trusted-host|--pre|"
+    r"--prefer-binary|--only-binary|--no-binary|--use-feature|--no-build-isolation)\b"
+)
+_INDEX_OPTION = re.compile(r"^(-i|--index-url|--extra-index-url)\b")
+# Per-requirement options that only steer a build; dropped, as the package ships built wheels.
+_BUILD_OPTIONS = ("--config-settings", "--global-option", "--install-option")
+# pip's --hash algorithms, with the hex length of their digests.
+HASH_ALGORITHMS = {"sha256": 64, "sha384": 96, "sha512": 128}
+# A line from a plugin is shown at most this long: enough to recognise it, never a whole file.
+_SHOWN_CHARS = 120
+
+
+@dataclass(frozen=True)
+class DeclaredPin:
+    """An exact version the plugin stated, and where: ``uv.lock`` or ``requirements.txt:LINE``."""
+
+    name: str  # canonical
+    version: str
+    where: str
+    marker: Marker | None = None  # the pin holds only where this is true (a platform- or Python-specific line)
+
+
+@dataclass(frozen=True)
+class HashPin:
+    """``--hash`` values for one package: the file shipped for it must match one of them."""
+
+    name: str  # canonical
+    version: str
+    hashes: frozenset[str]  # "sha256:<hex>" ...
+    where: str
+    marker: Marker | None = None
+
+
+@dataclass
+class RequirementsFile:
+    """What a requirements file (and the files it includes) declares."""
+
+    requirements: list[Requirement] = field(default_factory=list)
+    constraints: list[Requirement] = field(default_factory=list)  # from -c files: narrow versions, add nothing
+    pins: list[DeclaredPin] = field(default_factory=list)
+    hashes: list[HashPin] = field(default_factory=list)
+    require_hashes: bool = False
+
+
+def shown_line(text: str) -> str:
+    """A line of a plugin's file for a message: quoted, control characters escaped, length bounded."""
+    return repr(text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "…")
+
+
+def read_requirements_file(path: Path, *, root: Path, notes: list[str] | None = None) -> list[Requirement]:
+    """The requirements of a pip requirements file (see ``parse_requirements_file``)."""
+    return parse_requirements_file(path, root=root, notes=notes).requirements
+
+
+def parse_requirements_file(path: Path, *, root: Path, notes: list[str] | None = None) -> RequirementsFile:
+    """Parse a pip requirements file and what it includes; invalid lines raise DependencyError naming file and line.
+
+    Includes (``-r``/``-c`` in every spelling pip accepts) must stay inside ``root`` once symbolic links are
+    resolved: a file outside it is never opened, so its content cannot leak into messages or resolution.
+    Index options are not followed (the package installs from its own wheels); ``notes`` learns of them.
+    """
+    result = RequirementsFile()
+    _read_into(result, path, root=root.resolve(), shown=_shown(path, root), notes=notes, kind="requirement")
+    return result
+
+
+def _shown(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+
+
+def _read_into(
+    result: RequirementsFile,
+    path: Path,
+    *,
+    root: Path,
+    shown: str,
+    notes: list[str] | None,
+    kind: str,
+    seen: frozenset[Path] = frozenset(),
+) -> None:
+    real = path.resolve()
+    if not real.is_relative_to(root):
+        raise DependencyError(f"{shown}: leads outside the plugin folder; refusing to read it")
+    if real in seen:
+        raise DependencyError(f"{shown}: includes itself (-r loop)")
+    if not real.is_file():
+        raise DependencyError(f"{shown}: no such requirements file")
+    # utf-8-sig: pip drops a byte order mark, and so must the first requirement's name.
+    for lineno, line in logical_lines(real.read_text(encoding="utf-8-sig", errors="replace")):
+        where = f"{shown}:{lineno}"
+        if line.startswith("-"):
+            include = _include(line, where)
+            if include is None:
+                _option(result, line, where, notes)
+                continue
+            nested_kind, target = include
+            nested = _confine(nested_kind, target, real.parent, root, where)
+            # A constraint file's requirements are constraints, whatever the file including it was.
+            _read_into(
+                result,
+                nested,
+                root=root,
+                shown=_shown(nested.resolve(), root),
+                notes=notes,
+                kind="constraint" if kind == "constraint" else nested_kind,
+                seen=seen | {real},
+            )
+            continue
+        requirement, options = _split_options(line)
+        parsed = parse_requirement(requirement, where)
+        hashes = _hashes(options, where)
+        (result.constraints if kind == "constraint" else result.requirements).append(parsed)
+        exact = exact_version(parsed)
+        if exact is not None:
+            result.pins.append(DeclaredPin(canonicalize_name(parsed.name), exact, where, parsed.marker))
+        if hashes:
+            if exact is None:
+                raise DependencyError(
+                    f"{where}: {parsed.name} has --hash values but no exact == version, so the hashes cannot "
+                    "name its file (pip refuses it too)",
+                    tip=f"pin it: {parsed.name}==VERSION --hash=...",
+                )
+            result.hashes.append(
+                HashPin(canonicalize_name(parsed.name), exact, frozenset(hashes), where, parsed.marker)
+            )
+
+
+def check_includes(path: Path, *, root: Path) -> None:
+    """Refuse a requirements file that includes, at any depth, a file outside ``root``; nothing else is checked.
+
+    For a package whose files pip or uv will read as they are (``verify``): they would follow such an include.
+    """
+    root = root.resolve()
+    todo, seen = [path], set()
+    while todo:
+        real = todo.pop().resolve()
+        shown = _shown(real, root)
+        if not real.is_relative_to(root):
+            raise DependencyError(f"{shown}: leads outside the plugin folder; refusing to read it")
+        if real in seen or not real.is_file():
+            continue  # loops and missing files are the installer's to report
+        seen.add(real)
+        for lineno, line in logical_lines(real.read_text(encoding="utf-8-sig", errors="replace")):
+            where = f"{shown}:{lineno}"
+            try:
+                include = _include(line, where) if line.startswith("-") else None
+            except DependencyError:
+                continue  # malformed, not an include pip could follow
+            if include is not None:
+                todo.append(_confine(*include, real.parent, root, where))
+
+
+def _confine(kind: str, target: str, directory: Path, root: Path, where: str) -> Path:
+    """The included file when it stays inside ``root`` (links resolved); otherwise refused, never opened."""
+    nested = directory / target
+    if "${" in target:
+        # pip and uv expand ${VAR} in requirement files: the file it names is not known until install time.
+        raise DependencyError(
+            f"{where}: {'-c' if kind == 'constraint' else '-r'} {shown_line(target)} names an environment variable, "
+            "which pip would expand; only plain paths inside the plugin folder can be included",
+            tip="write the path of a file inside the plugin folder",
+        )
+    if "://" in target or target.startswith("file:") or not nested.resolve().is_relative_to(root):
+        raise DependencyError(
+            f"{where}: {'-c' if kind == 'constraint' else '-r'} {shown_line(target)} is outside the "
+            "plugin folder; only plain paths inside the plugin folder can be included",
+            tip="copy what it needs into the plugin folder and include that file",
+        )
+    return nested
+
+
+def _include(line: str, where: str) -> tuple[str, str] | None:
+    """``(kind, path)`` when the line is an include: -r/-c/--requirement/--constraint, spaced, ``=``, attached or quoted."""
+    try:
+        tokens = shlex.split(line)
+    except ValueError:
+        raise DependencyError(f"{where}: unbalanced quotes in an option line") from None
+    if not tokens:
+        return None
+    first, value = tokens[0], tokens[1] if len(tokens) > 1 else None
+    kind = None
+    if first.startswith("--"):
+        name, equals, attached = first.partition("=")
+        kind = next((k for option, k in _INCLUDES.items() if len(name) > 3 and option.startswith(name)), None)
+        value = attached if equals else value
+    elif first[:2] in _SHORT_INCLUDES:
+        kind = _SHORT_INCLUDES[first[:2]]
+        value = first[2:].removeprefix("=") or value
+    if kind is None:
+        return None
+    if not value:
+        raise DependencyError(f"{where}: {first} names no file")
+    return kind, value
+
+
+def _option(result: RequirementsFile, line: str, where: str, notes: list[str] | None) -> None:
+    if line.split()[0] == "--require-hashes":
+        result.require_hashes = True
+        return
+    if _IGNORED_OPTION.match(line):
+        if notes is not None and _INDEX_OPTION.match(line):
+            notes.append(f"{where}: {line} is not used to resolve; give it to dify-repack as --index-url")
+        return
+    if line.startswith(("-e", "--editable")):
+        raise DependencyError(
+            f"{where}: editable requirement {shown_line(line)} cannot be packaged",
+            tip="list the package by name and version",
+        )
+    raise DependencyError(f"{where}: unsupported requirements-file option {shown_line(line.split()[0])}")
+
+
+def _split_options(line: str) -> tuple[str, list[str]]:
+    """The requirement and its per-line options: as pip does, options start at the first word beginning with -."""
+    words = line.split()
+    first = next((index for index, word in enumerate(words) if word.startswith("-")), len(words))
+    if first == len(words):
+        return line, []
+    return " ".join(words[:first]), words[first:]
+
+
+def _hashes(options: list[str], where: str) -> list[str]:
+    """``alg:hex`` values of ``--hash``; build options are dropped; anything else is an error."""
+    hashes, index = [], 0
+    while index < len(options):
+        option = options[index]
+        name, equals, value = option.partition("=")
+        if not equals and index + 1 < len(options) and not options[index + 1].startswith("-"):
+            value, index = options[index + 1], index + 1
+        index += 1
+        if name in _BUILD_OPTIONS:
+            continue
+        if name != "--hash":
+            raise DependencyError(f"{where}: unsupported option {shown_line(name)} after a requirement")
+        algorithm, _, digest = value.partition(":")
+        if HASH_ALGORITHMS.get(algorithm) != len(digest) or not re.fullmatch(r"[0-9a-fA-F]+", digest):
+            raise DependencyError(
+                f"{where}: --hash {shown_line(value)} is not sha256:, sha384: or sha512: with a hex digest"
+            )
+        hashes.append(f"{algorithm}:{digest.lower()}")
+    return hashes
+
+
+def exact_version(requirement: Requirement) -> str | None:
+    """The version an ``==`` specifier names exactly (no wildcard), if any."""
+    for spec in requirement.specifier:
+        if spec.operator in ("==", "===") and not spec.version.endswith(".*"):
+            return spec.version
+    return None
+
+
+def logical_lines(text: str) -> list[tuple[int, str]]:
+    """Lines with comments removed and backslash continuations joined, numbered by where they start."""
+    result: list[tuple[int, str]] = []
+    pending, start = "", 0
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = re.sub(r"(^|\s)#.*$", "", raw).rstrip()
+        if not pending:
+            start = number
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = (pending + line).strip()
+        pending = ""
+        if line:
+            result.append((start, line))
+    if pending.strip():
+        result.append((start, pending.strip()))
+    return result
+
+
+_VERSION_AFTER_OPERATOR = re.compile(r"(===|==|~=|!=|<=|>=|<|>)\s*(?P<version>[^\s,;]+)")
+
+
+def _is_version(text: str) -> bool:
+    try:
+        Version(text.removesuffix(".*"))
+    except InvalidVersion:
+        return False
+    return True
+
+
+def parse_requirement(text: str, where: str) -> Requirement:
+    try:
+        requirement = Requirement(text)
+    except InvalidRequirement as exc:
+        reason = str(exc).splitlines()[0]
+        # packaging's parser error for a bad version ("Expected semicolon ...") hides the actual mistake.
+        versions = (match.group("version") for match in _VERSION_AFTER_OPERATOR.finditer(text))
+        bad = next((version for version in versions if not _is_version(version)), None)
+        if bad is not None:
+            reason = f"{shown_line(bad)} is not a valid version"
+        raise DependencyError(
+            f"{where}: invalid requirement {shown_line(text)}: {reason}",
+            tip="fix the line (a version looks like 1.2.3, e.g. dify_plugin==0.7.4)",
+        ) from None
+    if requirement.url:
+        raise DependencyError(
+            f"{where}: {requirement.name} is a direct URL requirement ({requirement.url}); it cannot be resolved from an index",
+            tip="publish the package to an index (a private one works with --index-url) and require it by version",
+        )
+    return requirement
