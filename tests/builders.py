@@ -36,17 +36,22 @@ def make_wheel(
     requires: tuple[str, ...] = (),
     requires_python: str | None = None,
     files: Mapping[str, str] | None = None,
+    metadata: tuple[str, ...] = (),
 ) -> Path:
-    """A valid wheel whose package ``name`` (import name with '-' as '_') sets ``VERSION``."""
+    """A valid wheel whose package ``name`` (import name with '-' as '_') sets ``VERSION``.
+
+    ``metadata`` adds header lines to METADATA (``License-Expression: MIT``, ``Classifier: ...``).
+    """
     module = name.replace("-", "_").lower()
     dist = f"{name.replace('-', '_')}-{version}"
     contents = {f"{module}/__init__.py": f"VERSION = {version!r}\n", **(files or {})}
-    metadata = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
-    metadata += [f"Requires-Dist: {requirement}" for requirement in requires]
+    headers = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+    headers += [f"Requires-Dist: {requirement}" for requirement in requires]
     if requires_python:
-        metadata.append(f"Requires-Python: {requires_python}")
+        headers.append(f"Requires-Python: {requires_python}")
+    headers += metadata
     pure = tag.endswith("-none-any")
-    contents[f"{dist}.dist-info/METADATA"] = "\n".join(metadata) + "\n"
+    contents[f"{dist}.dist-info/METADATA"] = "\n".join(headers) + "\n"
     contents[f"{dist}.dist-info/WHEEL"] = (
         f"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: {'true' if pure else 'false'}\nTag: {tag}\n"
     )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
 from .errors import PackageError, UsageError
+from .licenses import wheel_license
 from .manifest import Manifest, read_manifest
 from .offline import (
     WHEELS_DIR,
@@ -39,7 +40,7 @@ from .signing import key_permission_warning, load_private_key, sign_tree
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, chosen_arches, make_targets
 from .uvbin import require_python
 from .verify import VerifyReport
-from .wheels import Selected, WheelCache, default_cache_dir, fetch_all, prefetch
+from .wheels import Provenance, Selected, WheelCache, default_cache_dir, fetch_all, prefetch
 
 MIB = 1024 * 1024
 # Upload limits with Dify's defaults (DAEMON-FACTS §3): the API's in code, the daemon's (also on unpacked size).
@@ -79,6 +80,8 @@ class PackResult:
     notes: tuple[str, ...]
     signed: bool
     verification: VerifyReport | None = None  # what the check found, when one ran
+    provenance: dict[str, Provenance] = field(default_factory=dict)  # wheel file name -> where it came from
+    license_attention: tuple[str, ...] = ()  # "name version: license — why a reviewer should look"
     pin_changes: tuple[PinChange, ...] = ()  # shipped versions that differ from a version the plugin pinned
 
     @property
@@ -267,8 +270,20 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
         notes=tuple(notes),
         signed=options.sign_key is not None,
         verification=verification,
+        provenance={name: origin for item in selected for name, origin in item.provenance().items()},
+        license_attention=_license_attention(selected),
         pin_changes=changes,
     )
+
+
+def _license_attention(selected: list[Selected]) -> tuple[str, ...]:
+    """Shipped packages whose license usually needs a reviewer (none declared, the GPL family)."""
+    found = []
+    for item in selected:
+        license = wheel_license(next(iter(item.files.values())))
+        if license.attention:
+            found.append(f"{item.pin.name} {item.pin.version}: {license} — {license.attention}")
+    return tuple(found)
 
 
 def _single_version(selected: list[Selected], name: str) -> str | None:

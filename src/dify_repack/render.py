@@ -61,6 +61,7 @@ def pack_json(text: str, outcome: PackResult | DifyRepackError, seconds: float) 
             "warnings": list(outcome.verification.warnings),
         },
         "notes": list(outcome.notes),
+        "license_attention": list(outcome.license_attention),
         "pin_changes": [
             {"name": c.name, "declared": c.declared, "shipped": c.shipped, "where": c.where}
             for c in outcome.pin_changes
@@ -96,6 +97,8 @@ def print_pack_result(result: PackResult) -> None:
         out.print("  verified  [yellow]skipped (--no-verify)[/]: run `dify-repack verify` before carrying it across")
     for note in result.notes:
         out.print(f"  note      {note}", markup=False)
+    for line in result.license_attention:
+        out.print(f"  [bold yellow]license[/]   {escape(line)}")
     for change in result.pin_changes[:PIN_CHANGES_SHOWN]:
         out.print(
             f"  changed   {change.name} {change.declared} → {change.shipped} (pinned in {change.where})", markup=False

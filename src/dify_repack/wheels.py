@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -228,6 +228,17 @@ class Selected:
     pin: Pin
     files: dict[Target, Path]  # target -> wheel file in the cache
     built: bool
+    origins: dict[Target, str] = field(default_factory=dict)  # target -> URL of the wheel, or of the sdist built
+
+    def provenance(self) -> dict[str, Provenance]:
+        """Where each wheel file came from: its index URL, or the sdist it was built from here."""
+        return {path.name: Provenance(self.origins.get(target, ""), self.built) for target, path in self.files.items()}
+
+
+@dataclass(frozen=True)
+class Provenance:
+    url: str  # the wheel's URL on the index, or the sdist's when it was built here
+    built: bool  # built from that sdist on this machine
 
 
 def fetch_all(
@@ -290,6 +301,8 @@ def fetch_all(
             path = downloaded[wheel.url] if wheel else built[key][target]
             entry = selected.setdefault(key, Selected(pin, {}, key in built))
             entry.files[target] = path
+            origin = wheel or pin.sdist
+            entry.origins[target] = origin.url if origin else ""
     return sorted(selected.values(), key=lambda item: (item.pin.name, item.pin.version))
 
 

@@ -284,6 +284,22 @@ python_option = click.option(
 )
 
 
+review_options = [
+    click.option(
+        "--sbom",
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="FILE",
+        help="Write a CycloneDX 1.6 SBOM (JSON) of every package: wheels with hashes, licenses, origin.",
+    ),
+    click.option(
+        "--report",
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="FILE",
+        help="Write a self-contained HTML review report (identifier, signature, verification, wheels, licenses).",
+    ),
+]
+
+
 def one_line(text: str) -> str:
     return " | ".join(line.strip() for line in text.splitlines() if line.strip())
 

@@ -23,6 +23,7 @@ from ..render import (
 )
 from ..report import PrefixedReporter, Reporter
 from ..resolve import Indexes
+from ..review import ReviewPaths, packed_dossier, write_documents
 from ..sources import Source, fetch_source, latest_on_marketplace, parse_source, read_source_list
 from ..targets import Target, parse_glibc
 from ..uvbin import require_python
@@ -42,6 +43,7 @@ from ._app import (
     output,
     output_options,
     python_option,
+    review_options,
     stderr,
     uv_option,
     with_options,
@@ -123,6 +125,7 @@ from ._app import (
     show_default=True,
     help="Plugins of a batch packed side by side (they share the cache, so a wheel is still fetched once).",
 )
+@with_options(review_options)
 @with_options(output_options)
 def pack_command(
     sources: tuple[str, ...],
@@ -144,6 +147,8 @@ def pack_command(
     refresh: bool,
     follow_symlinks: bool,
     jobs: int,
+    sbom: Path | None,
+    report: Path | None,
 ) -> int:
     """Repackage plugins so that every Dify daemon version installs them with no internet access.
 
@@ -242,11 +247,18 @@ def pack_command(
         outcomes = [future.result() for future in futures]
     failures = [outcome for _, outcome, _ in outcomes if isinstance(outcome, DifyRepackError)]
     code = int(ExitCode.OK if not failures else failures[0].exit_code if len(outcomes) == 1 else ExitCode.PARTIAL)
+    packed = [outcome for _, outcome, _ in outcomes if isinstance(outcome, PackResult)]
+    documents = ReviewPaths(sbom, report)
+    written = write_documents([packed_dossier(result) for result in packed], documents) if documents and packed else []
     if as_json:
         status = "success" if not failures else "partial" if len(failures) < len(outcomes) else "error"
         message = f"{len(failures)} of {len(outcomes)} plugins failed; each result says why"
         problem = error_json(message, "the other packages were written; fix these and pack them again", code)
-        emit(status, {"results": [pack_json(*outcome) for outcome in outcomes]}, problem if failures else None)
-    elif len(outcomes) > 1:
-        print_batch_table(outcomes)
+        fields = {"results": [pack_json(*outcome) for outcome in outcomes], "documents": [str(p) for p in written]}
+        emit(status, fields, problem if failures else None)
+    else:
+        if len(outcomes) > 1:
+            print_batch_table(outcomes)
+        for path in written:
+            stderr.print(f"wrote {escape(str(path))}")
     return code

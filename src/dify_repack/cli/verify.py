@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
+from ..dossier import read_dossier
 from ..errors import DifyRepackError, ExitCode
 from ..inspect import inspect_package
 from ..render import (
@@ -13,6 +15,7 @@ from ..render import (
     print_verify_report,
 )
 from ..resolve import Indexes
+from ..review import ReviewPaths, write_documents
 from ..targets import chosen_arches, parse_glibc
 from ..verify import DEFAULT_UV_VERSIONS, PROFILES, VerifyOptions, require_pass, verify_package
 from ._app import (
@@ -26,6 +29,8 @@ from ._app import (
     output,
     output_options,
     python_option,
+    review_options,
+    stderr,
     uv_option,
     with_options,
 )
@@ -119,8 +124,9 @@ def verify_command(
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A public key (PEM PKCS#1) to verify the signature with, as the daemon would.",
 )
+@with_options(review_options)
 @with_options(output_options)
-def inspect_command(package: Path, key: Path | None) -> None:
+def inspect_command(package: Path, key: Path | None, sbom: Path | None, report: Path | None) -> None:
     """Show what PACKAGE holds and predict, per daemon version, whether it installs offline.
 
     \b
@@ -153,9 +159,15 @@ def inspect_command(package: Path, key: Path | None) -> None:
       dify-repack inspect ./p-offline.difypkg -q          # one line: identifier, signature, verdicts
       dify-repack inspect ./p-offline.difypkg --json | jq .verdicts
     """
-    result = inspect_package(package, public_key=key)
+    documents = ReviewPaths(sbom, report)
+    if documents:
+        dossier = read_dossier(package, public_key=key)
+        written = write_documents([dossier], documents)
+        result = dossier.inspection
+    else:
+        result, written = inspect_package(package, public_key=key), []
     if output().as_json:
-        emit("success", result.to_json())
+        emit("success", {**result.to_json(), "documents": [str(path) for path in written]})
     elif output().quiet:
         verdicts = ", ".join(f"{v.profile} {'ok' if v.ok else 'FAIL'}" for v in result.verdicts)
         signature = (
@@ -166,3 +178,5 @@ def inspect_command(package: Path, key: Path | None) -> None:
         click.echo(f"{result.identifier}: {signature}; {verdicts}")
     else:
         print_inspection(result)
+        for path in written:
+            stderr.print(f"wrote {escape(str(path))}")

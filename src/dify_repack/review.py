@@ -1,0 +1,38 @@
+"""The review documents of a run: the SBOM and the HTML report over every package the run wrote or read."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .dossier import PluginDossier, read_dossier
+from .htmlreport import write_report
+from .packing import PackResult
+from .sbom import write_sbom
+
+
+@dataclass(frozen=True)
+class ReviewPaths:
+    sbom: Path | None = None
+    report: Path | None = None
+
+    def __bool__(self) -> bool:
+        return self.sbom is not None or self.report is not None
+
+
+def packed_dossier(result: PackResult) -> PluginDossier:
+    """The dossier of a package this run wrote: what the package holds plus where each wheel came from."""
+    return read_dossier(
+        result.output, provenance=result.provenance, notes=result.notes, verification=result.verification
+    )
+
+
+def write_documents(dossiers: Sequence[PluginDossier], paths: ReviewPaths) -> list[Path]:
+    """Write the requested documents (each atomically); returns the paths written."""
+    written = []
+    if paths.sbom is not None:
+        written.append(write_sbom(paths.sbom, dossiers))
+    if paths.report is not None:
+        written.append(write_report(paths.report, dossiers))
+    return written
