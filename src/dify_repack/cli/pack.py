@@ -260,5 +260,5 @@ def pack_command(
         if len(outcomes) > 1:
             print_batch_table(outcomes)
         for path in written:
-            stderr.print(f"wrote {escape(str(path))}")
+            stderr().print(f"wrote {escape(str(path))}")
     return code
