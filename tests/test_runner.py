@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +130,20 @@ def test_the_command_is_logged_at_info_and_its_output_at_debug(caplog: pytest.Lo
     assert records[0][0] == logging.INFO and records[0][1].startswith(PY)
     assert "pw" not in records[0][1] and "h.invalid" in records[0][1]
     assert (logging.DEBUG, "said https://user:****@example.invalid/simple") in records
+
+
+def test_a_killed_child_leaves_no_temp_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    code = "import tempfile, time; print(tempfile.mkdtemp(), flush=True); time.sleep(60)"
+    result = runner.run([PY, "-c", code], env=runner.clean_env(), idle_timeout=0.5)
+    made = Path(result.stdout.strip())
+    assert result.killed == "idle" and made.is_relative_to(tmp_path)
+    assert not made.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_crlf_and_endless_lines_are_handled() -> None:
+    seen: list[str] = []
+    code = "import sys; sys.stdout.write('a\\r\\nb\\r\\n' + 'x' * 200000); sys.stdout.flush()"
+    result = runner.run([PY, "-c", code], on_line=seen.append)
+    assert result.stdout.startswith("a\nb\nxxx") and len(result.stdout) == 4 + 200000
+    assert seen[:2] == ["a", "b"] and sum(map(len, seen[2:])) == 200000 and max(map(len, seen)) < 200000

@@ -9,7 +9,8 @@ that ``request`` runs: the runner kills its process groups, the HTTP layer shuts
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import TypeVar
@@ -42,6 +43,15 @@ def check() -> None:
         raise Interrupted(_requested)
 
 
+def sleep(seconds: float) -> None:
+    """``time.sleep`` that ends early with ``Interrupted`` on a stop request."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        check()
+        time.sleep(min(left, 0.05))
+    check()
+
+
 def reset() -> None:
     """Forget a request (a new run in the same process starts afresh)."""
     global _requested
@@ -68,7 +78,7 @@ def executor(workers: int) -> Iterator[ThreadPoolExecutor]:
     pool.shutdown(wait=True)
 
 
-def as_completed(futures: Iterator[Future[T]] | list[Future[T]], poll: float = 0.1) -> Iterator[Future[T]]:
+def as_completed(futures: Iterable[Future[T]], poll: float = 0.1) -> Iterator[Future[T]]:
     """Like ``concurrent.futures.as_completed``, but the waiting thread notices a stop request too."""
     pending = set(futures)
     while pending:

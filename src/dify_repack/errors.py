@@ -6,7 +6,9 @@ The CLI turns each class into its exit code (``ExitCode``); library users catch 
 from __future__ import annotations
 
 import enum
+import errno
 import signal
+from pathlib import Path
 
 from .redaction import redact
 
@@ -98,6 +100,24 @@ class EnvironmentProblem(DifyRepackError):
     writes to is read-only, unwritable or full."""
 
     exit_code = ExitCode.ENVIRONMENT
+
+    @classmethod
+    def cannot_write(
+        cls, folder: Path | None, error: OSError, *, elsewhere: str = "-o, --cache-dir, TMPDIR"
+    ) -> EnvironmentProblem:
+        """A write that failed in ``folder``: full, read-only or not ours, said in words with the way out.
+
+        ``elsewhere`` names the setting that moves the work to another folder.
+        """
+        where = f"{folder}: " if folder is not None else ""
+        reason = error.strerror or str(error)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            tip = "free some space there, or point the run at another folder"
+        elif error.errno == errno.EROFS:
+            tip = "that file system is mounted read-only; point the run at another folder"
+        else:
+            tip = "make it writable for this user, or point the run at another folder"
+        return cls(f"{where}cannot write there: {reason}", tip=f"{tip} ({elsewhere})")
 
 
 class Interrupted(DifyRepackError):

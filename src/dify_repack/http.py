@@ -8,19 +8,23 @@ file that a later run would trust.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import socket
 import ssl
 import threading
-import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import httpx
 
+from . import cancel
 from .credentials import HostAuth, ca_bundle, certificate_error, is_certificate_error, system_certs
-from .errors import NetworkError, StatusError, UsageError
+from .errors import EnvironmentProblem, NetworkError, StatusError, UsageError
 
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 USER_AGENT = "dify-repack"
@@ -92,31 +96,80 @@ def open_stream(
     """GET ``url`` as a stream, retrying transient failures with exponential backoff; raises NetworkError.
 
     ``headers`` go with this request only; httpx drops ``Authorization`` when a redirect leaves the origin.
+    The retries cover getting the response; what the caller's block raises while reading the body is its own.
     """
+    response = _send(client, url, attempts=attempts, backoff=backoff, headers=headers)
+    try:
+        yield response
+    finally:
+        response.close()
+
+
+def _send(
+    client: httpx.Client, url: str, *, attempts: int, backoff: float, headers: dict[str, str] | None
+) -> httpx.Response:
     for attempt in range(1, attempts + 1):
+        cancel.check()
         try:
-            with client.stream("GET", url, headers=headers) as response:
-                if response.status_code in TRANSIENT_STATUS and attempt < attempts:
-                    pass  # fall through to the retry below, after the body is released
-                else:
-                    if response.status_code >= 400:
-                        raise StatusError(
-                            describe_status(url, response.status_code), url=url, status=response.status_code
-                        )
-                    yield response
-                    return
+            request = client.build_request("GET", url, headers=headers, extensions={"trace": _track_socket})
+            response = client.send(request, stream=True)
+        except httpx.TooManyRedirects:
+            raise NetworkError(
+                f"{url}: too many redirects (a redirect loop?)",
+                tip="open the URL in a browser to see where it leads; the server or a proxy is misconfigured",
+            ) from None
+        except httpx.UnsupportedProtocol as exc:
+            raise NetworkError(f"{url}: leads to an address that is not http or https ({exc})") from None
         except httpx.TimeoutException:
+            cancel.check()
             if attempt == attempts:
                 raise NetworkError(f"{url}: timed out after {attempts} attempts") from None
         except httpx.TransportError as exc:
+            cancel.check()  # a stop request shuts the socket: that is no network problem
             if is_certificate_error(str(exc)):
                 raise certificate_error(url, str(exc)) from None  # no retry can make it trusted
             if attempt == attempts:
                 raise NetworkError(
                     f"{url}: cannot connect ({exc})", tip="check the network, proxy and CA settings"
                 ) from None
-        time.sleep(backoff * 2 ** (attempt - 1))
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            cancel.check()
+            raise NetworkError(f"{url}: the request failed ({type(exc).__name__}: {exc})") from None
+        else:
+            if response.status_code in TRANSIENT_STATUS and attempt < attempts:
+                response.close()  # retry below
+            elif response.status_code >= 300:  # a redirect without a usable Location ends here too
+                response.close()
+                raise StatusError(describe_status(url, response.status_code), url=url, status=response.status_code)
+            else:
+                return response
+        cancel.sleep(backoff * 2 ** (attempt - 1))
     raise NetworkError(f"{url}: still failing after {attempts} attempts")
+
+
+# Sockets of the requests made here, so that a stop request can shut them down: a thread blocked reading from
+# a stalled server then wakes at once instead of after the read timeout. Weak: a closed connection drops out.
+_sockets: dict[int, weakref.ref[socket.socket]] = {}
+
+
+def _track_socket(event: str, info: dict[str, Any]) -> None:
+    """httpcore's trace hook: remember each socket it connects (and the TLS socket that replaces it)."""
+    if event.endswith((".connect_tcp.complete", ".start_tls.complete")):
+        sock = info["return_value"].get_extra_info("socket")
+        if isinstance(sock, socket.socket):
+            key = id(sock)
+            _sockets[key] = weakref.ref(sock, lambda _, key=key: _sockets.pop(key, None))  # type: ignore[misc]
+
+
+def _shut_sockets() -> None:
+    for ref in tuple(_sockets.values()):
+        sock = ref()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+cancel.on_request(_shut_sockets)
 
 
 def describe_status(url: str, status: int) -> str:
@@ -126,6 +179,8 @@ def describe_status(url: str, status: int) -> str:
         return f"{url}: access denied (HTTP {status}); check the login (in the URL, ~/.netrc or a keyring) or token"
     if status == 429:
         return f"{url}: rate limited (HTTP 429); wait and retry, or use a token"
+    if status < 400:
+        return f"{url}: HTTP {status}, a redirect without a Location to follow"
     return f"{url}: HTTP {status}"
 
 
@@ -147,7 +202,6 @@ def download(
     ``magic`` is how the file must start (``b"PK\\x03\\x04"`` for a zip): an HTML page or other body served
     with status 200, such as a login or error page, is then refused before anything trusts it.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
     # A name of its own per download: parallel runs may fetch the same file into the same cache.
     temp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.part")
     digest = hashlib.sha256()
@@ -155,7 +209,7 @@ def download(
     try:
         with (
             open_stream(client, url, attempts=attempts, backoff=backoff, headers=headers) as response,
-            temp.open("wb") as out,
+            _create(temp) as out,
         ):
             content_type = response.headers.get("Content-Type", "")
             if magic is not None and content_type.startswith("text/html"):
@@ -164,13 +218,19 @@ def download(
                     tip="open the URL in a browser to see what it serves; use the direct download link",
                 )
             try:
-                for chunk in response.iter_bytes(1024 * 256):
-                    out.write(chunk)
+                # Chunks as they arrive (no fixed size to wait for): a stop request is seen within one read.
+                for chunk in response.iter_bytes():
+                    cancel.check()
+                    try:
+                        out.write(chunk)
+                    except OSError as exc:
+                        raise EnvironmentProblem.cannot_write(dest.parent, exc) from None
                     digest.update(chunk)
                     received += len(chunk)
                     if progress:
                         progress(len(chunk))
             except httpx.HTTPError as exc:
+                cancel.check()  # the stop request shut the socket
                 # h11 raises here too when the connection closes before Content-Length bytes arrived.
                 # Count bytes off the wire: ``received`` lags, since chunks are buffered before use.
                 done = response.num_bytes_downloaded
@@ -186,6 +246,14 @@ def download(
         return actual
     finally:
         temp.unlink(missing_ok=True)
+
+
+def _create(path: Path) -> BinaryIO:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.open("wb")
+    except OSError as exc:
+        raise EnvironmentProblem.cannot_write(path.parent, exc) from None
 
 
 def _check_magic(url: str, path: Path, magic: bytes, content_type: str) -> None:

@@ -375,6 +375,7 @@ def atomic_output(target: Path) -> Iterator[Path]:
     temp = Path(temp_name)
     try:
         yield temp
+        cancel.check()  # an interrupted run never leaves its output, however far it got
         temp.chmod(0o644)
         temp.replace(target)
     finally:

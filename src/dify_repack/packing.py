@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
-from .errors import PackageError, UsageError
+from . import cancel
+from .errors import EnvironmentProblem, PackageError, UsageError
 from .licenses import wheel_license
 from .manifest import Manifest, read_manifest
 from .offline import (
@@ -46,6 +47,9 @@ MIB = 1024 * 1024
 # Upload limits with Dify's defaults (DAEMON-FACTS §3): the API's in code, the daemon's (also on unpacked size).
 API_DEFAULT_LIMIT = 15 * MIB
 DAEMON_DEFAULT_LIMIT = 50 * MIB
+# Less free space than this in -o, the cache or TMPDIR fails the run before it starts: a package with a few
+# wheels takes tens of MiB in each, and running out midway would waste every download.
+MIN_FREE_BYTES = 64 * MIB
 
 # Run on the written package before it is moved into place; raises to reject it (verification hooks in here).
 Check = Callable[[Path, Manifest, tuple[Target, ...]], VerifyReport]
@@ -127,6 +131,40 @@ def output_path(manifest: Manifest, output_dir: Path | None) -> Path:
     return output
 
 
+def check_folders(options: PackOptions) -> None:
+    """Find a read-only, unwritable or full output folder, cache or temp folder now, before any download.
+
+    Each gets a probe file written and removed, and its free space compared with ``MIN_FREE_BYTES``; a folder
+    that does not exist yet is judged by the nearest one above it (and not created: a refusal leaves nothing).
+    """
+    temp = os.environ.get("TMPDIR")
+    folders = (
+        (options.output_dir or Path.cwd(), "-o DIR"),
+        (options.cache_dir or default_cache_dir(), "--cache-dir DIR or DIFY_REPACK_CACHE_DIR"),
+        # tempfile would quietly skip an unusable TMPDIR; uv, which gets it too, would not.
+        (Path(temp) if temp else Path(tempfile.gettempdir()), "TMPDIR=DIR"),
+    )
+    for folder, elsewhere in folders:
+        existing = folder.absolute()
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        try:
+            handle, probe = tempfile.mkstemp(prefix=".dify-repack-probe-", dir=existing)
+            try:
+                os.write(handle, b"probe")
+            finally:
+                os.close(handle)
+                Path(probe).unlink()
+            free = shutil.disk_usage(existing).free
+        except OSError as exc:
+            raise EnvironmentProblem.cannot_write(folder, exc, elsewhere=elsewhere) from None
+        if free < MIN_FREE_BYTES:
+            raise EnvironmentProblem(
+                f"{folder}: only {free / MIB:.1f} MiB free; a run needs at least {MIN_FREE_BYTES // MIB} MiB there",
+                tip=f"free some space there, or point the run at another folder ({elsewhere})",
+            )
+
+
 def load_plugin(source: Path, dest: Path, *, follow_symlinks: bool = False, shown_as: str | None = None) -> list[str]:
     """Put the plugin's files into ``dest``: a source directory is copied, a .difypkg extracted; notes.
 
@@ -144,6 +182,7 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
     """Repackage ``source`` (a .difypkg or a plugin directory) so that it installs offline."""
     options = options or PackOptions()
     reporter = reporter or NullReporter()
+    check_folders(options)
     if options.sign_key is not None:
         # A wrong or SPKI key should fail in a second, not after every download and build.
         load_private_key(options.sign_key)
@@ -201,11 +240,11 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
 
         # One thread per target resolves; the first target to finish starts its downloads and builds at once,
         # while the others are still resolving (fetch_all then finds those files in the cache).
-        with ThreadPoolExecutor(len(targets) + 1) as pool:
+        with cancel.executor(len(targets) + 1) as pool:
             futures = {pool.submit(resolve_for, target): target for target in targets}
             resolved: dict[Target, list[Pin]] = {}
             prefetching = None
-            for future in as_completed(futures):
+            for future in cancel.as_completed(futures):
                 resolved[futures[future]] = future.result()
                 if prefetching is None and len(targets) > 1:
                     target = futures[future]
@@ -215,6 +254,7 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             plan = {target: resolved[target] for target in targets}
             if prefetching is not None:
                 prefetching.result()
+        cancel.check()  # prefetch keeps its failures, an interrupt among them, for fetch_all to report
         selected = fetch_all(plan, cache, indexes=options.indexes, reporter=reporter)
         check_hashes(declared, selected)
         compared, changes = compare_pins(declared.pins, selected)
@@ -248,12 +288,15 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
 
         with atomic_output(output) as staged:
             # Signing writes the package itself: one pass over the files either way.
-            with reporter.activity(f"writing {output.name}" + (" (signed)" if options.sign_key else "")):
-                if options.sign_key is not None:
-                    sign_tree(root, options.sign_key, staged)
-                    stats = dataclasses.replace(package_stats(staged), checksum=zip_checksum(staged))
-                else:
-                    stats = write_package(root, staged)
+            try:
+                with reporter.activity(f"writing {output.name}" + (" (signed)" if options.sign_key else "")):
+                    if options.sign_key is not None:
+                        sign_tree(root, options.sign_key, staged)
+                        stats = dataclasses.replace(package_stats(staged), checksum=zip_checksum(staged))
+                    else:
+                        stats = write_package(root, staged)
+            except OSError as exc:
+                raise EnvironmentProblem.cannot_write(output.parent, exc, elsewhere="-o DIR") from None
             verification = options.check(staged, manifest, targets) if options.check is not None else None
         stats = dataclasses.replace(stats, path=output)
 

@@ -320,9 +320,10 @@ def start_plugin(root: Path, manifest: Manifest, prefix: list[str], env: dict[st
     try:
         while (remaining := timeout - (time.monotonic() - started)) > 0:
             try:
-                line = lines.get(timeout=remaining)
+                line = lines.get(timeout=min(remaining, 0.1))
             except queue.Empty:
-                break
+                cancel.check()
+                continue
             if line is None:
                 break
             text = line.decode(errors="replace").strip()
@@ -333,7 +334,7 @@ def start_plugin(root: Path, manifest: Manifest, prefix: list[str], env: dict[st
     finally:
         kill_group(process)
         _, stderr = process.communicate()
-    cancel.check()
+    cancel.check()  # killed by a stop request: no verdict
     reason = (
         "exited before its first heartbeat"
         if process.returncode is not None and time.monotonic() - started < timeout

@@ -12,16 +12,20 @@ import logging
 import os
 import queue
 import shlex
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
 
 from . import cancel
+from .errors import EnvironmentProblem
 from .redaction import redact
 
 commands = logging.getLogger("dify_repack.commands")
@@ -59,6 +63,7 @@ UV_MACHINE_SETTINGS = frozenset(
 
 
 _POLL = 0.05  # seconds between looks at the clock and the cancel flag while a child is quiet
+_LONGEST_LINE = 64 * 1024
 
 Killed = Literal["idle", "timeout", "cancelled"]
 
@@ -186,24 +191,43 @@ def run(
     ``env`` defaults to ``clean_env()``. ``on_line`` gets each output line (stdout and stderr, redacted) as it
     comes, in the calling thread. After ``timeout`` seconds, or ``idle_timeout`` seconds without any output, the
     process group is killed and the result has return code -9, ``killed`` set and a note in stderr. A stop
-    request kills it too and raises ``errors.Interrupted``.
+    request kills it too and raises ``errors.Interrupted``. The child's TMPDIR (TEMP, TMP) is a folder of its own
+    inside the given one, removed when it ends.
     """
     args = tuple(os.fspath(arg) for arg in argv)
-    try:
-        process = _start(args, cwd, env, subprocess.DEVNULL, subprocess.PIPE, subprocess.PIPE)
-    except FileNotFoundError:
-        return Completed(args, 127, "", f"{args[0]}: command not found")
-    try:
-        result = _supervise(process, args, timeout, idle_timeout, on_line)
-    finally:
-        kill_group(process)  # anything the child left behind in its group
-        process.wait()
-        _children.pop(process.pid, None)
-        for pipe in (process.stdout, process.stderr):
-            if pipe is not None:
-                pipe.close()
+    env = dict(env) if env is not None else clean_env()
+    with _private_temp(env.get("TMPDIR")) as temp:
+        # A killed child cannot clean up after itself (python -m venv leaves ensurepip's folder behind).
+        env.update({"TMPDIR": temp, "TEMP": temp, "TMP": temp})
+        try:
+            process = _start(args, cwd, env, subprocess.DEVNULL, subprocess.PIPE, subprocess.PIPE)
+        except FileNotFoundError:
+            return Completed(args, 127, "", f"{args[0]}: command not found")
+        try:
+            result = _supervise(process, args, timeout, idle_timeout, on_line)
+        finally:
+            kill_group(process)  # anything the child left behind in its group
+            process.wait()
+            _children.pop(process.pid, None)
+            for pipe in (process.stdout, process.stderr):
+                if pipe is not None:
+                    pipe.close()
     cancel.check()
     return result
+
+
+@contextmanager
+def _private_temp(parent: str | None) -> Iterator[str]:
+    try:
+        folder = tempfile.mkdtemp(prefix="dify-repack-run-", dir=parent)
+    except OSError as exc:
+        raise EnvironmentProblem.cannot_write(
+            Path(parent or tempfile.gettempdir()), exc, elsewhere="TMPDIR=DIR"
+        ) from None
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _supervise(
@@ -244,10 +268,12 @@ def _supervise(
             text = decoders[index].decode(data, final=not data)
             texts[index].append(text)
             *lines, partial[index] = (partial[index] + text).split("\n")
-            if not data:
-                open_streams -= 1
+            # At the end, or when a line grows without bound (progress redrawn with \r): out with it as it is.
+            if not data or len(partial[index]) > _LONGEST_LINE:
                 lines.append(partial[index])
                 partial[index] = ""
+            if not data:
+                open_streams -= 1
             for line in lines:
                 if line or data:
                     emit(line)
@@ -267,7 +293,8 @@ def _supervise(
             kill_group(process)
     longest = max(longest, time.monotonic() - last)
     returncode = process.wait()
-    stdout, stderr = (redact("".join(parts)) for parts in texts)
+    # Universal newlines, as text-mode pipes give them.
+    stdout, stderr = (redact("".join(parts).replace("\r\n", "\n").replace("\r", "\n")) for parts in texts)
     if killed == "timeout":
         stderr += f"\ntimed out after {timeout:.0f} s"
     elif killed == "idle":

@@ -90,11 +90,26 @@ def fetch_uv(version: str, cache_dir: Path, indexes: Indexes | None = None) -> P
     (cache_dir / "uv").mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cache_dir / "uv"))
     spec = "uv" if version == "latest" else f"uv=={version}"
-    result = run(
-        [own, "pip", "install", "--quiet", "--target", staging, "--python-version", "3.12", spec, *indexes.uv_args()],
-        env=clean_env({"UV_CACHE_DIR": str(cache_dir / "uv-cache"), **indexes.uv_env()}),
-        timeout=300,
-    )
+    try:
+        result = run(
+            [
+                own,
+                "pip",
+                "install",
+                "--quiet",
+                "--target",
+                staging,
+                "--python-version",
+                "3.12",
+                spec,
+                *indexes.uv_args(),
+            ],
+            env=clean_env({"UV_CACHE_DIR": str(cache_dir / "uv-cache"), **indexes.uv_env()}),
+            timeout=300,
+        )
+    except BaseException:  # interrupted: no half-installed uv stays in the cache
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     binary = staging / "bin" / "uv"
     if result.returncode != 0 or not binary.is_file():
         shutil.rmtree(staging, ignore_errors=True)

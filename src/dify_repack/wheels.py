@@ -16,13 +16,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import platformdirs
 
+from . import cancel
 from .errors import BuildError, DifyRepackError, EnvironmentProblem, UsageError
 from .http import ProgressCallback, download, make_client
 from .package import file_sha256
@@ -274,7 +274,7 @@ def fetch_all(
     # sdists first: they are few and small, and building them overlaps with the wheel downloads.
     sdist_of = {key: sdist for key in needs_build if (sdist := pins[key].sdist) is not None}
     sdists = _download_many(list(sdist_of.values()), cache, indexes, reporter)
-    with ThreadPoolExecutor(1) as builder:
+    with cancel.executor(1) as builder:
         builds = {
             key: builder.submit(
                 build_wheels, pins[key], sdists[sdist.url], needs_build[key], cache, indexes=indexes, reporter=reporter
@@ -343,7 +343,7 @@ def _download_many(
     with (
         make_client(timeout=120, auth=indexes.auth()) as client,
         reporter.task("downloading", total or None, unit="bytes") as advance,
-        ThreadPoolExecutor(PARALLEL_DOWNLOADS) as pool,
+        cancel.executor(PARALLEL_DOWNLOADS) as pool,
     ):
         futures = {artifact.url: pool.submit(cache.fetch, client, artifact, advance) for artifact in todo}
         for url, future in futures.items():

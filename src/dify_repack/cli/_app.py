@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import importlib
 import json
 import logging
 import os
 import pkgutil
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .. import __version__
+from .. import __version__, cancel
 from ..credentials import use_tls_options
 from ..daemon import DEFAULT_UV_VERSIONS
-from ..errors import DifyRepackError, ExitCode, UsageError
+from ..errors import DifyRepackError, EnvironmentProblem, ExitCode, Interrupted, UsageError
 from ..redaction import RedactingFilter, redact
 from ..resolve import DEFAULT_INDEX
+from ..runner import commands
 from ..targets import ARCH_CHOICES, DEFAULT_PYTHON, PYTHONS, canonical_arch, parse_python
 
 if TYPE_CHECKING:
@@ -86,12 +92,37 @@ def _remember(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
     merged = bool(value) or getattr(state, param.name)
     setattr(state, param.name, merged)
     if param.name == "verbose":
-        # basicConfig only acts once: the level is set apart, so a -v after the subcommand still counts.
-        logging.basicConfig(format="%(name)s: %(message)s")
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(RedactingFilter())  # httpx logs the URLs it asks for, a login included
-        logging.getLogger().setLevel(logging.DEBUG if merged else logging.WARNING)
+        setup_logging(merged)
     return merged
+
+
+class _LogFormat(logging.Formatter):
+    """Commands as ``$ argv`` with their output indented below; our other messages prefixed by their module."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.name == commands.name:
+            return f"$ {message}" if record.levelno >= logging.INFO else f"  {message}"
+        return f"{record.name}: {message}"
+
+
+def setup_logging(verbose: bool) -> None:
+    """``-v``: the commands run (uv, pip, python) and their output, and our own debug lines on stderr.
+
+    The HTTP libraries' debug (every header of every request) drowns that, so they stay at warnings. The level is
+    set apart from the handler, which is added once: a -v after the subcommand still counts.
+    """
+    root = logging.getLogger()
+    if not root.handlers:
+        ours = logging.StreamHandler(sys.stderr)
+        ours.setFormatter(_LogFormat())
+        root.addHandler(ours)
+    for handler in root.handlers:
+        if not any(isinstance(existing, RedactingFilter) for existing in handler.filters):
+            handler.addFilter(RedactingFilter())  # a log line that quotes a URL with a login in it
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 # Every command and the group take these three, so they work on either side of the subcommand.
@@ -145,7 +176,8 @@ def cli() -> None:
 
     \b
     -v, -q and --json work before or after the command. Exit codes: 0 ok, 2 usage, 3 bad package,
-    4 dependencies, 5 build, 6 network, 7 verification, 8 signature, 9 host, 10 partial batch.
+    4 dependencies, 5 build, 6 network, 7 verification, 8 signature, 9 host, 10 partial batch,
+    130/143 interrupted (Ctrl-C/SIGTERM).
     """
 
 
@@ -335,15 +367,60 @@ def _fail(args: Sequence[str], message: str, tip: str | None, exit_code: int) ->
     return exit_code
 
 
+# After a stop request the run has this long to unwind (kill children, remove temp files) before it is ended
+# from outside: a thread stuck where no check reaches (a TCP connect to a silent host) must not keep it alive.
+STOP_GRACE_SECONDS = 5.0
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Ctrl-C and SIGTERM ask the run to stop (``cancel.request``) instead of raising where they land.
+
+    Work checks the request at its step boundaries and unwinds through its cleanups; the request kills child
+    process groups and shuts sockets at once. Repeated signals only repeat that, so they never print a traceback.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    finished = threading.Event()
+
+    def last_resort(signum: int) -> None:
+        if not finished.wait(STOP_GRACE_SECONDS):
+            sys.stderr.write("error: interrupted\n")
+            sys.stderr.flush()
+            os._exit(128 + signum)
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        first = not cancel.cancelled()
+        cancel.request(signum)
+        if first:
+            threading.Thread(target=last_resort, args=(signum,), daemon=True).start()
+
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        finished.set()
+        if not cancel.cancelled():  # else keep absorbing signals until the process is gone
+            for signum, old in previous.items():
+                signal.signal(signum, old)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code instead of exiting (tests call this in-process)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    cancel.reset()
+    with stop_on_signals():
+        return _run(args)
+
+
+def _run(args: list[str]) -> int:
     try:
         code = cli.main(args=args, prog_name=PROG, standalone_mode=False)
     except DifyRepackError as error:
         return _fail(args, error.message, error.tip, int(error.exit_code))
     except click.exceptions.Abort:
-        return _fail(args, "interrupted", None, 130)
+        return _fail(args, "interrupted", None, int(Interrupted().exit_code))
     except click.exceptions.NoArgsIsHelpError as error:
         click.echo(error.ctx.get_help() if error.ctx else "")
         return int(ExitCode.USAGE)
@@ -354,9 +431,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, error.format_message(), f"see `{path} --help`", int(ExitCode.USAGE))
     except click.exceptions.Exit as exit_:
         return exit_.exit_code
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            return _unexpected(args, error)
+        folder = Path(os.fsdecode(error.filename)).parent if error.filename else None
+        problem = EnvironmentProblem.cannot_write(folder, error)
+        return _fail(args, problem.message, problem.tip, int(problem.exit_code))
     except Exception as error:
-        if "-v" in args or "--verbose" in args:
-            traceback.print_exc()
-        message = f"unexpected {type(error).__name__}: {error}"
-        return _fail(args, message, "run with -v for the traceback, and report it", int(ExitCode.FAILURE))
+        return _unexpected(args, error)
     return code if isinstance(code, int) else int(ExitCode.OK)
+
+
+def _unexpected(args: list[str], error: Exception) -> int:
+    if "-v" in args or "--verbose" in args:
+        traceback.print_exc()
+    message = f"unexpected {type(error).__name__}: {error}"
+    return _fail(args, message, "run with -v for the traceback, and report it", int(ExitCode.FAILURE))

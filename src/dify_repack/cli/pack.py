@@ -5,15 +5,15 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import click
 from rich.markup import escape
 
-from ..errors import DifyRepackError, ExitCode, UsageError
+from .. import cancel
+from ..errors import DifyRepackError, ExitCode, Interrupted, UsageError
 from ..manifest import Manifest
-from ..packing import PackOptions, PackResult, pack
+from ..packing import PackOptions, PackResult, check_folders, pack
 from ..redaction import redact
 from ..render import (
     Outcome,
@@ -206,6 +206,7 @@ def pack_command(
         follow_symlinks=follow_symlinks,
     )
     parallel = jobs > 1 and len(parsed) > 1
+    check_folders(base_options)  # before the sources are downloaded
     if verify:  # before any source is downloaded: the replays need the daemon's CPython
         require_python(python_version, console_reporter.step)
 
@@ -231,7 +232,7 @@ def pack_command(
             local = fetch_source(source, downloads / str(number), marketplace_url=marketplace_url)
             result: PackResult | DifyRepackError = pack(local, options, reporter)
         except DifyRepackError as error:
-            if len(parsed) == 1:
+            if len(parsed) == 1 or isinstance(error, Interrupted):
                 raise
             stderr().print(f"[bold red]error:[/] {escape(shown)}: {escape(one_line(error.message))}")
             result = error
@@ -241,7 +242,7 @@ def pack_command(
 
     with (
         tempfile.TemporaryDirectory(prefix="dify-repack-sources-") as downloads,
-        ThreadPoolExecutor(jobs if parallel else 1) as pool,
+        cancel.executor(jobs if parallel else 1) as pool,
     ):
         futures = [pool.submit(pack_one, number, source, Path(downloads)) for number, source in enumerate(parsed)]
         outcomes = [future.result() for future in futures]
