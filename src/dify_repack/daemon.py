@@ -27,7 +27,7 @@ INSTALL_TIMEOUT = 600.0
 START_TIMEOUT = 120.0  # the plugin must send its first heartbeat within 120 s
 
 
-def install_command(profile: str, root: Path, uv: Path | None) -> list[str]:
+def install_command(profile: str, root: Path, uv: Path | None, mirror: str = UNREACHABLE_MIRROR) -> list[str]:
     """The dependency install the daemon version behind ``profile`` runs in the plugin directory ``root``."""
     has_requirements = (root / "requirements.txt").is_file()
     has_pyproject = (root / "pyproject.toml").is_file()
@@ -45,8 +45,8 @@ def install_command(profile: str, root: Path, uv: Path | None) -> list[str]:
         return [*sync, "--frozen"] if has_lock else sync
     # mirror: a configured PIP_MIRROR_URL makes requirements.txt win (0.6.3+).
     if has_requirements:
-        return [str(uv), "pip", "install", "-i", UNREACHABLE_MIRROR, "-r", "requirements.txt", "-vvv"]
-    return [*sync, "-i", UNREACHABLE_MIRROR, *(["--frozen"] if has_lock else [])]
+        return [str(uv), "pip", "install", "-i", mirror, "-r", "requirements.txt", "-vvv"]
+    return [*sync, "-i", mirror, *(["--frozen"] if has_lock else [])]
 
 
 def uv_env(uv: Path, root: Path, cache: Path) -> dict[str, str]:

@@ -21,6 +21,7 @@ from packaging.version import Version
 from .daemon import PROFILES
 from .errors import DependencyError, SignatureError
 from .manifest import Manifest, read_manifest
+from .mirror import slim_mirror_url
 from .offline import WHEELS_DIR
 from .package import extract_package, open_package, zip_checksum
 from .packing import API_DEFAULT_LIMIT, DAEMON_DEFAULT_LIMIT, upload_settings
@@ -293,6 +294,8 @@ def inspect_package(package: Path, *, public_key: Path | None = None) -> Inspect
             for target in scan.targets
         )
         verdicts = _verdicts(scan, requirements, requirements_error, problems)
+        if (mirror := slim_mirror_url(root)) is not None:
+            per_target, verdicts = _slim(per_target, verdicts, mirror, problems)
         checksum = zip_checksum(package)
 
     return Inspection(
@@ -315,6 +318,22 @@ def inspect_package(package: Path, *, public_key: Path | None = None) -> Inspect
         problems=tuple(problems),
         verdicts=verdicts,
     )
+
+
+def _slim(
+    targets: tuple[TargetWheels, ...], verdicts: tuple[Verdict, ...], mirror: str, notes: list[str]
+) -> tuple[tuple[TargetWheels, ...], tuple[Verdict, ...]]:
+    """A slim package (pack --mirror-url) has no wheels and names its mirror on purpose: judge the rest."""
+    notes.append(
+        f"slim package: every daemon installs it from {mirror}, which must serve its wheelhouse "
+        "(`dify-repack verify PACKAGE --wheelhouse DIR` replays that offline)"
+    )
+    expected = ("will go online", "no wheel for")
+    kept = tuple(
+        Verdict(v.profile, v.command, tuple(r for r in v.reasons if not any(e in r for e in expected)))
+        for v in verdicts
+    )
+    return tuple(TargetWheels(t.target, t.wheels, ()) for t in targets), kept
 
 
 def _read_toml(path: Path) -> tuple[dict[str, Any] | None, str | None]:

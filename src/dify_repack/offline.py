@@ -156,13 +156,16 @@ def _offline_uv_table(targets: Sequence[Target], *, package: bool | None) -> Tab
     return table
 
 
-def regenerate_lock(root: Path, targets: Sequence[Target], *, uv_cache: Path) -> None:
-    """Write uv.lock from ./wheels only, so ``uv sync --frozen`` finds every file inside the package."""
+def regenerate_lock(root: Path, targets: Sequence[Target], *, uv_cache: Path, offline: bool = True) -> None:
+    """Write uv.lock from ./wheels only, so ``uv sync --frozen`` finds every file inside the package.
+
+    ``offline=False`` when pyproject.toml names an index on loopback to lock against (slim packages).
+    """
     (root / "uv.lock").unlink(missing_ok=True)
     interpreter = find_python(targets[0].python)
     argv: list[str | Path] = [uv_bin(), "lock", "--no-progress"]
     if interpreter is not None:
-        argv += ["--offline", "--python", interpreter]
+        argv += [*(["--offline"] if offline else []), "--python", interpreter]
     else:
         argv += [
             "--python",

@@ -15,6 +15,8 @@ from . import cancel
 from .errors import EnvironmentProblem, PackageError, UsageError
 from .licenses import wheel_license
 from .manifest import Manifest, read_manifest
+from .mirror import add_to_wheelhouse, make_slim, mirror_settings
+from .mirror_serve import mirror_address
 from .offline import (
     WHEELS_DIR,
     edit_pyproject,
@@ -41,6 +43,7 @@ from .signing import key_permission_warning, load_private_key, sign_tree
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, chosen_arches, make_targets
 from .uvbin import require_python
 from .verify import VerifyReport
+from .wheelhouse import read_wheelhouse
 from .wheels import Provenance, Selected, WheelCache, default_cache_dir, fetch_all, prefetch
 
 MIB = 1024 * 1024
@@ -66,6 +69,9 @@ class PackOptions:
     check: Check | None = None
     refresh: bool = False  # resolve again even when a recent resolution of the same input is cached
     glibc: tuple[int, int] = DEFAULT_GLIBC  # the newest manylinux level the daemon's host can run
+    wheelhouse: Path | None = None  # also put every wheel into this static index (wheelhouse.py)
+    mirror_url: str | None = None  # write a slim package installing from the wheelhouse served here (mirror.py)
+    lock_from_mirror: bool = False  # uv.lock's file URLs as the live mirror serves them (devpi, Nexus, ...)
     follow_symlinks: bool = False  # follow links of a plugin folder that lead outside it and its repository
     origin: str | None = None  # the source as the user gave it (a URL, a Marketplace id): named in errors
 
@@ -84,6 +90,8 @@ class PackResult:
     notes: tuple[str, ...]
     signed: bool
     verification: VerifyReport | None = None  # what the check found, when one ran
+    wheelhouse: Path | None = None
+    mirror_url: str | None = None  # set for a slim package
     provenance: dict[str, Provenance] = field(default_factory=dict)  # wheel file name -> where it came from
     license_attention: tuple[str, ...] = ()  # "name version: license — why a reviewer should look"
     pin_changes: tuple[PinChange, ...] = ()  # shipped versions that differ from a version the plugin pinned
@@ -91,7 +99,10 @@ class PackResult:
     @property
     def dify_settings(self) -> tuple[str, ...]:
         """The Dify settings this upload needs, as ``NAME=value  # why`` lines."""
-        return upload_settings(self.stats.compressed_bytes, self.stats.uncompressed_bytes, signed=self.signed)
+        settings = upload_settings(self.stats.compressed_bytes, self.stats.uncompressed_bytes, signed=self.signed)
+        if self.mirror_url is not None and self.wheelhouse is not None:
+            settings += mirror_settings(self.mirror_url, self.wheelhouse)
+        return settings
 
     @property
     def identifier(self) -> str:
@@ -188,6 +199,14 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
         load_private_key(options.sign_key)
         if warning := key_permission_warning(options.sign_key):
             reporter.warn(warning)
+    if options.mirror_url is not None:
+        mirror_address(options.mirror_url)  # a bad URL fails before any download
+        if options.wheelhouse is None:
+            raise UsageError("a slim package (--mirror-url) needs a wheelhouse (--wheelhouse DIR) to serve its wheels")
+    elif options.lock_from_mirror:
+        raise UsageError("--lock-from-mirror needs --mirror-url (the repository to read the file URLs from)")
+    if options.wheelhouse is not None:
+        read_wheelhouse(options.wheelhouse)  # a folder that is not a wheelhouse fails before any download
     cache = WheelCache(options.cache_dir or default_cache_dir(), warn=reporter.warn)
     with tempfile.TemporaryDirectory(prefix="dify-repack-") as temp:
         root = Path(temp) / "plugin"
@@ -281,6 +300,21 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             )
             with reporter.activity("locking uv.lock against ./wheels"):
                 regenerate_lock(root, targets, uv_cache=cache.uv_cache)
+        if options.wheelhouse is not None:
+            reporter.step(f"adding the wheels to the wheelhouse {options.wheelhouse}")
+            house = add_to_wheelhouse(options.wheelhouse, manifest, selected)
+            if options.mirror_url is not None:
+                reporter.step(f"making the package slim: it installs from {options.mirror_url}")
+                make_slim(
+                    root,
+                    selected,
+                    targets,
+                    options.mirror_url,
+                    options.wheelhouse,
+                    house,
+                    cache.uv_cache,
+                    lock_from_mirror=options.lock_from_mirror,
+                )
         notes += fix_ignore_files(root)
         python_note = fix_python_version(root, options.python)
         if python_note:
@@ -313,6 +347,8 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
         notes=tuple(notes),
         signed=options.sign_key is not None,
         verification=verification,
+        wheelhouse=options.wheelhouse,
+        mirror_url=options.mirror_url,
         provenance={name: origin for item in selected for name, origin in item.provenance().items()},
         license_attention=_license_attention(selected),
         pin_changes=changes,

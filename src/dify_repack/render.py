@@ -67,6 +67,8 @@ def pack_json(text: str, outcome: PackResult | DifyRepackError, seconds: float) 
             for c in outcome.pin_changes
         ],
         "dify_settings": list(outcome.dify_settings),
+        "wheelhouse": None if outcome.wheelhouse is None else str(outcome.wheelhouse),
+        "mirror_url": outcome.mirror_url,  # set for a slim package
         "seconds": round(seconds, 2),
     }
 

@@ -98,6 +98,7 @@ class Replay:
     work: Path
     prefix: list[str]  # the network-isolation argv prefix
     limits: Limits
+    mirror: str  # the daemon's PIP_MIRROR_URL in the mirror profile
     environments: Environments = field(default_factory=Environments)
 
 
@@ -201,7 +202,7 @@ def live_replay(
     update("venv")
     step = timed("venv", [*prefix, *venv_argv], cwd=root, env=daemon_env, timeout=120)
     steps.append(step)
-    command = install_command(profile, root, uv)
+    command = install_command(profile, root, uv, context.mirror)
     if step.ok and requirements_missing(profile, command, root):
         steps.append(Step("install", False, 0.0, "requirements.txt is missing; this daemon version requires it"))
     elif step.ok:
@@ -376,12 +377,17 @@ def static_key(profile: str, tree: Path) -> tuple[str, bool]:
     return "sync", profile == "uv-sync-frozen" and (tree / "uv.lock").is_file()
 
 
-def static_check(tree: Path, profile: str, target: Target, root: Path, prefix: list[str], update: Update) -> Check:
-    """Offline resolution for ``target``'s platform: proves the right wheels are inside without running them."""
+def static_check(
+    tree: Path, profile: str, target: Target, root: Path, prefix: list[str], update: Update, mirror: str | None = None
+) -> Check:
+    """Offline resolution for ``target``'s platform: proves the right wheels are inside without running them.
+
+    A slim package resolves against its mirror, served inside the namespace (``prefix``)."""
     clone(tree, root)
     uv = uv_bin()
     cache = root.parent / "uv-cache" / root.name
-    env = clean_env({"UV_CACHE_DIR": str(cache), "UV_PYTHON_DOWNLOADS": "never", "UV_OFFLINE": "1"})
+    offline = {} if mirror else {"UV_OFFLINE": "1"}
+    env = clean_env({"UV_CACHE_DIR": str(cache), "UV_PYTHON_DOWNLOADS": "never", **offline})
     install = [
         uv,
         "pip",
@@ -404,7 +410,7 @@ def static_check(tree: Path, profile: str, target: Target, root: Path, prefix: l
             step = timed("resolve", [*prefix, *install, "-r", "requirements.txt"], cwd=root, env=env, timeout=300)
             steps.append(step)
         return _static_result(profile, target, "uv pip install --dry-run", steps)
-    if frozen and (remote := _remote_lock_source(root / "uv.lock")):
+    if frozen and not mirror and (remote := _remote_lock_source(root / "uv.lock")):
         steps.append(
             Step("lock", False, 0.0, f"uv.lock points to a remote index ({remote}): --frozen installs go online")
         )
@@ -430,7 +436,7 @@ def static_check(tree: Path, profile: str, target: Target, root: Path, prefix: l
         step = timed("lock", [*prefix, *export], cwd=root, env=env, timeout=300)
         steps.append(step)
         if step.ok:
-            wheels = ["--no-index", "--find-links", WHEELS_DIR]
+            wheels = ["--index-url", mirror] if mirror else ["--no-index", "--find-links", WHEELS_DIR]
             update("resolve")
             resolve_argv = [*prefix, *install, *wheels, "-r", ".static-requirements.txt"]
             steps.append(timed("resolve", resolve_argv, cwd=root, env=env, timeout=300))

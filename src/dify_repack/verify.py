@@ -10,6 +10,7 @@ cores, and a passed verification of a byte-identical package with the same setti
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -32,10 +33,13 @@ from .daemon import (
     INSTALL_TIMEOUT,
     PROFILES,
     START_TIMEOUT,
+    UNREACHABLE_MIRROR,
     install_command,
 )
 from .errors import EnvironmentProblem, NetworkError, PackageError, UsageError, VerificationError
 from .manifest import Manifest, read_manifest
+from .mirror import missing_from_wheelhouse, slim_mirror_url
+from .mirror_serve import serve_in_namespace, wheelhouse_server
 from .package import extract_package, open_package, zip_checksum
 from .replay import (
     Check,
@@ -53,6 +57,7 @@ from .reqfile import check_includes
 from .runner import run
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, make_targets
 from .uvbin import fetch_uv, own_uv_version, provide_python
+from .wheelhouse import read_wheelhouse
 from .wheels import WheelCache, default_cache_dir
 
 __all__ = ["DEFAULT_UV_VERSIONS", "PROFILES", "Check", "Step", "VerifyOptions", "VerifyReport", "verify_package"]
@@ -116,6 +121,8 @@ class VerifyOptions:
     install_idle_timeout: float = INSTALL_IDLE_TIMEOUT
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)  # replays side by side
     reuse: bool = False  # return a remembered pass of the byte-identical package with these settings
+    wheelhouse: Path | None = None  # a slim package's wheels, served at its mirror URL inside the namespace
+    mirror_server: tuple[str, ...] | None = None  # or a command serving that mirror there (a real index server)
 
 
 def network_isolation() -> tuple[list[str], str]:
@@ -163,13 +170,19 @@ def verify_package(
     if not prefix:
         notes.append("NO NETWORK ISOLATION: unshare is unavailable, so uv's offline mode stood in; this is not proof")
         reporter.warn(notes[-1])
-    with tempfile.TemporaryDirectory(prefix="dify-repack-verify-") as temp:
+    with tempfile.TemporaryDirectory(prefix="dify-repack-verify-") as temp, contextlib.ExitStack() as serving:
         work = Path(temp)
         tree = work / "package"
         extract_package(package, tree)
         manifest = read_manifest(tree, origin=str(package))
         # pip and uv follow -r/-c as written: an include leading out of the package would read this host's files.
         check_includes(tree / "requirements.txt", root=tree)
+        mirror = slim_mirror_url(tree)
+        mirror_checks: list[Check] = []
+        if mirror is not None:
+            reporter.step(f"serving the wheelhouse at {mirror} inside the network namespace")
+            mirror_checks, prefix = _serve_mirror(serving, tree, mirror, options)
+            isolation = f"unshare -n -m (the mirror {mirror} served inside)"
         identifier = f"{manifest.plugin_id}:{manifest.version}@{zip_checksum(package)}"
         targets = make_targets(options.python, list(options.arches or manifest.arches), options.glibc)
         host_machine = platform.machine()
@@ -181,11 +194,11 @@ def verify_package(
         if live:
             WheelCache(cache_dir).mark()  # uv versions are kept there; tagged so `cache clean` knows it
         uv_binaries = _fetch_uv_versions(options, cache_dir, reporter) if live else {}
-        runs = _plan(tree, options, live, static, uv_binaries)
+        runs = _plan(tree, options, live, static, uv_binaries, mirror or UNREACHABLE_MIRROR)
         context = None
         if interpreter is not None:
             limits = Limits(options.install_timeout, options.install_idle_timeout, options.start_timeout, options.start)
-            context = Replay(tree, manifest, interpreter, work, prefix, limits)
+            context = Replay(tree, manifest, interpreter, work, prefix, limits, mirror or UNREACHABLE_MIRROR)
         first: dict[tuple[object, ...], _Run] = {}
         for item in runs:
             first.setdefault(item.key, item)
@@ -206,7 +219,7 @@ def verify_package(
                     uv = uv_binaries.get(item.version)
                     check = live_replay(context, item.profile, uv, item.version, item.target, root, update)
                 else:
-                    check = static_check(tree, item.profile, item.target, root, prefix, update)
+                    check = static_check(tree, item.profile, item.target, root, prefix, update, mirror)
             failed = next((step.name for step in check.steps if not step.ok and step.fatal), "")
             reporter.step(f"{label}: {f'FAILED at {failed}' if failed else 'ok'} in {time.monotonic() - started:.1f} s")
             return check
@@ -214,7 +227,7 @@ def verify_package(
         with cancel.executor(jobs) as pool:
             futures = {item.key: pool.submit(execute, number, item) for number, item in enumerate(order, 1)}
             results = {key: future.result() for key, future in futures.items()}
-        checks = _entries_checks(package)
+        checks = _entries_checks(package) + mirror_checks
         for item in runs:
             check = results[item.key]
             if first[item.key] is not item:
@@ -243,7 +256,12 @@ def _describe(item: _Run) -> str:
 
 
 def _plan(
-    tree: Path, options: VerifyOptions, live: list[Target], static: list[Target], uv_binaries: dict[str, Path]
+    tree: Path,
+    options: VerifyOptions,
+    live: list[Target],
+    static: list[Target],
+    uv_binaries: dict[str, Path],
+    mirror: str,
 ) -> list[_Run]:
     """Every check in report order, each keyed by what it would run: equal keys are the same replay."""
     runs: list[_Run] = []
@@ -252,7 +270,7 @@ def _plan(
         for profile in options.profiles:
             for version in ["pip"] if profile == "pip" else list(uv_binaries):
                 uv = uv_binaries.get(version)
-                command = install_command(profile, tree, uv)
+                command = install_command(profile, tree, uv, mirror)
                 command = [part.replace(str(tree), str(template)) for part in command]
                 # Same interpreter, same uv binary, same install argv, same files: the same replay.
                 key = ("live", str(target), version, tuple(command), requirements_missing(profile, command, tree))
@@ -278,6 +296,34 @@ def _fetch_uv_versions(options: VerifyOptions, cache_dir: Path, reporter: Report
         return {version: future.result() for version, future in futures.items()}
 
 
+def _serve_mirror(
+    stack: contextlib.ExitStack, root: Path, mirror: str, options: VerifyOptions
+) -> tuple[list[Check], list[str]]:
+    """A slim package installs from its mirror: serve it at the mirror's address inside the namespace, and
+    name every pinned file the wheelhouse lacks. Returns that check and the prefix that enters the namespace."""
+    checks = []
+    if options.mirror_server is None:
+        if options.wheelhouse is None:
+            raise UsageError(
+                f"this is a slim package: it installs from {mirror}, so verification needs its wheelhouse",
+                tip="give --wheelhouse DIR (the folder pack --wheelhouse wrote)",
+            )
+        missing = missing_from_wheelhouse(root, read_wheelhouse(options.wheelhouse))
+        detail = f"the wheelhouse {options.wheelhouse} lacks {', '.join(missing)}" if missing else ""
+        checks.append(
+            Check(
+                "wheelhouse",
+                "-",
+                "-",
+                "static",
+                "files pinned by requirements.txt",
+                (Step("files", not missing, 0.0, detail),),
+            )
+        )
+    server = list(options.mirror_server or wheelhouse_server(options.wheelhouse or Path(), mirror))
+    return checks, stack.enter_context(serve_in_namespace(mirror, server))
+
+
 def _entries_checks(package: Path) -> list[Check]:
     """The daemon's checksum read fails on a directory entry, so it rejects the upload (DAEMON-FACTS §1)."""
     with open_package(package) as archive:
@@ -300,6 +346,8 @@ def _memory_path(
     """Where a pass of this package with these settings is recorded; None when it must not be remembered."""
     if "latest" in options.uv_versions:
         return None  # "latest" moves: the same words may mean another uv tomorrow
+    if options.wheelhouse is not None or options.mirror_server is not None:
+        return None  # a slim package's verdict depends on a wheelhouse that changes under the same bytes
     from . import __version__
 
     digest = hashlib.sha256()

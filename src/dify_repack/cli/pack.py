@@ -125,6 +125,24 @@ from ._app import (
     show_default=True,
     help="Plugins of a batch packed side by side (they share the cache, so a wheel is still fetched once).",
 )
+@click.option(
+    "--wheelhouse",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also put every wheel into this static index (PEP 503), grown run after run; "
+    "see `dify-repack wheelhouse`. Default with --mirror-url: OUTPUT_DIR/wheelhouse.",
+)
+@click.option(
+    "--mirror-url",
+    metavar="URL",
+    help="Write slim packages (no wheels inside) that install from the wheelhouse served at this index URL, "
+    "e.g. http://pypi.internal:8080/simple.",
+)
+@click.option(
+    "--lock-from-mirror",
+    is_flag=True,
+    help="Take uv.lock's file URLs from the mirror itself (reachable from here, the wheelhouse already uploaded): "
+    "for repositories whose file URLs differ from the wheelhouse's files/ (devpi, Nexus, Artifactory).",
+)
 @with_options(review_options)
 @with_options(output_options)
 def pack_command(
@@ -147,6 +165,9 @@ def pack_command(
     refresh: bool,
     follow_symlinks: bool,
     jobs: int,
+    wheelhouse: Path | None,
+    mirror_url: str | None,
+    lock_from_mirror: bool,
     sbom: Path | None,
     report: Path | None,
 ) -> int:
@@ -175,6 +196,12 @@ def pack_command(
       dify-repack pack ./plugin.difypkg --sign-key keys/offline.private.pem
       dify-repack pack ./plugin.difypkg --index-url https://nexus.example.com/repository/pypi/simple
       dify-repack pack ./plugin.difypkg --no-verify -q      # on a host without Linux/unshare
+      dify-repack pack -r plugins.txt --wheelhouse ./house --mirror-url http://pypi.internal:8080/simple -o slim/
+
+    \b
+    Wheelhouse mode (README): --wheelhouse collects every wheel into one static index, --mirror-url
+    writes slim packages (no wheels inside) that install from it; serve ./house
+    (python3 -m http.server 8080 --directory house) or upload it (dify-repack wheelhouse upload).
     """
     parsed = [parse_source(text) for text in sources] + (read_source_list(sources_file) if sources_file else [])
     if not parsed:
@@ -184,6 +211,8 @@ def pack_command(
     console_reporter = make_reporter(output().quiet or as_json)
     cache = cache_dir or default_cache_dir()
     indexes = Indexes(index_url, extra_index_urls)
+    if mirror_url is not None and wheelhouse is None:
+        wheelhouse = (output_dir or Path.cwd()) / "wheelhouse"
     verify_options = VerifyOptions(
         profiles=profiles or tuple(PROFILES),
         uv_versions=uv_versions or DEFAULT_UV_VERSIONS,
@@ -193,6 +222,7 @@ def pack_command(
         indexes=indexes,
         glibc=glibc_version,
         reuse=not (reverify or refresh),
+        wheelhouse=wheelhouse,
     )
     base_options = PackOptions(
         output_dir=output_dir,
@@ -203,6 +233,9 @@ def pack_command(
         sign_key=sign_key,
         refresh=refresh,
         glibc=glibc_version,
+        wheelhouse=wheelhouse,
+        mirror_url=mirror_url,
+        lock_from_mirror=lock_from_mirror,
         follow_symlinks=follow_symlinks,
     )
     parallel = jobs > 1 and len(parsed) > 1

@@ -53,6 +53,11 @@ from ._app import (
 @click.option("--no-start", is_flag=True, help="Skip starting the plugin and waiting for its heartbeat.")
 @with_options(index_options)
 @cache_option
+@click.option(
+    "--wheelhouse",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="For a slim package: the wheelhouse to serve at its mirror URL inside the network namespace.",
+)
 @with_options(output_options)
 def verify_command(
     package: Path,
@@ -65,6 +70,7 @@ def verify_command(
     index_url: str,
     extra_index_urls: tuple[str, ...],
     cache_dir: Path | None,
+    wheelhouse: Path | None,
 ) -> int:
     """Prove that PACKAGE installs with the network cut off, as each Dify daemon version installs it.
 
@@ -76,10 +82,16 @@ def verify_command(
     for their platform. Exit code 0 only when every check passed, 7 when one failed.
 
     \b
+    A slim package (pack --mirror-url) installs from its mirror: give --wheelhouse DIR, and the
+    wheelhouse is served at the mirror's address inside the namespace (its host name resolved to
+    127.0.0.1 there), with nothing else reachable. A file the wheelhouse lacks fails, named.
+
+    \b
     Examples:
       dify-repack verify ./author-plugin_1.0.0-offline.difypkg
       dify-repack verify ./p-offline.difypkg --profile uv-sync-frozen --uv 0.11.7 -q
       dify-repack verify ./p-offline.difypkg --arch x86_64 --no-start --json
+      dify-repack verify ./slim/p-offline.difypkg --wheelhouse ./house
     """
     arches = chosen_arches(arch, ()) or None
     options = VerifyOptions(
@@ -91,6 +103,7 @@ def verify_command(
         start=not no_start,
         indexes=Indexes(index_url, extra_index_urls),
         glibc=parse_glibc(glibc),
+        wheelhouse=wheelhouse,
     )
     out = output()
     report = verify_package(package, options, make_reporter(out.quiet or out.as_json))
