@@ -457,7 +457,7 @@ def test_verify_applies_the_idle_limit_to_the_install_and_reports_the_near_miss(
 ) -> None:
     import dify_repack.replay as replay_module
 
-    def silent_install(profile: str, root: Path, uv: Path | None) -> list[str]:
+    def silent_install(profile: str, root: Path, uv: Path | None, mirror: str = "") -> list[str]:
         return [
             sys.executable,
             "-c",
