@@ -437,7 +437,13 @@ def test_pack_verifies_and_leaves_nothing_when_the_plugin_cannot_start(
     good = make_plugin(tmp_path / "good", {"requirements.txt": "dify_plugin==0.7.4\n"})
     assert main(["pack", str(good), *argv, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)["results"][0]
-    assert result["verification"] == {"isolation": "unshare -n", "checks": 5, "ok": True}
+    assert result["verification"] == {
+        "isolation": "unshare -n",
+        "checks": 5,
+        "ok": True,
+        "remembered": None,
+        "warnings": [],
+    }
     broken = make_plugin(
         tmp_path / "broken",
         {

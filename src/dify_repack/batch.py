@@ -341,7 +341,6 @@ def _pack_job(job: _Job, options: BatchOptions, reporter: Reporter) -> BatchItem
 
     def check(staged: Path, _manifest: Manifest, targets: tuple[Target, ...]) -> VerifyReport:
         assert verify_options is not None
-        reporter.step("verifying: replaying each daemon profile with the network cut off")
         arches = [target.arch for target in targets]
         report = verify_package(staged, dataclasses.replace(verify_options, arches=arches), reporter)
         require_pass(report)

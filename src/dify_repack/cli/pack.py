@@ -17,7 +17,7 @@ from ..review import ReviewPaths, packed_dossier, write_documents
 from ..sources import parse_source, read_source_list
 from ..targets import parse_glibc
 from ..uvbin import require_python
-from ..verify import DEFAULT_UV_VERSIONS, VerifyOptions
+from ..verify import DEFAULT_UV_VERSIONS, PROFILES, VerifyOptions
 from ..wheels import default_cache_dir
 from ._app import (
     arch_option,
@@ -66,7 +66,19 @@ from .bundle import batch_fields, check_signing_flags, langgenius_option, print_
     show_default=True,
     help="Replay every daemon install profile with the network cut off before writing the package.",
 )
+@click.option(
+    "--profile",
+    "profiles",
+    multiple=True,
+    type=click.Choice(list(PROFILES)),
+    help="Daemon profile to replay (repeatable; default all, see `dify-repack verify --help`).",
+)
 @uv_option
+@click.option(
+    "--reverify",
+    is_flag=True,
+    help="Replay even when this byte-identical package already passed with the same settings (so does --refresh).",
+)
 @click.option(
     "--no-start",
     is_flag=True,
@@ -82,7 +94,8 @@ from .bundle import batch_fields, check_signing_flags, langgenius_option, print_
 @click.option(
     "--refresh",
     is_flag=True,
-    help="Resolve again now; by default a resolution of the same input from the last 24 hours is reused.",
+    help="Resolve again now (and replay the verification); by default a resolution of the same input from the "
+    "last 24 hours is reused.",
 )
 @click.option(
     "--follow-symlinks",
@@ -141,7 +154,9 @@ def pack_command(
     extra_index_urls: tuple[str, ...],
     cache_dir: Path | None,
     verify: bool,
+    profiles: tuple[str, ...],
     uv_versions: tuple[str, ...],
+    reverify: bool,
     no_start: bool,
     sign_key: Path | None,
     marketplace_url: str | None,
@@ -207,12 +222,14 @@ def pack_command(
     if mirror_url is not None and wheelhouse is None:
         wheelhouse = (output_dir or Path.cwd()) / "wheelhouse"
     verify_options = VerifyOptions(
+        profiles=profiles or tuple(PROFILES),
         uv_versions=uv_versions or DEFAULT_UV_VERSIONS,
         python=python_version,
         cache_dir=cache,
         start=not no_start,
         indexes=indexes,
         glibc=glibc_version,
+        reuse=not (reverify or refresh),
         wheelhouse=wheelhouse,
     )
     options = BatchOptions(
@@ -251,7 +268,7 @@ def pack_command(
         elif not single:
             message = one_line(item.outcome.message)
             where = "" if message.startswith(item.sources[0]) else f"{item.sources[0]}: "
-            stderr.print(f"[bold red]error:[/] {escape(where + message)}")
+            stderr().print(f"[bold red]error:[/] {escape(where + message)}")
 
     result = pack_many(parsed, options, reporter, on_item=done)
     if single and result.failures:
@@ -274,5 +291,5 @@ def pack_command(
     if not single or result.bundle is not None or result.bundle_skipped:
         print_batch_report(result)
     for path in written:
-        stderr.print(f"wrote {escape(str(path))}")
+        stderr().print(f"wrote {escape(str(path))}")
     return code

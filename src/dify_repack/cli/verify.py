@@ -235,4 +235,4 @@ def inspect_command(package: Path, key: Path | None, sbom: Path | None, report: 
     else:
         print_inspection(result)
         for path in written:
-            stderr.print(f"wrote {escape(str(path))}")
+            stderr().print(f"wrote {escape(str(path))}")
