@@ -494,3 +494,13 @@ def _clone_with_sleep(seconds: str) -> Callable[[Path, Path], None]:
         (root / "s").write_text(seconds)
 
     return clone_and_write
+
+
+def test_a_macos_or_windows_host_on_the_same_cpu_gets_static_checks_only(
+    good: Path, cache_dir: Path, own_uv: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its CPython would install wheels for itself, not the Linux wheels the daemon uses: no live replay proves that.
+    monkeypatch.setattr(sys, "platform", "darwin")
+    report = verify(good, cache_dir, own_uv, ["uv-pip"])
+    assert report.checks and {check.mode for check in report.checks} == {"static"}
+    assert report.ok

@@ -55,7 +55,7 @@ from .replay import (
 from .report import NullReporter, Reporter
 from .reqfile import check_includes
 from .runner import run
-from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, make_targets
+from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, host_runs, make_targets
 from .uvbin import fetch_uv, own_uv_version, provide_python
 from .wheelhouse import read_wheelhouse
 from .wheels import WheelCache, default_cache_dir
@@ -185,8 +185,7 @@ def verify_package(
             isolation = f"unshare -n -m (the mirror {mirror} served inside)"
         identifier = f"{manifest.plugin_id}:{manifest.version}@{zip_checksum(package)}"
         targets = make_targets(options.python, list(options.arches or manifest.arches), options.glibc)
-        host_machine = platform.machine()
-        live = [target for target in targets if target.machine == host_machine and interpreter is not None]
+        live = [target for target in targets if host_runs(target) and interpreter is not None]
         static = [target for target in targets if target not in live]
         if interpreter is None:
             notes.append(f"no CPython {options.python} on this host: static checks only (install one to replay live)")

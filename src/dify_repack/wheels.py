@@ -29,7 +29,7 @@ from .package import file_sha256
 from .report import NullReporter, Reporter
 from .resolve import Artifact, Indexes, Pin
 from .runner import clean_env, run
-from .targets import MACHINES, Target, is_pure_wheel
+from .targets import MACHINES, Target, host_runs, is_pure_wheel
 from .uvbin import find_python, uv_bin
 
 PARALLEL_DOWNLOADS = 8
@@ -380,12 +380,14 @@ def build_wheels(
     host_machine = platform.machine()
     result: dict[Target, Path] = {}
     for target in targets:
-        if target.machine != host_machine:
+        if not host_runs(target):
             raise BuildError(
                 f"{pin.name} {pin.version} is published only as an sdist with native code; it cannot be built for "
-                f"{target} on this {host_machine} host",
-                tip=f"run dify-repack on an {target.arch} machine, or leave {target.arch} out with --arch "
-                f"{next((arch for arch, m in MACHINES.items() if m == host_machine), 'amd64')}",
+                f"{target} on this {sys.platform} {host_machine} host",
+                tip=f"run dify-repack on a Linux {target.arch} machine, or leave {target.arch} out with --arch "
+                f"{next((arch for arch, m in MACHINES.items() if m == host_machine), 'amd64')}"
+                if sys.platform == "linux"
+                else f"build it on a Linux {target.arch} machine (the daemon runs Linux wheels only)",
             )
         if target.wheel_rank(wheel.name) is None:
             raise BuildError(
