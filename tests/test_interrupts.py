@@ -325,7 +325,7 @@ def test_a_batch_side_by_side(tmp_path: Path, slow_index: SlowIndex) -> None:
 
 
 def test_verify_waiting_for_a_plugin_that_never_starts(tmp_path: Path, slow_index: SlowIndex, python312: Path) -> None:
-    """The verify command works in the main thread; the plugin it starts is killed with its process group."""
+    """The replays run in worker threads; the plugin one starts is killed with its process group."""
     silent = "import time\ntime.sleep(600)  # never sends a heartbeat\n"
     plugin = make_plugin(tmp_path / "plugin", {"requirements.txt": "dify_plugin==0.7.4\n", "main.py": silent})
     argv = [str(plugin), "--no-verify", "--index-url", slow_index.url]
@@ -346,7 +346,7 @@ def test_verify_waiting_for_a_plugin_that_never_starts(tmp_path: Path, slow_inde
     def plugin_started(children: list[int]) -> bool:
         return bool(set(children) & set(alive("-m\0main")))
 
-    stopped = _run_and_signal(tmp_path, argv, "replaying", (signal.SIGINT,), ready=plugin_started)
+    stopped = _run_and_signal(tmp_path, argv, "verifying:", (signal.SIGINT,), ready=plugin_started)
     assert stopped.children
     _assert_stopped_cleanly(stopped, signal.SIGINT, tmp_path)
 

@@ -13,8 +13,11 @@ import json
 import os
 import re
 import shutil
+import sys
+import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,6 +29,8 @@ from dify_repack.cli import main
 from dify_repack.errors import VerificationError
 from dify_repack.package import extract_package, write_package
 from dify_repack.packing import PackOptions, pack
+from dify_repack.replay import timed
+from dify_repack.report import NullReporter
 from dify_repack.resolve import Indexes
 from dify_repack.runner import clean_env, run
 from dify_repack.uvbin import uv_bin
@@ -349,7 +354,7 @@ def test_cli_verify_json_success_and_failure(
 
 
 def test_start_failure_names_the_exception_not_the_shutdown_noise() -> None:
-    from dify_repack.verify import python_error
+    from dify_repack.replay import python_error
 
     stderr = (
         'Traceback (most recent call last):\n  File "main.py", line 3\n'
@@ -360,3 +365,142 @@ def test_start_failure_names_the_exception_not_the_shutdown_noise() -> None:
         '  File "gevent/thread.py", line 76\nRuntimeError: greenlet is being finalized\n'
     )
     assert python_error(stderr) == "ValueError: Error loading plugin configuration"
+
+
+# What verification costs: identical replays run once, import/start once per identical environment,
+# a passed verification is remembered, and the daemon's watchdogs apply.
+
+
+def test_replays_running_the_same_commands_on_the_same_files_run_once(
+    index: LocalIndex, tmp_path: Path, cache_dir: Path, own_uv: str
+) -> None:
+    # Without pyproject.toml, uv-sync and uv-sync-frozen run `uv pip install -r requirements.txt` like uv-pip;
+    # mirror adds `-i`: a different command, replayed on its own.
+    package = _pack(index, tmp_path, {"requirements.txt": REQUIREMENTS})
+    report = verify(package, cache_dir, own_uv, ["uv-pip", "uv-sync", "uv-sync-frozen", "mirror"])
+    assert report.ok, report.to_json()
+    assert [(check.profile, check.same_as) for check in report.checks] == [
+        ("uv-pip", ""),
+        ("uv-sync", "uv-pip"),
+        ("uv-sync-frozen", "uv-pip"),
+        ("mirror", ""),
+    ]
+    assert report.checks[1].steps == report.checks[0].steps
+    # mirror installed the same files as uv-pip: import ran once, on whichever environment was ready first.
+    imports = {check.profile: {step.name: step for step in check.steps}["import"] for check in report.checks}
+    ran = [profile for profile in ("uv-pip", "mirror") if not imports[profile].same_as]
+    assert len(ran) == 1
+    other = "mirror" if ran == ["uv-pip"] else "uv-pip"
+    assert imports[other].same_as == f"{ran[0]} uv {own_uv}"
+    assert all(step.same_as == "" for step in report.checks[3].steps if step.name != "import")
+
+
+def test_a_passed_verification_of_the_same_bytes_and_settings_is_remembered(
+    good: Path, tmp_path: Path, cache_dir: Path, own_uv: str
+) -> None:
+    options = VerifyOptions(profiles=["uv-pip"], uv_versions=[own_uv], arches=["amd64"], cache_dir=cache_dir)
+    first = verify_package(good, replace(options, start=False, reuse=True))
+    assert first.ok and not first.remembered
+    again = verify_package(good, replace(options, start=False, reuse=True))
+    assert again.remembered and again.checks == first.checks and again.identifier == first.identifier
+    # Other settings, another package, or no reuse: replayed.
+    assert not verify_package(good, replace(options, start=False)).remembered
+    assert not verify_package(good, replace(options, start=True, start_timeout=60, reuse=True)).remembered
+    other = derive(good, tmp_path / "other.difypkg", lambda root: (root / "README.md").write_text("changed\n"))
+    assert not verify_package(other, replace(options, start=False, reuse=True)).remembered
+
+
+def test_pack_remembers_its_verification_and_reverify_replays(
+    index: LocalIndex, tmp_path: Path, cache_dir: Path, own_uv: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plugin = make_plugin(tmp_path / "src", {"requirements.txt": REQUIREMENTS})
+    argv = ["pack", str(plugin), "-o", str(tmp_path / "out"), "--index-url", index.url, "--cache-dir", str(cache_dir)]
+    argv += ["--uv", own_uv, "--profile", "uv-pip", "--profile", "mirror", "--no-start", "--json"]
+    remembered = []
+    for extra in ([], [], ["--reverify"]):
+        assert main([*argv, *extra]) == 0
+        verification = json.loads(capsys.readouterr().out)["results"][0]["verification"]
+        assert verification["ok"] and verification["checks"] == 2
+        remembered.append(verification["remembered"])
+    assert remembered[0] is None and remembered[1] and remembered[2] is None
+
+
+def _silent_step(script: str, **limits: float) -> Step:
+    return timed("install", [sys.executable, "-c", script], cwd=Path.cwd(), env=clean_env(), **limits)
+
+
+def test_an_install_silent_for_the_idle_limit_is_killed_like_the_daemon_does() -> None:
+    script = "import time; print('Installing wheel-with-21785-files', flush=True); time.sleep(60)"
+    started = time.monotonic()
+    step = _silent_step(script, timeout=30, idle_timeout=2)
+    assert time.monotonic() - started < 15
+    assert not step.ok
+    assert step.detail.startswith('killed after 2 s without output after "Installing wheel-with-21785-files"')
+
+
+def test_an_install_that_keeps_talking_is_killed_at_the_overall_limit() -> None:
+    script = "import time\nwhile True:\n    print('still going', flush=True); time.sleep(0.1)"
+    step = _silent_step(script, timeout=1.5, idle_timeout=1)
+    assert not step.ok and step.detail.startswith("killed after 2 s, the daemon's limit")
+
+
+def test_a_silence_above_half_the_idle_limit_passes_with_a_warning_naming_its_cause() -> None:
+    script = "import time; print('Unpacking huge-1.0', flush=True); time.sleep(2); print('Installed 1 package')"
+    step = _silent_step(script, timeout=30, idle_timeout=3)
+    assert step.ok
+    assert step.warning.startswith('install was silent for 2 s after "Unpacking huge-1.0"')
+    assert "kills an install after 3 s without output" in step.warning
+
+
+def test_verify_applies_the_idle_limit_to_the_install_and_reports_the_near_miss(
+    good: Path, cache_dir: Path, own_uv: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dify_repack.replay as replay_module
+
+    def silent_install(profile: str, root: Path, uv: Path | None, mirror: str = "") -> list[str]:
+        return [
+            sys.executable,
+            "-c",
+            "import time; print('Preparing', flush=True); time.sleep(float(open('s').read()))",
+        ]
+
+    monkeypatch.setattr(replay_module, "install_command", silent_install)
+    warnings: list[str] = []
+
+    class Recorder(NullReporter):
+        def warn(self, message: str) -> None:
+            warnings.append(message)
+
+    options = VerifyOptions(
+        profiles=["uv-pip"], uv_versions=[own_uv], arches=["amd64"], cache_dir=cache_dir, start=False
+    )
+    for seconds, limit in (("1.5", 2.5), ("5", 0.5)):
+        monkeypatch.setattr(replay_module, "clone", _clone_with_sleep(seconds))
+        report = verify_package(good, replace(options, install_idle_timeout=limit), Recorder())
+        install = next(step for step in report.checks[0].steps if step.name == "install")
+        if seconds == "1.5":
+            assert install.ok  # it installed nothing, so import fails: only the watchdog matters here
+            assert report.warnings and warnings == list(report.warnings)
+            assert warnings[0].startswith(f"uv-pip ({own_uv}, cp312-linux-amd64): install was silent for")
+        else:
+            assert not install.ok and "without output" in install.detail
+
+
+def _clone_with_sleep(seconds: str) -> Callable[[Path, Path], None]:
+    from dify_repack.replay import clone
+
+    def clone_and_write(tree: Path, root: Path) -> None:
+        clone(tree, root)
+        (root / "s").write_text(seconds)
+
+    return clone_and_write
+
+
+def test_a_macos_or_windows_host_on_the_same_cpu_gets_static_checks_only(
+    good: Path, cache_dir: Path, own_uv: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its CPython would install wheels for itself, not the Linux wheels the daemon uses: no live replay proves that.
+    monkeypatch.setattr(sys, "platform", "darwin")
+    report = verify(good, cache_dir, own_uv, ["uv-pip"])
+    assert report.checks and {check.mode for check in report.checks} == {"static"}
+    assert report.ok

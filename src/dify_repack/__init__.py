@@ -11,15 +11,49 @@ The command line is a thin layer over this API::
 
 from __future__ import annotations
 
-from .errors import DifyRepackError, ExitCode
-from .inspect import Inspection, inspect_package
-from .packing import PackOptions, PackResult, pack
-from .resolve import Indexes
-from .signing import generate_keypair, sign_package, verify_signature
-from .targets import Target
-from .verify import VerifyOptions, VerifyReport, verify_package
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# The API is imported on first use: `dify-repack --version` and the CLI's start must not pay for
+# httpx, cryptography and tomlkit (PEP 562).
+_EXPORTS = {
+    "DifyRepackError": "errors",
+    "ExitCode": "errors",
+    "Inspection": "inspect",
+    "inspect_package": "inspect",
+    "PackOptions": "packing",
+    "PackResult": "packing",
+    "pack": "packing",
+    "Indexes": "resolve",
+    "generate_keypair": "signing",
+    "sign_package": "signing",
+    "verify_signature": "signing",
+    "Target": "targets",
+    "VerifyOptions": "verify",
+    "VerifyReport": "verify",
+    "verify_package": "verify",
+}
+
+if TYPE_CHECKING:
+    from .errors import DifyRepackError, ExitCode
+    from .inspect import Inspection, inspect_package
+    from .packing import PackOptions, PackResult, pack
+    from .resolve import Indexes
+    from .signing import generate_keypair, sign_package, verify_signature
+    from .targets import Target
+    from .verify import VerifyOptions, VerifyReport, verify_package
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dify_repack' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DifyRepackError",

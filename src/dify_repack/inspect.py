@@ -18,6 +18,7 @@ from packaging.requirements import Requirement
 from packaging.utils import InvalidWheelFilename, NormalizedName, canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
+from .daemon import PROFILES
 from .errors import DependencyError, SignatureError
 from .manifest import Manifest, read_manifest
 from .mirror import slim_mirror_url
@@ -28,7 +29,6 @@ from .reqfile import logical_lines, parse_requirement, read_requirements_file
 from .requirements import remote_lock_sources, tomllib
 from .signing import read_signature, verify_signature
 from .targets import DEFAULT_PYTHON, Target, make_targets
-from .verify import PROFILES
 
 SCHEMA = 1
 DEPENDENCY_FILES = ("requirements.txt", "pyproject.toml", "uv.lock", ".python-version")

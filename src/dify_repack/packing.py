@@ -6,6 +6,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
@@ -38,7 +39,7 @@ from .pins import PinChange, check_hashes, compare_pins, preferences_for
 from .report import NullReporter, Reporter
 from .requirements import SDK, check_requires_python, declared_dependencies
 from .resolve import Indexes, Pin, ResolutionCache, resolve
-from .signing import key_permission_warning, load_private_key, sign_tree
+from .signing import DEFAULT_CATEGORY, key_permission_warning, load_private_key, sign_tree
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, chosen_arches, make_targets
 from .uvbin import require_python
 from .verify import VerifyReport
@@ -73,6 +74,7 @@ class PackOptions:
     lock_from_mirror: bool = False  # uv.lock's file URLs as the live mirror serves them (devpi, Nexus, ...)
     follow_symlinks: bool = False  # follow links of a plugin folder that lead outside it and its repository
     origin: str | None = None  # the source as the user gave it (a URL, a Marketplace id): named in errors
+    sign_category: str = DEFAULT_CATEGORY  # authorized_category of the signature (bundles: langgenius plugins)
 
 
 @dataclass(frozen=True)
@@ -239,14 +241,12 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             reporter.warn(note)
         cache.mark()
 
-        reporter.step("resolving for each target")
         resolutions = ResolutionCache(cache.root / "resolutions", refresh=options.refresh)
-        # One thread per target resolves; the first target to finish starts its downloads and builds at once,
-        # while the others are still resolving (fetch_all then finds those files in the cache).
-        with cancel.executor(len(targets) + 1) as pool:
-            futures = {
-                pool.submit(
-                    resolve,
+
+        def resolve_for(target: Target) -> list[Pin]:
+            started = time.monotonic()
+            with reporter.activity(f"resolving for {target}"):
+                pins = resolve(
                     declared.requirements,
                     target,
                     indexes=options.indexes,
@@ -254,16 +254,23 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
                     constraints=declared.constraints,
                     uv_cache=cache.uv_cache,
                     cache=resolutions,
-                ): target
-                for target in targets
-            }
+                )
+            reporter.step(f"resolved {target}: {len(pins)} packages in {time.monotonic() - started:.1f} s")
+            return pins
+
+        # One thread per target resolves; the first target to finish starts its downloads and builds at once,
+        # while the others are still resolving (fetch_all then finds those files in the cache).
+        with cancel.executor(len(targets) + 1) as pool:
+            futures = {pool.submit(resolve_for, target): target for target in targets}
             resolved: dict[Target, list[Pin]] = {}
             prefetching = None
             for future in cancel.as_completed(futures):
                 resolved[futures[future]] = future.result()
                 if prefetching is None and len(targets) > 1:
                     target = futures[future]
-                    prefetching = pool.submit(prefetch, resolved[target], target, cache, indexes=options.indexes)
+                    prefetching = pool.submit(
+                        prefetch, resolved[target], target, cache, indexes=options.indexes, reporter=reporter
+                    )
             plan = {target: resolved[target] for target in targets}
             if prefetching is not None:
                 prefetching.result()
@@ -292,7 +299,8 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
                 added=declared.added_to_pyproject,
                 sdk_version=_single_version(selected, SDK),
             )
-            regenerate_lock(root, targets, uv_cache=cache.uv_cache)
+            with reporter.activity("locking uv.lock against ./wheels"):
+                regenerate_lock(root, targets, uv_cache=cache.uv_cache)
         if options.wheelhouse is not None:
             reporter.step(f"adding the wheels to the wheelhouse {options.wheelhouse}")
             house = add_to_wheelhouse(options.wheelhouse, manifest, selected)
@@ -316,11 +324,12 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
         with atomic_output(output) as staged:
             # Signing writes the package itself: one pass over the files either way.
             try:
-                if options.sign_key is not None:
-                    sign_tree(root, options.sign_key, staged)
-                    stats = dataclasses.replace(package_stats(staged), checksum=zip_checksum(staged))
-                else:
-                    stats = write_package(root, staged)
+                with reporter.activity(f"writing {output.name}" + (" (signed)" if options.sign_key else "")):
+                    if options.sign_key is not None:
+                        sign_tree(root, options.sign_key, staged, category=options.sign_category)
+                        stats = dataclasses.replace(package_stats(staged), checksum=zip_checksum(staged))
+                    else:
+                        stats = write_package(root, staged)
             except OSError as exc:
                 raise EnvironmentProblem.cannot_write(output.parent, exc, elsewhere="-o DIR") from None
             verification = options.check(staged, manifest, targets) if options.check is not None else None

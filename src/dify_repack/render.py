@@ -9,12 +9,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .daemon import PROFILES
 from .errors import DifyRepackError
 from .inspect import Inspection
 from .packing import API_DEFAULT_LIMIT, DAEMON_DEFAULT_LIMIT, PackResult
-from .verify import PROFILES, Step, VerifyReport
+from .verify import Step, VerifyReport
 
-Outcome = tuple[str, "PackResult | DifyRepackError", float]
 PIN_CHANGES_SHOWN = 10  # the summary lists this many changed pins; --json has them all
 
 
@@ -56,6 +56,8 @@ def pack_json(text: str, outcome: PackResult | DifyRepackError, seconds: float) 
             "isolation": outcome.verification.isolation,
             "checks": len(outcome.verification.checks),
             "ok": outcome.verification.ok,
+            "remembered": outcome.verification.remembered or None,
+            "warnings": list(outcome.verification.warnings),
         },
         "notes": list(outcome.notes),
         "license_attention": list(outcome.license_attention),
@@ -85,8 +87,12 @@ def print_pack_result(result: PackResult) -> None:
     if report is not None:
         live = sum(check.mode == "live" for check in report.checks)
         static = len(report.checks) - live
+        same = sum(bool(check.same_as) for check in report.checks)
+        identical = f", {same} of them identical to another" if same else ""
+        when = f"; remembered from {report.remembered}, byte-identical package" if report.remembered else ""
         out.print(
-            f"  verified  {live} live replays + {static} static checks passed (network cut by {report.isolation})"
+            f"  verified  {live} live replays + {static} static checks passed{identical} "
+            f"(network cut by {report.isolation}{when})"
         )
     else:
         out.print("  verified  [yellow]skipped (--no-verify)[/]: run `dify-repack verify` before carrying it across")
@@ -105,30 +111,12 @@ def print_pack_result(result: PackResult) -> None:
         out.print(f"  {setting}", markup=False)
 
 
-def print_batch_table(outcomes: list[Outcome]) -> None:
-    table = Table(title="dify-repack pack")
-    for column in ("plugin", "result", "size", "wheels", "time"):
-        table.add_column(column)
-    for text, outcome, seconds in outcomes:
-        if isinstance(outcome, DifyRepackError):
-            table.add_row(text, f"[red]failed[/]: {outcome.message}", "", "", f"{seconds:.1f} s")
-        else:
-            table.add_row(
-                text,
-                f"[green]ok[/] {outcome.output.name}",
-                mib(outcome.stats.compressed_bytes),
-                str(outcome.wheels),
-                f"{seconds:.1f} s",
-            )
-    _console().print(table)
-
-
 _LIVE_STEPS = ("venv", "install", "compile", "import", "start")
 
 
 def step_cell(step: Step) -> str:
     state = "[green]ok[/]" if step.ok else "[bold red]FAIL[/]" if step.fatal else "[yellow]warn[/]"
-    return f"{state} {step.seconds:.1f}s"
+    return f"{state} same" if step.same_as else f"{state} {step.seconds:.1f}s"
 
 
 def print_verify_report(report: VerifyReport) -> None:
@@ -144,15 +132,32 @@ def print_verify_report(report: VerifyReport) -> None:
         else:  # static checks resolve instead of installing: show them in the install column
             cells = ["-", "  ".join(f"{step.name} {step_cell(step)}" for step in check.steps), "-", "-", "-"]
         result = "[green]ok[/]" if check.ok else "[bold red]FAIL[/]"
+        if check.same_as:
+            result += f" (same as {check.same_as})"
         table.add_row(check.profile, check.uv, check.target.removeprefix("cp312-linux-"), check.mode, *cells, result)
     out.print(table)
+    shared: dict[str, list[str]] = {}
+    for check in report.checks:
+        owner = next((step.same_as for step in check.steps if step.same_as), "")
+        if owner and not check.same_as:
+            shared.setdefault(owner, []).append(f"{check.profile} {check.uv}")
+    for owner, followers in shared.items():
+        out.print(
+            f"same: {', '.join(followers)} installed byte-identical files to {owner}'s (uv's RECORD and "
+            f"uv_cache.json aside), so import and start ran once, there",
+            markup=False,
+        )
     for check in report.checks:
         for step in check.steps:
-            if not step.ok and step.detail:
+            if not step.ok and step.detail and not check.same_as and not step.same_as:
                 out.print(f"[bold]{check.profile} / {check.uv} / {check.target} — {step.name}:[/] `{check.command}`")
                 out.print(step.detail, markup=False)
     for note in report.notes:
         out.print(f"[bold yellow]note:[/] {note}")
+    for warning in report.warnings:
+        out.print(f"[bold yellow]warning:[/] {escape(warning)}")
+    if report.remembered:
+        out.print(f"remembered: this byte-identical package passed these checks on {report.remembered}")
     verdict = "every check passed" if report.ok else "some checks FAILED: this package would not install offline"
     out.print(("[bold green]" if report.ok else "[bold red]") + verdict + "[/]")
 

@@ -6,7 +6,9 @@ explicit values, never from the host, so any host produces the same package.
 
 from __future__ import annotations
 
+import platform
 import re
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -171,3 +173,11 @@ def make_targets(
 def is_pure_wheel(filename: str) -> bool:
     _, _, _, wheel_tags = parse_wheel_filename(filename)
     return all(tag.abi == "none" and tag.platform == "any" for tag in wheel_tags)
+
+
+def host_runs(target: Target) -> bool:
+    """Whether this machine can run the target's Linux wheels: the daemon's OS and CPU, not just the CPU.
+
+    A macOS or Windows host on the same CPU would install wheels for itself, so it only gets static checks.
+    """
+    return sys.platform == "linux" and platform.machine() == target.machine

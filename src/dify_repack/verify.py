@@ -2,79 +2,65 @@
 
 Live replay needs the target's CPython and CPU; other architectures get a static check (offline resolution
 for their platform with ``--dry-run``). Isolation is a new network namespace; without one the result says so.
+
+It costs what it must: the package is extracted once, the uv versions are fetched once and side by side,
+replays that would run the same commands on the same files run once, the others run in parallel up to the
+cores, and a passed verification of a byte-identical package with the same settings is remembered.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
-import queue
-import re
 import shutil
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from . import cancel
 from .credentials import Indexes
+from .daemon import (
+    DEFAULT_UV_VERSIONS,
+    INSTALL_IDLE_TIMEOUT,
+    INSTALL_TIMEOUT,
+    PROFILES,
+    START_TIMEOUT,
+    UNREACHABLE_MIRROR,
+    install_command,
+)
 from .errors import EnvironmentProblem, NetworkError, PackageError, UsageError, VerificationError
 from .manifest import Manifest, read_manifest
 from .mirror import missing_from_wheelhouse, slim_mirror_url
 from .mirror_serve import serve_in_namespace, wheelhouse_server
-from .offline import WHEELS_DIR
 from .package import extract_package, open_package, zip_checksum
+from .replay import (
+    Check,
+    Limits,
+    Replay,
+    Step,
+    live_replay,
+    requirements_missing,
+    static_check,
+    static_key,
+    static_profile,
+)
 from .report import NullReporter, Reporter
 from .reqfile import check_includes
-from .requirements import remote_lock_sources, tomllib
-from .runner import Completed, clean_env, kill_group, run, spawn
-from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, make_targets
-from .uvbin import fetch_uv, find_python, own_uv_version, provide_python, uv_bin
+from .runner import run
+from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, host_runs, make_targets
+from .uvbin import fetch_uv, own_uv_version, provide_python
 from .wheelhouse import read_wheelhouse
 from .wheels import WheelCache, default_cache_dir
 
-PROFILES = {
-    "pip": "daemon ≤0.0.3: python -m venv + pip install -r requirements.txt",
-    "uv-pip": "daemon 0.0.4–0.5.2: uv pip install -r requirements.txt",
-    "uv-sync": "daemon 0.5.3–0.5.4: uv sync --no-dev (requirements.txt without pyproject.toml)",
-    "uv-sync-frozen": "daemon 0.5.5–0.6.x: uv sync --no-dev --frozen when uv.lock exists",
-    "mirror": "daemon 0.6.3+ with PIP_MIRROR_URL: requirements.txt wins, -i <unreachable mirror>",
-}
-# The oldest and newest uv seen in the daemon's official images (DAEMON-FACTS §4).
-DEFAULT_UV_VERSIONS = ("0.9.13", "0.11.7")
-# An internal mirror that the air-gapped daemon is configured with but cannot reach.
-UNREACHABLE_MIRROR = "http://127.0.0.1:9/simple"
-INSTALL_TIMEOUT = 600.0  # the daemon kills the install after 10 minutes in any case
-START_TIMEOUT = 120.0  # the plugin must send its first heartbeat within 120 s
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str  # venv, install, compile, import, start, resolve
-    ok: bool
-    seconds: float
-    detail: str = ""  # the lines that explain a failure
-    fatal: bool = True  # compileall failures are only logged by the daemon
-
-
-@dataclass(frozen=True)
-class Check:
-    profile: str
-    uv: str  # uv version, or "pip"
-    target: str
-    mode: str  # "live" or "static"
-    command: str
-    steps: tuple[Step, ...]
-
-    @property
-    def ok(self) -> bool:
-        return all(step.ok or not step.fatal for step in self.steps)
+__all__ = ["DEFAULT_UV_VERSIONS", "PROFILES", "Check", "Step", "VerifyOptions", "VerifyReport", "verify_package"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +70,7 @@ class VerifyReport:
     isolation: str  # how the network was cut: "unshare -n", "unshare -rn", or "none (uv offline mode)"
     checks: tuple[Check, ...]
     notes: tuple[str, ...] = ()
+    remembered: str = ""  # when set: the UTC time of the replay whose pass stands for this byte-identical package
 
     @property
     def ok(self) -> bool:
@@ -93,6 +80,17 @@ class VerifyReport:
     def isolated(self) -> bool:
         return not self.isolation.startswith("none")
 
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """Steps that passed close to a daemon limit (a near-miss), naming the replay."""
+        return tuple(
+            f"{check.profile} ({check.uv}, {check.target}): {step.warning}"
+            for check in self.checks
+            if not check.same_as
+            for step in check.steps
+            if step.warning
+        )
+
     def to_json(self) -> dict[str, object]:
         return {
             "schema": 1,
@@ -101,7 +99,9 @@ class VerifyReport:
             "identifier": self.identifier,
             "isolation": self.isolation,
             "isolated": self.isolated,
+            "remembered": self.remembered or None,
             "notes": list(self.notes),
+            "warnings": list(self.warnings),
             "checks": [dict(asdict(check), ok=check.ok) for check in self.checks],
         }
 
@@ -117,6 +117,10 @@ class VerifyOptions:
     start: bool = True  # start the plugin and wait for its heartbeat
     indexes: Indexes = field(default_factory=Indexes)  # where to fetch uv versions from, with their logins
     glibc: tuple[int, int] = DEFAULT_GLIBC  # for the static checks of other architectures
+    install_timeout: float = INSTALL_TIMEOUT  # the daemon's watchdogs (tests shorten them)
+    install_idle_timeout: float = INSTALL_IDLE_TIMEOUT
+    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)  # replays side by side
+    reuse: bool = False  # return a remembered pass of the byte-identical package with these settings
     wheelhouse: Path | None = None  # a slim package's wheels, served at its mirror URL inside the namespace
     mirror_server: tuple[str, ...] | None = None  # or a command serving that mirror there (a real index server)
 
@@ -130,6 +134,17 @@ def network_isolation() -> tuple[list[str], str]:
     return [], "none (uv offline mode)"
 
 
+@dataclass(frozen=True)
+class _Run:
+    """One replay to run, or the one it duplicates."""
+
+    profile: str
+    version: str  # uv version or "pip"; the uv for static checks
+    target: Target
+    mode: str  # "live" or "static"
+    key: tuple[object, ...]  # replays with equal keys run the same commands on the same files
+
+
 def verify_package(
     package: Path, options: VerifyOptions | None = None, reporter: Reporter | None = None
 ) -> VerifyReport:
@@ -140,57 +155,144 @@ def verify_package(
         raise UsageError(f"unknown profile {unknown[0]!r}; choose from {', '.join(PROFILES)}")
     cache_dir = options.cache_dir or default_cache_dir()
     prefix, isolation = network_isolation()
+    try:
+        interpreter = provide_python(options.python, reporter.step)
+    except (EnvironmentProblem, NetworkError) as problem:
+        interpreter = None  # static checks still prove something
+        reporter.warn(problem.message)
+    memory = _memory_path(package, options, isolation, interpreter, cache_dir)
+    if options.reuse and memory is not None and (remembered := _recall(memory, package)) is not None:
+        reporter.step(
+            f"verification: this byte-identical package passed on {remembered.remembered} (--reverify replays)"
+        )
+        return remembered
     notes: list[str] = []
     if not prefix:
         notes.append("NO NETWORK ISOLATION: unshare is unavailable, so uv's offline mode stood in; this is not proof")
         reporter.warn(notes[-1])
     with tempfile.TemporaryDirectory(prefix="dify-repack-verify-") as temp, contextlib.ExitStack() as serving:
         work = Path(temp)
-        probe = work / "probe"
-        extract_package(package, probe)
-        manifest = read_manifest(probe, origin=str(package))
+        tree = work / "package"
+        extract_package(package, tree)
+        manifest = read_manifest(tree, origin=str(package))
         # pip and uv follow -r/-c as written: an include leading out of the package would read this host's files.
-        check_includes(probe / "requirements.txt", root=probe)
-        mirror = slim_mirror_url(probe)
+        check_includes(tree / "requirements.txt", root=tree)
+        mirror = slim_mirror_url(tree)
         mirror_checks: list[Check] = []
         if mirror is not None:
             reporter.step(f"serving the wheelhouse at {mirror} inside the network namespace")
-            mirror_checks, prefix = _serve_mirror(serving, probe, mirror, options)
+            mirror_checks, prefix = _serve_mirror(serving, tree, mirror, options)
             isolation = f"unshare -n -m (the mirror {mirror} served inside)"
         identifier = f"{manifest.plugin_id}:{manifest.version}@{zip_checksum(package)}"
         targets = make_targets(options.python, list(options.arches or manifest.arches), options.glibc)
-        host_machine = platform.machine()
-        try:
-            interpreter = provide_python(options.python, reporter.step)
-        except (EnvironmentProblem, NetworkError) as problem:
-            interpreter = None  # static checks still prove something
-            reporter.warn(problem.message)
-        live = [target for target in targets if target.machine == host_machine and interpreter is not None]
+        live = [target for target in targets if host_runs(target) and interpreter is not None]
         static = [target for target in targets if target not in live]
         if interpreter is None:
             notes.append(f"no CPython {options.python} on this host: static checks only (install one to replay live)")
             reporter.warn(notes[-1])
-        checks = _entries_checks(package) + mirror_checks
         if live:
             WheelCache(cache_dir).mark()  # uv versions are kept there; tagged so `cache clean` knows it
-        uv_binaries = (
-            {version: fetch_uv(version, cache_dir, options.indexes) for version in options.uv_versions} if live else {}
-        )
-        for target in live:
-            assert interpreter is not None
-            context = _Replay(package, manifest, interpreter, work, prefix, options, mirror or UNREACHABLE_MIRROR)
-            for profile in options.profiles:
-                for version in ["pip"] if profile == "pip" else list(uv_binaries):
-                    reporter.step(
-                        f"replaying {profile} with {'pip' if version == 'pip' else 'uv ' + version} on {target}"
-                    )
-                    uv = uv_binaries[version] if version != "pip" else None
-                    checks.append(_replay(context, profile, uv, version, target))
-        for target in static:
-            for profile in sorted({_static_profile(profile) for profile in options.profiles}):
-                reporter.step(f"static check {profile} for {target}")
-                checks.append(_static_check(package, profile, target, work, prefix, mirror))
-    return VerifyReport(package, identifier, isolation, tuple(checks), tuple(notes))
+        uv_binaries = _fetch_uv_versions(options, cache_dir, reporter) if live else {}
+        runs = _plan(tree, options, live, static, uv_binaries, mirror or UNREACHABLE_MIRROR)
+        context = None
+        if interpreter is not None:
+            limits = Limits(options.install_timeout, options.install_idle_timeout, options.start_timeout, options.start)
+            context = Replay(tree, manifest, interpreter, work, prefix, limits, mirror or UNREACHABLE_MIRROR)
+        first: dict[tuple[object, ...], _Run] = {}
+        for item in runs:
+            first.setdefault(item.key, item)
+        # The slowest first (pip builds its venv with ensurepip and compiles every file), static checks last.
+        order = sorted(first.values(), key=lambda item: (item.mode != "live", item.version != "pip"))
+        total = len(order)
+        same = f" ({len(runs) - total} others identical)" if len(runs) > total else ""
+        jobs = max(1, min(options.jobs, total))
+        reporter.step(f"verifying: {total} replays with the network cut off{same}, {jobs} at a time")
+
+        def execute(number: int, item: _Run) -> Check:
+            label = f"{number}/{total} {_describe(item)}"
+            root = _daemon_dir(work / item.mode, manifest, f"{item.profile}-{item.version}-{item.target.arch}")
+            started = time.monotonic()
+            with reporter.activity(label) as update:
+                if item.mode == "live":
+                    assert context is not None
+                    uv = uv_binaries.get(item.version)
+                    check = live_replay(context, item.profile, uv, item.version, item.target, root, update)
+                else:
+                    check = static_check(tree, item.profile, item.target, root, prefix, update, mirror)
+            failed = next((step.name for step in check.steps if not step.ok and step.fatal), "")
+            reporter.step(f"{label}: {f'FAILED at {failed}' if failed else 'ok'} in {time.monotonic() - started:.1f} s")
+            return check
+
+        with cancel.executor(jobs) as pool:
+            futures = {item.key: pool.submit(execute, number, item) for number, item in enumerate(order, 1)}
+            results = {key: future.result() for key, future in futures.items()}
+        checks = _entries_checks(package) + mirror_checks
+        for item in runs:
+            check = results[item.key]
+            if first[item.key] is not item:
+                check = replace(check, profile=item.profile, same_as=first[item.key].profile)
+            checks.append(check)
+    report = VerifyReport(package, identifier, isolation, tuple(checks), tuple(notes))
+    for warning in report.warnings:
+        reporter.warn(warning)
+    if memory is not None and report.ok and report.isolated:
+        _remember(memory, report)
+    return report
+
+
+def _daemon_dir(work: Path, manifest: Manifest, label: str) -> Path:
+    """The plugin folder as the daemon lays it out (``author/name-version@...``), one per replay."""
+    folder = work / manifest.author / f"{manifest.name}-{manifest.version}@{label}"
+    # The manifest rules keep these names plain; a replay must never build a venv outside its temp folder.
+    if folder.resolve().parent.parent != work.resolve():
+        raise PackageError(f"manifest fields make the working folder {folder}, outside {work}")
+    return folder
+
+
+def _describe(item: _Run) -> str:
+    tool = "" if item.version == "pip" else f" uv {item.version}"
+    return f"{item.profile}{tool} {item.target.arch}" + (" static" if item.mode == "static" else "")
+
+
+def _plan(
+    tree: Path,
+    options: VerifyOptions,
+    live: list[Target],
+    static: list[Target],
+    uv_binaries: dict[str, Path],
+    mirror: str,
+) -> list[_Run]:
+    """Every check in report order, each keyed by what it would run: equal keys are the same replay."""
+    runs: list[_Run] = []
+    template = Path("/replay")  # commands are compared with one root for all
+    for target in live:
+        for profile in options.profiles:
+            for version in ["pip"] if profile == "pip" else list(uv_binaries):
+                uv = uv_binaries.get(version)
+                command = install_command(profile, tree, uv, mirror)
+                command = [part.replace(str(tree), str(template)) for part in command]
+                # Same interpreter, same uv binary, same install argv, same files: the same replay.
+                key = ("live", str(target), version, tuple(command), requirements_missing(profile, command, tree))
+                runs.append(_Run(profile, version, target, "live", key))
+    for target in static:
+        for profile in sorted({static_profile(profile) for profile in options.profiles}):
+            runs.append(
+                _Run(profile, own_uv_version(), target, "static", ("static", str(target), *static_key(profile, tree)))
+            )
+    return runs
+
+
+def _fetch_uv_versions(options: VerifyOptions, cache_dir: Path, reporter: Reporter) -> dict[str, Path]:
+    """Every requested uv, fetched once and side by side (most are already in the cache)."""
+    versions = list(dict.fromkeys(options.uv_versions))
+    if not versions:
+        return {}
+    with (
+        reporter.activity(f"uv {', '.join(versions)}: fetching for the replays"),
+        ThreadPoolExecutor(len(versions)) as pool,
+    ):
+        futures = {version: pool.submit(fetch_uv, version, cache_dir, options.indexes) for version in versions}
+        return {version: future.result() for version, future in futures.items()}
 
 
 def _serve_mirror(
@@ -234,308 +336,77 @@ def _entries_checks(package: Path) -> list[Check]:
     return [Check("package", "-", "-", "static", "zip entries", (Step("entries", False, 0.0, detail),))]
 
 
-def _daemon_dir(work: Path, manifest: Manifest, label: str) -> Path:
-    folder = work / manifest.author / f"{manifest.name}-{manifest.version}@{label}"
-    # The manifest rules keep these names plain; a replay must never build a venv outside its temp folder.
-    if folder.resolve().parent.parent != work.resolve():
-        raise PackageError(f"manifest fields make the working folder {folder}, outside {work}")
-    return folder
+# Remembering a pass: the same bytes, verified the same way on the same host, pass again.
 
 
-def _uv_env(uv: Path, root: Path, cache: Path) -> dict[str, str]:
-    """The daemon replaces uv's environment with these few variables (DAEMON-FACTS §4)."""
-    env = {
-        "VIRTUAL_ENV": str(root / ".venv"),
-        "PATH": os.pathsep.join([str(uv.parent), "/usr/local/bin", "/usr/bin", "/bin"]),
-        "UV_CACHE_DIR": str(cache),
+def _memory_path(
+    package: Path, options: VerifyOptions, isolation: str, interpreter: Path | None, cache_dir: Path
+) -> Path | None:
+    """Where a pass of this package with these settings is recorded; None when it must not be remembered."""
+    if "latest" in options.uv_versions:
+        return None  # "latest" moves: the same words may mean another uv tomorrow
+    if options.wheelhouse is not None or options.mirror_server is not None:
+        return None  # a slim package's verdict depends on a wheelhouse that changes under the same bytes
+    from . import __version__
+
+    digest = hashlib.sha256()
+    with package.open("rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    python = None
+    if interpreter is not None:
+        real = interpreter.resolve()
+        stat = real.stat()
+        python = [str(real), stat.st_size, stat.st_mtime_ns]
+    settings = {
+        "package": digest.hexdigest(),
+        "tool": __version__,
+        "options": {
+            "profiles": list(options.profiles),
+            "uv": list(options.uv_versions),
+            "arches": list(options.arches) if options.arches is not None else None,
+            "python": options.python,
+            "start": options.start,
+            "start_timeout": options.start_timeout,
+            "install_timeout": options.install_timeout,
+            "install_idle_timeout": options.install_idle_timeout,
+            "glibc": list(options.glibc),
+        },
+        "own_uv": own_uv_version(),
+        "host": {"python": python, "machine": platform.machine(), "isolation": isolation},
     }
-    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
-        if name in os.environ:
-            env[name] = os.environ[name]
-    return env
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    return cache_dir / "verified" / f"{key}.json"
 
 
-def install_command(profile: str, root: Path, uv: Path | None, mirror: str = UNREACHABLE_MIRROR) -> list[str]:
-    """The dependency install the daemon version behind ``profile`` runs in the plugin directory ``root``."""
-    has_requirements = (root / "requirements.txt").is_file()
-    has_pyproject = (root / "pyproject.toml").is_file()
-    has_lock = (root / "uv.lock").is_file()
-    if profile == "pip":
-        return [str(root / ".venv" / "bin" / "pip"), "install", "-r", "requirements.txt"]
-    assert uv is not None
-    requirements_install = [str(uv), "pip", "install", "-r", "requirements.txt", "-vvv"]
-    sync = [str(uv), "sync", "--no-dev", "-v"]
-    if profile == "uv-pip" or (profile in ("uv-sync", "uv-sync-frozen") and not has_pyproject):
-        return requirements_install
-    if profile == "uv-sync":
-        return sync
-    if profile == "uv-sync-frozen":
-        return [*sync, "--frozen"] if has_lock else sync
-    # mirror: a configured PIP_MIRROR_URL makes requirements.txt win (0.6.3+).
-    if has_requirements:
-        return [str(uv), "pip", "install", "-i", mirror, "-r", "requirements.txt", "-vvv"]
-    return [*sync, "-i", mirror, *(["--frozen"] if has_lock else [])]
+def _remember(memory: Path, report: VerifyReport) -> None:
+    data = report.to_json()
+    data["remembered"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    WheelCache(memory.parent.parent).mark()
+    memory.parent.mkdir(parents=True, exist_ok=True)
+    temporary = memory.with_name(f".{memory.name}.{os.getpid()}")
+    temporary.write_text(json.dumps(data), encoding="utf-8")
+    temporary.replace(memory)
 
 
-def _timed(name: str, argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float, fatal: bool = True) -> Step:
-    started = time.monotonic()
-    result = run(argv, cwd=cwd, env=env, timeout=timeout)
-    return Step(
-        name, result.returncode == 0, time.monotonic() - started, explain(result) if result.returncode else "", fatal
-    )
-
-
-@dataclass(frozen=True)
-class _Replay:
-    """What every live replay of one package shares."""
-
-    package: Path
-    manifest: Manifest
-    interpreter: Path
-    work: Path
-    prefix: list[str]  # the network-isolation argv prefix
-    options: VerifyOptions
-    mirror: str  # the daemon's PIP_MIRROR_URL in the mirror profile
-
-
-def _replay(context: _Replay, profile: str, uv: Path | None, version: str, target: Target) -> Check:
-    package, manifest, interpreter, work = context.package, context.manifest, context.interpreter, context.work
-    prefix, options = context.prefix, context.options
-    root = _daemon_dir(work, manifest, f"{profile}-{version}")
-    extract_package(package, root)
-    cache = work / f"uv-cache-{profile}-{version}"
-    offline_env = {} if prefix else {"UV_OFFLINE": "1", "PIP_NO_INDEX": "1"}
-    daemon_env = clean_env({"UV_CACHE_DIR": str(cache), "UV_PYTHON_DOWNLOADS": "never", **offline_env})
-    steps: list[Step] = []
-    if uv is None:
-        venv_argv = [str(interpreter), "-m", "venv", ".venv"]
-    else:
-        venv_argv = [str(uv), "venv", ".venv", "--python", str(interpreter)]
-    step = _timed("venv", [*prefix, *venv_argv], cwd=root, env=daemon_env, timeout=120)
-    steps.append(step)
-    command = install_command(profile, root, uv, context.mirror)
-    if (
-        step.ok
-        and profile in ("pip", "uv-pip", "mirror")
-        and "requirements.txt" in command
-        and not (root / "requirements.txt").is_file()
-    ):
-        steps.append(Step("install", False, 0.0, "requirements.txt is missing; this daemon version requires it"))
-    elif step.ok:
-        env = daemon_env if uv is None else {**_uv_env(uv, root, cache), **offline_env}
-        step = _timed("install", [*prefix, *command], cwd=root, env=env, timeout=INSTALL_TIMEOUT)
-        steps.append(step)
-    if all(s.ok for s in steps):
-        python = str(root / ".venv" / "bin" / "python")
-        step = _timed(
-            "compile",
-            [*prefix, python, "-m", "compileall", "-q", "-x", r"\.venv|\.uv-cache", "."],
-            cwd=root,
-            env=daemon_env,
-            timeout=300,
-            fatal=False,
-        )
-        steps.append(step)
-        step = _timed("import", [*prefix, python, "-c", "import dify_plugin"], cwd=root, env=daemon_env, timeout=120)
-        steps.append(step)
-        if step.ok and options.start:
-            steps.append(_start(root, manifest, prefix, daemon_env, options.start_timeout))
-    shown = " ".join(Path(command[0]).name if index == 0 else part for index, part in enumerate(command))
-    return Check(profile, version, str(target), "live", shown, tuple(steps))
-
-
-def _start(root: Path, manifest: Manifest, prefix: list[str], env: dict[str, str], timeout: float) -> Step:
-    """Start the plugin as the daemon does and wait for its first heartbeat on stdout."""
-    started = time.monotonic()
-    argv = [*prefix, str(root / ".venv" / "bin" / "python"), "-m", manifest.entrypoint]
-    process = spawn(argv, cwd=root, env={**env, "INSTALL_METHOD": "local"}, stdin=subprocess.PIPE)
-    lines: queue.Queue[bytes | None] = queue.Queue()
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    seen: list[str] = []
+def _recall(memory: Path, package: Path) -> VerifyReport | None:
     try:
-        while (remaining := timeout - (time.monotonic() - started)) > 0:
-            try:
-                line = lines.get(timeout=min(remaining, 0.1))
-            except queue.Empty:
-                cancel.check()
-                continue
-            if line is None:
-                break
-            text = line.decode(errors="replace").strip()
-            if text:
-                seen.append(text[:300])
-            if _is_heartbeat(text):
-                return Step("start", True, time.monotonic() - started)
-    finally:
-        kill_group(process)
-        _, stderr = process.communicate()
-    cancel.check()  # killed by a stop request: no verdict
-    reason = (
-        "exited before its first heartbeat"
-        if process.returncode is not None and time.monotonic() - started < timeout
-        else f"no heartbeat within {timeout:.0f} s"
-    )
-    errors = stderr.decode(errors="replace").strip()
-    if error := python_error(errors):
-        reason += f": {error}"
-    tail = "\n".join([*seen[-3:], *errors.splitlines()[-8:]])
-    return Step("start", False, time.monotonic() - started, f"{reason}\n{tail}".strip())
-
-
-_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b")
-
-
-def python_error(stderr: str) -> str:
-    """The exception that stopped a Python program, skipping what it printed while shutting down."""
-    found, ignoring, previous = "", False, ""
-    for line in stderr.splitlines():
-        if line.startswith("Exception ignored"):
-            ignoring = True  # interpreter-shutdown noise (e.g. gevent's "greenlet is being finalized")
-        elif line.startswith("Traceback") and not previous.startswith("Exception ignored"):
-            ignoring = False
-        elif not ignoring and _EXCEPTION_LINE.match(line):
-            found = line.strip()
-        previous = line
-    return found
-
-
-def _is_heartbeat(text: str) -> bool:
-    try:
-        message = json.loads(text)
-    except ValueError:
-        return False
-    return isinstance(message, dict) and message.get("event") == "heartbeat"
-
-
-def _static_profile(profile: str) -> str:
-    # Without a live interpreter the distinction that matters is which file drives the install.
-    return "requirements" if profile in ("pip", "uv-pip", "mirror") else profile
-
-
-def _static_check(
-    package: Path, profile: str, target: Target, work: Path, prefix: list[str], mirror: str | None = None
-) -> Check:
-    """Offline resolution for ``target``'s platform: proves the right wheels are inside without running them.
-
-    A slim package resolves against its mirror, served inside the namespace (``prefix``)."""
-    root = work / "static" / f"{profile}-{target.arch}"
-    extract_package(package, root)
-    uv = uv_bin()
-    offline = {} if mirror else {"UV_OFFLINE": "1"}
-    env = clean_env({"UV_CACHE_DIR": str(work / "uv-cache-static"), "UV_PYTHON_DOWNLOADS": "never", **offline})
-    install = [
-        uv,
-        "pip",
-        "install",
-        "--dry-run",
-        "--target",
-        ".target",
-        "--python-platform",
-        target.uv_platform,
-        "--python-version",
-        target.python,
-    ]
-    steps: list[Step] = []
-    if profile == "requirements" or not (root / "pyproject.toml").is_file():
-        if not (root / "requirements.txt").is_file():
-            steps.append(Step("resolve", False, 0.0, "requirements.txt is missing"))
-        else:
-            step = _timed("resolve", [*prefix, *install, "-r", "requirements.txt"], cwd=root, env=env, timeout=300)
-            steps.append(step)
-        return _static_result(profile, target, "uv pip install --dry-run", steps)
-    frozen = profile == "uv-sync-frozen" and (root / "uv.lock").is_file()
-    if frozen and not mirror and (remote := _remote_lock_source(root / "uv.lock")):
-        steps.append(
-            Step(
-                "lock",
-                False,
-                0.0,
-                f"uv.lock points to a remote index ({remote}): --frozen installs go online",
-            )
+        data: dict[str, Any] = json.loads(memory.read_text(encoding="utf-8"))
+        checks = tuple(
+            Check(**{**_fields(check, Check), "steps": tuple(Step(**_fields(step, Step)) for step in check["steps"])})
+            for check in data["checks"]
         )
-    else:
-        # What `uv sync` would install, from the lock (frozen) or from resolving offline against ./wheels.
-        # Locking needs an interpreter that satisfies requires-python; never a pyenv shim or a download.
-        interpreter = str(find_python(target.python) or sys.executable)
-        export = [
-            uv,
-            "export",
-            "--python",
-            interpreter,
-            "--no-dev",
-            "--no-emit-project",
-            "--no-hashes",
-            "--format",
-            "requirements-txt",
-            "--output-file",
-            ".static-requirements.txt",
-            *(["--frozen"] if frozen else []),
-        ]
-        step = _timed("lock", [*prefix, *export], cwd=root, env=env, timeout=300)
-        steps.append(step)
-        if step.ok:
-            wheels = ["--index-url", mirror] if mirror else ["--no-index", "--find-links", WHEELS_DIR]
-            step = _timed(
-                "resolve",
-                [*prefix, *install, *wheels, "-r", ".static-requirements.txt"],
-                cwd=root,
-                env=env,
-                timeout=300,
-            )
-            steps.append(step)
-    return _static_result(profile, target, "uv export + uv pip install --dry-run", steps)
-
-
-def _static_result(profile: str, target: Target, command: str, steps: list[Step]) -> Check:
-    return Check(profile, own_uv_version(), str(target), "static", command, tuple(steps))
-
-
-def _remote_lock_source(lock: Path) -> str:
-    """The first URL ``uv sync --frozen`` would fetch, or "" when the lock stays inside the package."""
-    try:
-        data = tomllib.loads(lock.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
-        return "unreadable uv.lock"
-    return next(iter(remote_lock_sources(data)), "")
-
-
-def explain(result: Completed) -> str:
-    """The few lines of a failed tool's output that say why (errors and their causes, not -vvv noise)."""
-    lines = result.output.splitlines()
-    keep = [
-        line.rstrip()
-        for line in lines
-        if line.lstrip().startswith(
-            (
-                "error",
-                "ERROR",
-                "cause",
-                "hint",
-                "help",
-                "×",
-                "╰",
-                "Because",
-                "And because",
-                "ModuleNotFoundError",
-                "ImportError",
-                "Traceback",
-            )
+        report = VerifyReport(
+            package, data["identifier"], data["isolation"], checks, tuple(data["notes"]), data["remembered"]
         )
-        or "No solution found" in line
-        or "Failed to" in line
-        or "has no wheels" in line
-        or "not found" in line
-        or "unknown field" in line  # why a uv ignored pyproject.toml's [tool.uv]
-    ]
-    chosen = keep[-12:] if keep else lines[-8:]
-    return "\n".join(chosen)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # absent or unreadable: replay
+    return report if report.ok else None
+
+
+def _fields(data: dict[str, Any], cls: Callable[..., object]) -> dict[str, Any]:
+    names = getattr(cls, "__dataclass_fields__", {})
+    return {key: value for key, value in data.items() if key in names}
 
 
 def require_pass(report: VerifyReport) -> None:

@@ -14,6 +14,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from .package import file_sha256
 from .report import NullReporter, Reporter
 from .resolve import Artifact, Indexes, Pin
 from .runner import clean_env, run
-from .targets import MACHINES, Target, is_pure_wheel
+from .targets import MACHINES, Target, host_runs, is_pure_wheel
 from .uvbin import find_python, uv_bin
 
 PARALLEL_DOWNLOADS = 8
@@ -60,6 +61,7 @@ class WheelCache:
 
     def __init__(self, root: Path, *, warn: Callable[[str], None] | None = None) -> None:
         self.root = root
+        self.fetched: set[Path] = set()  # files this run downloaded or built (not "already in the cache")
         self._warn = warn or (lambda _message: None)
         self._verified: dict[Path, tuple[tuple[int, int, int], str]] = {}
         self._lock = threading.Lock()
@@ -148,10 +150,13 @@ class WheelCache:
             with tempfile.TemporaryDirectory(dir=self.scratch()) as temp:
                 loose = Path(temp) / artifact.filename
                 digest = download(client, artifact.url, loose, size=artifact.size, progress=advance)
-                return self.store(loose, digest)
+                stored = self.store(loose, digest)
+                self.fetched.add(stored)
+                return stored
         path = self.path_for(artifact.sha256, artifact.filename)
         digest = download(client, artifact.url, path, sha256=artifact.sha256, size=artifact.size, progress=advance)
         self._remember(path, digest)
+        self.fetched.add(path)
         return path
 
     def store(self, file: Path, sha256: str) -> Path:
@@ -301,10 +306,20 @@ def fetch_all(
     return sorted(selected.values(), key=lambda item: (item.pin.name, item.pin.version))
 
 
-def prefetch(pins: list[Pin], target: Target, cache: WheelCache, *, indexes: Indexes) -> None:
-    """Fetch and build what one target needs into the cache, quietly; fetch_all reports any failure later."""
+def prefetch(
+    pins: list[Pin], target: Target, cache: WheelCache, *, indexes: Indexes, reporter: Reporter | None = None
+) -> None:
+    """Fetch and build what one target needs into the cache; fetch_all reports any failure later."""
     with contextlib.suppress(DifyRepackError):
-        fetch_all({target: pins}, cache, indexes=indexes)
+        fetch_all({target: pins}, cache, indexes=indexes, reporter=reporter)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _download_many(
@@ -318,10 +333,13 @@ def _download_many(
             result[artifact.url] = cached
         else:
             todo.append(artifact)
+    # Files an earlier step of this run fetched (the first target's prefetch) are not "already in the cache".
+    earlier = sum(path in cache.fetched for path in result.values())
+    known = f"{len(result) - earlier} already in the cache" + (f", {earlier} fetched above" if earlier else "")
     if not todo:
         return result
     total = sum(artifact.size or 0 for artifact in todo)
-    reporter.step(f"downloading {len(todo)} files ({total / 1e6:.1f} MB); {len(result)} already in the cache")
+    reporter.step(f"downloading {plural(len(todo), 'file')} ({_megabytes(total)}); {known}")
     with (
         make_client(timeout=120, auth=indexes.auth()) as client,
         reporter.task("downloading", total or None, unit="bytes") as advance,
@@ -351,20 +369,25 @@ def build_wheels(
     build_dir = cache.built_dir(pin.sdist, key_version) if pin.sdist else cache.root / "built" / "unknown"
     wheels = cache.built_wheels(build_dir)
     if not wheels:
-        reporter.step(f"building {pin.name} {pin.version} from its sdist (no wheel is published)")
-        wheels = [_build(pin, sdist, build_python, build_dir, cache, indexes)]
+        started = time.monotonic()
+        with reporter.activity(f"building {pin.name} {pin.version} from its sdist (no wheel is published)"):
+            wheels = [_build(pin, sdist, build_python, build_dir, cache, indexes)]
+        cache.fetched.add(wheels[0])
+        reporter.step(f"built {wheels[0].name} in {time.monotonic() - started:.1f} s")
     wheel = wheels[0]
     if is_pure_wheel(wheel.name):
         return dict.fromkeys(targets, wheel)
     host_machine = platform.machine()
     result: dict[Target, Path] = {}
     for target in targets:
-        if target.machine != host_machine:
+        if not host_runs(target):
             raise BuildError(
                 f"{pin.name} {pin.version} is published only as an sdist with native code; it cannot be built for "
-                f"{target} on this {host_machine} host",
-                tip=f"run dify-repack on an {target.arch} machine, or leave {target.arch} out with --arch "
-                f"{next((arch for arch, m in MACHINES.items() if m == host_machine), 'amd64')}",
+                f"{target} on this {sys.platform} {host_machine} host",
+                tip=f"run dify-repack on a Linux {target.arch} machine, or leave {target.arch} out with --arch "
+                f"{next((arch for arch, m in MACHINES.items() if m == host_machine), 'amd64')}"
+                if sys.platform == "linux"
+                else f"build it on a Linux {target.arch} machine (the daemon runs Linux wheels only)",
             )
         if target.wheel_rank(wheel.name) is None:
             raise BuildError(

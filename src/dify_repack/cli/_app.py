@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import errno
+import functools
+import importlib
 import json
 import logging
 import os
+import pkgutil
 import signal
 import sys
 import threading
@@ -15,29 +18,56 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import httpx
-from packaging.version import InvalidVersion, Version
-from rich.console import Console
-from rich.markup import escape
 
 from .. import __version__, cancel
 from ..credentials import use_tls_options
+from ..daemon import DEFAULT_UV_VERSIONS
 from ..errors import DifyRepackError, EnvironmentProblem, ExitCode, Interrupted, UsageError
 from ..redaction import RedactingFilter, redact
-from ..report import ConsoleReporter
 from ..resolve import DEFAULT_INDEX
 from ..runner import commands
 from ..targets import ARCH_CHOICES, DEFAULT_PYTHON, PYTHONS, canonical_arch, parse_python
-from ..verify import DEFAULT_UV_VERSIONS
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..report import ConsoleReporter
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 PROG = "dify-repack"
 SCHEMA = 1  # of every --json document; raised only for changes that break a reader
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@functools.cache
+def stderr() -> Console:
+    """The console for progress and errors; made on first use, so that ``--version`` does not import rich."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class LazyGroup(click.Group):
+    """Imports the command modules (every ``cli/*.py`` not starting with ``_``) only when a command is needed.
+
+    ``--version`` and usage errors of the group then cost no httpx, cryptography or tomlkit import.
+    """
+
+    def _load(self) -> None:
+        for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+            if not module.name.startswith("_"):
+                importlib.import_module(f"{__package__}.{module.name}")
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._load()
+        return super().get_command(ctx, cmd_name)
 
 
 @dataclass
@@ -128,7 +158,7 @@ def with_options(options: list[Callable[[F], F]]) -> Callable[[F], F]:
     return decorate
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name=PROG)
 @with_options(output_options)
 def cli() -> None:
@@ -176,7 +206,9 @@ def error_json(message: str, tip: str | None, exit_code: int) -> dict[str, objec
 
 
 def make_reporter(quiet: bool) -> ConsoleReporter:
-    return ConsoleReporter(stderr, quiet=quiet)
+    from ..report import ConsoleReporter
+
+    return ConsoleReporter(stderr(), quiet=quiet)
 
 
 def _where(ctx: click.Context, param: click.Parameter) -> str:
@@ -200,6 +232,8 @@ def check_urls(ctx: click.Context, param: click.Parameter, value: str | tuple[st
             # A password typed without the scheme is masked too: redact() recognises URLs by their scheme.
             shown = redact(f"https://{url}").removeprefix("https://")
             raise UsageError(f"{where} {shown!r} has no scheme", tip=f"write the whole URL: https://{shown}")
+        import httpx  # here, not at the top: `--version` imports no networking
+
         try:
             host = httpx.URL(url).host
         except httpx.InvalidURL as exc:
@@ -211,6 +245,8 @@ def check_urls(ctx: click.Context, param: click.Parameter, value: str | tuple[st
 
 def check_uv_versions(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
     """A uv version is a version number or ``latest``: anything else would reach the index as a requirement."""
+    from packaging.version import InvalidVersion, Version
+
     for version in value:
         if version != "latest":
             try:
@@ -343,9 +379,11 @@ def _command_of(args: Sequence[str]) -> str | None:
 def _fail(args: Sequence[str], message: str, tip: str | None, exit_code: int) -> int:
     """Render an error: one ``error:`` line (+ ``tip:``) on stderr, and with --json the one document on stdout."""
     message, tip = redact(message), tip and redact(tip)  # click's messages and unexpected errors quote input too
-    stderr.print(f"[bold red]error:[/] {escape(one_line(message))}")
+    from rich.markup import escape
+
+    stderr().print(f"[bold red]error:[/] {escape(one_line(message))}")
     if tip:
-        stderr.print(f"[bold]tip:[/] {escape(tip)}")
+        stderr().print(f"[bold]tip:[/] {escape(tip)}")
     options = args[: args.index("--")] if "--" in args else args
     if "--json" in options:
         document = envelope(_command_of(args), "error", {}, error_json(message, tip, exit_code))

@@ -118,7 +118,7 @@ def sign_command(package: str, key: str, category: str, output_path: str | None)
             tip="write the signed package elsewhere with -o (the default is PACKAGE.signed.difypkg beside it)",
         )
     if warning := key_permission_warning(Path(key)):
-        stderr.print(f"[bold yellow]warning:[/] {escape(warning)}")
+        stderr().print(f"[bold yellow]warning:[/] {escape(warning)}")
     info = sign_package(source, Path(key), target, category=category)
     if output().as_json:
         emit("success", {"package": str(target), "category": info.category, "time": info.time})
