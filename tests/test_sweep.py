@@ -710,8 +710,78 @@ WHEELHOUSES: dict[str, Case] = {
     "pack-mirror-url-ftp": Case(lambda w: w.pack(w.package(), "--mirror-url", "ftp://m/simple"), 2, "ftp://m"),
 }
 
+# --- app DSL files and bundles ---------------------------------------------------------------------------------
+
+DSL_HEAD = "app:\n  name: x\nkind: app\nversion: 0.1.5\n"
+CHECKSUM = "a" * 64
+ALIAS_BOMB = "".join(
+    f"{name}: &{name} [{', '.join([f'*{previous}'] * 9) if previous else ', '.join('x' * 9)}]\n"
+    for previous, name in zip(["", *"abcdefg"], "abcdefgh", strict=True)
+)
+
+
+def _dsl(body: str) -> Argv:
+    return lambda w: w.pack(w.file("app.yml", DSL_HEAD + body))
+
+
+def _bundle_with(w: World, dependency: str, assets: dict[str, bytes]) -> Path:
+    manifest = (
+        "name: x\nlabels: {en_US: x}\ndescription: {en_US: x}\nicon: icon.svg\nversion: 0.0.1\nauthor: a\n"
+        f"type: bundle\ndependencies:\n- type: package\n  value: {{path: {dependency}}}\ntags: []\n"
+    ).encode()
+    entries = [Entry("manifest.yaml", manifest, method=DEFLATED), Entry("_assets/icon.svg", b"<svg/>")]
+    return w.package("b.difybndl", [*entries, *(Entry(f"_assets/{name}", data) for name, data in assets.items())])
+
+
+FLEET: dict[str, Case] = {
+    "dsl-a-list": Case(lambda w: w.pack(w.file("app.yml", "- a\n")), 2, named="app.yml"),
+    "dsl-alias-bomb": Case(lambda w: w.pack(w.file("app.yml", ALIAS_BOMB + "kind: app\n")), 2, named="app.yml"),
+    "dsl-nul-byte": Case(_dsl("x: \x00\n"), 2, named="app.yml"),
+    "dsl-dependencies-not-a-list": Case(_dsl("dependencies: 7\n"), 2, named="app.yml"),
+    "dsl-dependency-null": Case(_dsl("dependencies:\n- null\n"), 2, named="dependencies[0]"),
+    "dsl-unknown-dependency-type": Case(_dsl("dependencies:\n- type: evil\n  value: {}\n"), 2, "dependencies[0]"),
+    "dsl-marketplace-id-traversal": Case(
+        _dsl(
+            f"dependencies:\n- type: marketplace\n  value:\n    marketplace_plugin_unique_identifier: ../../x:1.0.0@{CHECKSUM}\n"
+        ),
+        2,
+        named="dependencies[0]",
+    ),
+    "dsl-github-traversal": Case(
+        _dsl(
+            "dependencies:\n- type: github\n  value:\n    repo: ../..\n    version: ../../x\n"
+            f"    package: a.difypkg\n    github_plugin_unique_identifier: o/n:1.0.0@{CHECKSUM}\n"
+        ),
+        2,
+        named="dependencies[0]",
+    ),
+    "dsl-package-without-its-file": Case(
+        _dsl(f"dependencies:\n- type: package\n  value:\n    plugin_unique_identifier: o/n:1.0.0@{CHECKSUM}\n"),
+        2,
+        named="dependencies[0]",
+    ),
+    "bundle-of-a-non-zip": Case(
+        lambda w: ["bundle", w.file("n.difypkg", "hello"), "-o", w.out / "b.difybndl"], 3, named="n.difypkg"
+    ),
+    "bundle-output-under-dev-null": Case(
+        lambda w: ["bundle", w.package(), "-o", "/dev/null/b.difybndl"], 9, named="/dev/null"
+    ),
+    "bundle-output-not-difybndl": Case(lambda w: ["bundle", w.package(), "-o", w.out / "b.zip"], 2, named="b.zip"),
+    "inspect-bundle-asset-traversal": Case(
+        lambda w: ["inspect", _bundle_with(w, "../../../etc/passwd", {})], 3, named="b.difybndl"
+    ),
+    "inspect-bundle-broken-package": Case(
+        lambda w: ["inspect", _bundle_with(w, "abc", {"abc": b"not a zip"})], 3, named="b.difybndl: _assets/abc"
+    ),
+    "verify-bundle-broken-package": Case(
+        lambda w: ["verify", _bundle_with(w, "abc", {"abc": b"not a zip"}), "--cache-dir", w.cache],
+        3,
+        named="b.difybndl: _assets/abc",
+    ),
+}
+
 CASES: dict[str, Case] = {
-    **SOURCES, **SERVERS, **LISTS, **PACKAGES, **FOLDERS, **DEPS, **KEYS, **OPTIONS, **ENVIRONMENT, **INDEX, **WHEELHOUSES,
+    **SOURCES, **SERVERS, **LISTS, **PACKAGES, **FOLDERS, **DEPS, **KEYS, **OPTIONS, **ENVIRONMENT, **INDEX, **WHEELHOUSES, **FLEET,
 }  # fmt: skip
 
 
@@ -841,8 +911,21 @@ def evil_index(world: World) -> Iterator[Callable[[], str | None]]:
         context.__exit__(None, None, None)  # type: ignore[attr-defined]
 
 
+# Found by the sweep and left open (not a small, local fix): the case must fail until fixed.
+XFAIL = {
+    "dsl-package-without-its-file": "a DSL whose only dependency is a package file not supplied exits 10 (partial "
+    "batch, nothing succeeded) instead of the README's 2 for 'a DSL package dependency without its file'",
+}
+
+
 @pytest.mark.parametrize("mode", ["subprocess", "in-process"])
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=XFAIL[name])) if name in XFAIL else name
+        for name in CASES
+    ],
+)
 def test_bad_input(
     name: str,
     mode: str,
