@@ -504,3 +504,16 @@ def test_a_macos_or_windows_host_on_the_same_cpu_gets_static_checks_only(
     report = verify(good, cache_dir, own_uv, ["uv-pip"])
     assert report.checks and {check.mode for check in report.checks} == {"static"}
     assert report.ok
+
+
+def test_a_relative_cache_dir_works_from_the_replays_own_folder(
+    good: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A uv version already fetched into the cache; the replay runs it with the plugin's folder as cwd.
+    monkeypatch.chdir(tmp_path)
+    fetched = Path("cache") / "uv" / "0.0.1" / "bin" / "uv"
+    fetched.parent.mkdir(parents=True)
+    shutil.copy(uv_bin(), fetched)
+    options = VerifyOptions(profiles=["uv-pip"], uv_versions=["0.0.1"], arches=["amd64"], cache_dir=Path("cache"))
+    report = verify_package(good, options)
+    assert [(check.uv, check.ok) for check in report.checks] == [("0.0.1", True)]
