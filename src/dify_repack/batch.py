@@ -18,7 +18,7 @@ from pathlib import Path
 from . import cancel
 from .bundle import BUNDLE_SUFFIX, LANGGENIUS, Bundle, package_manifest, write_bundle
 from .dsl import AppDsl, Dependency, is_dsl_source, offline_copy_path, read_dsl, write_offline_copy
-from .errors import DifyRepackError, Interrupted, PackageError, UsageError
+from .errors import DifyRepackError, ExitCode, Interrupted, PackageError, UsageError
 from .manifest import Manifest, read_manifest
 from .package import zip_checksum
 from .packing import PackOptions, PackResult, check_folders, pack
@@ -84,6 +84,15 @@ class BatchResult:
             return "error"
         incomplete = self.failures or self.bundle_skipped or any(copy.output is None for copy in self.copies)
         return "partial" if incomplete else "success"
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """0; 10 when some plugins (or outputs) failed and others succeeded; when every plugin failed, their code."""
+        if self.status == "success":
+            return ExitCode.OK
+        if self.status == "error":
+            return self.failures[0].exit_code
+        return ExitCode.PARTIAL
 
     @property
     def settings(self) -> tuple[str, ...]:

@@ -9,7 +9,7 @@ from rich.markup import escape
 
 from ..batch import BatchItem, BatchOptions, pack_many
 from ..dsl import is_dsl_source
-from ..errors import ExitCode, UsageError
+from ..errors import UsageError
 from ..packing import PackOptions, PackResult
 from ..render import print_pack_result
 from ..resolve import Indexes
@@ -273,7 +273,7 @@ def pack_command(
     result = pack_many(parsed, options, reporter, on_item=done)
     if single and result.failures:
         raise result.failures[0]
-    code = int(ExitCode.OK if result.status == "success" else ExitCode.PARTIAL)
+    code = int(result.exit_code)
     packed = [item.outcome for item in result.items if isinstance(item.outcome, PackResult)]
     documents = ReviewPaths(sbom, report)
     written = (
