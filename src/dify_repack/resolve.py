@@ -9,11 +9,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -29,6 +27,7 @@ from .credentials import DEFAULT_INDEX as DEFAULT_INDEX
 from .credentials import Indexes as Indexes
 from .credentials import certificate_error, is_certificate_error
 from .errors import DependencyError, NetworkError
+from .package import write_atomically
 from .reqfile import shown_line
 from .requirements import tomllib
 from .runner import clean_env, run
@@ -100,9 +99,7 @@ class ResolutionCache:
 
     def store(self, key: str, pins: list[Pin]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        temp = self.root / f".{key}.{os.getpid()}.{threading.get_ident()}.part"
-        temp.write_text(json.dumps([asdict(pin) for pin in pins]), encoding="utf-8")
-        temp.replace(self.root / f"{key}.json")
+        write_atomically(self.root / f"{key}.json", json.dumps([asdict(pin) for pin in pins]))
 
 
 def _pin_from_json(entry: dict[str, Any]) -> Pin:

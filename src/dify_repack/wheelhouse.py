@@ -34,7 +34,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from .credentials import index_credentials
 from .errors import NetworkError, PackageError, UsageError, VerificationError
-from .package import file_sha256
+from .package import atomic_output, file_sha256, write_atomically
 from .redaction import redact
 
 FILES_DIR = "files"
@@ -250,15 +250,15 @@ def write_pages(simple: Path, files: Iterable[HouseFile], *, old: Iterable[House
         path = simple / project / "index.html"
         if not path.is_file() or path.read_text(encoding="utf-8") != page:
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_text_atomically(path, page)
+            write_atomically(path, page)
     for project in {item.project for item in old} - set(pages):
         shutil.rmtree(simple / project, ignore_errors=True)
-    _write_text_atomically(simple / "index.html", root_page(pages))
+    write_atomically(simple / "index.html", root_page(pages))
 
 
 def _commit(house: Wheelhouse, old: Wheelhouse) -> None:
     write_pages(house.root / SIMPLE_DIR, house.files.values(), old=old.files.values())
-    _write_text_atomically(house.root / MANIFEST, json.dumps(house.to_json(), indent=1) + "\n")
+    write_atomically(house.root / MANIFEST, json.dumps(house.to_json(), indent=1) + "\n")
 
 
 def _page(title: str, body: str) -> str:
@@ -293,19 +293,9 @@ def _describe(path: Path, digest: str) -> HouseFile:
 
 
 def _copy_atomically(source: Path, target: Path) -> None:
-    temp = target.with_name(f".{target.name}.{os.getpid()}.part")
-    try:
-        # A copy, not a hard link: editing a wheelhouse file in place must not change the cache's copy.
+    # A copy, not a hard link: editing a wheelhouse file in place must not change the cache's copy.
+    with atomic_output(target) as temp:
         shutil.copyfile(source, temp)
-        temp.replace(target)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    temp.write_text(text, encoding="utf-8")
-    temp.replace(path)
 
 
 def plugin_key(plugin_id: str, version: str) -> str:
