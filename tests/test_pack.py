@@ -394,7 +394,9 @@ def test_batch_goes_on_after_a_bad_plugin_and_reports_each(
     tmp_path: Path, index: LocalIndex, cache_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     good = make_plugin(tmp_path / "good", {"requirements.txt": "dify_plugin==0.7.4\n"})
-    bad = make_plugin(tmp_path / "bad", {"requirements.txt": "dify_plugin==b65\n"})
+    bad = make_plugin(
+        tmp_path / "bad", {"requirements.txt": "dify_plugin==b65\n", "manifest.yaml": manifest_yaml(name="bad")}
+    )
     listing = tmp_path / "plugins.txt"
     listing.write_text(f"# two plugins\n{bad}\n\n{good}  # the good one\n")
     out = tmp_path / "out"

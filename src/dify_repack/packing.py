@@ -39,7 +39,7 @@ from .pins import PinChange, check_hashes, compare_pins, preferences_for
 from .report import NullReporter, Reporter
 from .requirements import SDK, check_requires_python, declared_dependencies
 from .resolve import Indexes, Pin, ResolutionCache, resolve
-from .signing import key_permission_warning, load_private_key, sign_tree
+from .signing import DEFAULT_CATEGORY, key_permission_warning, load_private_key, sign_tree
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, chosen_arches, make_targets
 from .uvbin import require_python
 from .verify import VerifyReport
@@ -74,6 +74,7 @@ class PackOptions:
     lock_from_mirror: bool = False  # uv.lock's file URLs as the live mirror serves them (devpi, Nexus, ...)
     follow_symlinks: bool = False  # follow links of a plugin folder that lead outside it and its repository
     origin: str | None = None  # the source as the user gave it (a URL, a Marketplace id): named in errors
+    sign_category: str = DEFAULT_CATEGORY  # authorized_category of the signature (bundles: langgenius plugins)
 
 
 @dataclass(frozen=True)
@@ -325,7 +326,7 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             try:
                 with reporter.activity(f"writing {output.name}" + (" (signed)" if options.sign_key else "")):
                     if options.sign_key is not None:
-                        sign_tree(root, options.sign_key, staged)
+                        sign_tree(root, options.sign_key, staged, category=options.sign_category)
                         stats = dataclasses.replace(package_stats(staged), checksum=zip_checksum(staged))
                     else:
                         stats = write_package(root, staged)

@@ -15,7 +15,6 @@ from .inspect import Inspection
 from .packing import API_DEFAULT_LIMIT, DAEMON_DEFAULT_LIMIT, PackResult
 from .verify import Step, VerifyReport
 
-Outcome = tuple[str, "PackResult | DifyRepackError", float]
 PIN_CHANGES_SHOWN = 10  # the summary lists this many changed pins; --json has them all
 
 
@@ -110,24 +109,6 @@ def print_pack_result(result: PackResult) -> None:
     out.print("Dify settings for this upload:" if result.dify_settings else "Dify settings: the defaults accept it.")
     for setting in result.dify_settings:
         out.print(f"  {setting}", markup=False)
-
-
-def print_batch_table(outcomes: list[Outcome]) -> None:
-    table = Table(title="dify-repack pack")
-    for column in ("plugin", "result", "size", "wheels", "time"):
-        table.add_column(column)
-    for text, outcome, seconds in outcomes:
-        if isinstance(outcome, DifyRepackError):
-            table.add_row(text, f"[red]failed[/]: {outcome.message}", "", "", f"{seconds:.1f} s")
-        else:
-            table.add_row(
-                text,
-                f"[green]ok[/] {outcome.output.name}",
-                mib(outcome.stats.compressed_bytes),
-                str(outcome.wheels),
-                f"{seconds:.1f} s",
-            )
-    _console().print(table)
 
 
 _LIVE_STEPS = ("venv", "install", "compile", "import", "start")

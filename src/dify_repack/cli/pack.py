@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
-import tempfile
-import time
 from pathlib import Path
 
 import click
 from rich.markup import escape
 
-from .. import cancel
-from ..errors import DifyRepackError, ExitCode, Interrupted, UsageError
-from ..manifest import Manifest
-from ..packing import PackOptions, PackResult, check_folders, pack
-from ..redaction import redact
-from ..render import (
-    Outcome,
-    pack_json,
-    print_batch_table,
-    print_pack_result,
-)
-from ..report import PrefixedReporter, Reporter
+from ..batch import BatchItem, BatchOptions, pack_many
+from ..dsl import is_dsl_source
+from ..errors import ExitCode, UsageError
+from ..packing import PackOptions, PackResult
+from ..render import print_pack_result
 from ..resolve import Indexes
 from ..review import ReviewPaths, packed_dossier, write_documents
-from ..sources import Source, fetch_source, latest_on_marketplace, parse_source, read_source_list
-from ..targets import Target, parse_glibc
+from ..sources import parse_source, read_source_list
+from ..targets import parse_glibc
 from ..uvbin import require_python
-from ..verify import DEFAULT_UV_VERSIONS, PROFILES, VerifyOptions, VerifyReport, require_pass, verify_package
+from ..verify import DEFAULT_UV_VERSIONS, PROFILES, VerifyOptions
 from ..wheels import default_cache_dir
 from ._app import (
     arch_option,
@@ -48,6 +38,7 @@ from ._app import (
     uv_option,
     with_options,
 )
+from .bundle import batch_fields, check_signing_flags, langgenius_option, print_batch_report, sign_key_option
 
 
 @cli.command("pack")
@@ -94,11 +85,6 @@ from ._app import (
     help="Verify install and `import dify_plugin` only, without starting the plugin to wait for its heartbeat.",
 )
 @click.option(
-    "--sign-key",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Sign the package with this private key (see `dify-repack keygen`).",
-)
-@click.option(
     "--marketplace-url",
     metavar="URL",
     envvar="DIFY_MARKETPLACE_URL",
@@ -143,6 +129,18 @@ from ._app import (
     help="Take uv.lock's file URLs from the mirror itself (reachable from here, the wheelhouse already uploaded): "
     "for repositories whose file URLs differ from the wheelhouse's files/ (devpi, Nexus, Artifactory).",
 )
+@click.option(
+    "--packages-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of .difypkg files for the `package` dependencies of app DSLs (matched by plugin id and version).",
+)
+@click.option(
+    "--bundle",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write every offline package into this .difybndl, for one upload in Dify.",
+)
+@sign_key_option
+@langgenius_option
 @with_options(review_options)
 @with_options(output_options)
 def pack_command(
@@ -168,6 +166,9 @@ def pack_command(
     wheelhouse: Path | None,
     mirror_url: str | None,
     lock_from_mirror: bool,
+    packages_dir: Path | None,
+    bundle: Path | None,
+    langgenius_category: bool,
     sbom: Path | None,
     report: Path | None,
 ) -> int:
@@ -181,6 +182,7 @@ def pack_command(
       langgenius/openai_api_compatible     its latest version on the Marketplace
       github:OWNER/REPO@TAG/ASSET.difypkg  a GitHub release asset
       https://host/path/plugin.difypkg     any URL
+      ./app.yml                            an app DSL exported from Dify: every plugin it depends on
 
     \b
     Writes AUTHOR-NAME_VERSION-offline.difypkg with every dependency as a wheel for the daemon's
@@ -189,10 +191,16 @@ def pack_command(
     Then prints the Dify settings the upload needs.
 
     \b
+    A batch (several sources, -r, or app DSLs) packs each plugin version once, goes on after a
+    failure, and ends with one table. For each app DSL it writes APP.offline.yml beside the packages,
+    its dependencies naming the repacked packages; --bundle also puts every package in one .difybndl.
+
+    \b
     Examples:
       dify-repack pack ./langgenius-openai_api_compatible_0.0.35.difypkg
       dify-repack pack langgenius/openai_api_compatible --arch x86_64 -o offline/
       dify-repack pack -r plugins.txt -o offline/ -j 2 --json > report.json
+      dify-repack pack app1.yml app2.yml -o out/ --bundle out/plugins.difybndl
       dify-repack pack ./plugin.difypkg --sign-key keys/offline.private.pem
       dify-repack pack ./plugin.difypkg --index-url https://nexus.example.com/repository/pypi/simple
       dify-repack pack ./plugin.difypkg --no-verify -q      # on a host without Linux/unshare
@@ -205,10 +213,10 @@ def pack_command(
     """
     parsed = [parse_source(text) for text in sources] + (read_source_list(sources_file) if sources_file else [])
     if not parsed:
-        raise UsageError("give at least one SOURCE (a .difypkg, a plugin folder, NAME:VERSION or a URL)")
+        raise UsageError("give at least one SOURCE (a .difypkg, a plugin folder, NAME:VERSION, a URL or an app DSL)")
+    check_signing_flags(sign_key, langgenius_category)
     glibc_version = parse_glibc(glibc)
     as_json = output().as_json
-    console_reporter = make_reporter(output().quiet or as_json)
     cache = cache_dir or default_cache_dir()
     indexes = Indexes(index_url, extra_index_urls)
     if mirror_url is not None and wheelhouse is None:
@@ -224,75 +232,64 @@ def pack_command(
         reuse=not (reverify or refresh),
         wheelhouse=wheelhouse,
     )
-    base_options = PackOptions(
-        output_dir=output_dir,
-        arch=arch,
-        python=python_version,
-        indexes=indexes,
-        cache_dir=cache,
-        sign_key=sign_key,
-        refresh=refresh,
-        glibc=glibc_version,
-        wheelhouse=wheelhouse,
-        mirror_url=mirror_url,
-        lock_from_mirror=lock_from_mirror,
-        follow_symlinks=follow_symlinks,
+    options = BatchOptions(
+        pack=PackOptions(
+            output_dir=output_dir,
+            arch=arch,
+            python=python_version,
+            indexes=indexes,
+            cache_dir=cache,
+            sign_key=sign_key,
+            refresh=refresh,
+            glibc=glibc_version,
+            wheelhouse=wheelhouse,
+            mirror_url=mirror_url,
+            lock_from_mirror=lock_from_mirror,
+            follow_symlinks=follow_symlinks,
+        ),
+        verify=verify_options if verify else None,
+        jobs=jobs,
+        marketplace_url=marketplace_url,
+        packages_dir=packages_dir,
+        bundle=bundle,
+        langgenius_category=langgenius_category,
     )
-    parallel = jobs > 1 and len(parsed) > 1
-    check_folders(base_options)  # before the sources are downloaded
+    reporter = make_reporter(output().quiet or as_json)
     if verify:  # before any source is downloaded: the replays need the daemon's CPython
-        require_python(python_version, console_reporter.step)
+        require_python(python_version, reporter.step)
+    # One plain source keeps the single-plugin output: its summary, and its own error and exit code.
+    single = len(parsed) == 1 and not is_dsl_source(parsed[0])
 
-    def pack_one(number: int, source: Source, downloads: Path) -> Outcome:
-        shown = redact(source.text)  # a URL source may carry a login
-        # Plugins packed side by side share one console and its live view: their lines carry the plugin.
-        reporter: Reporter = PrefixedReporter(console_reporter, shown) if parallel else console_reporter
+    def done(item: BatchItem) -> None:
+        if as_json:
+            return
+        if isinstance(item.outcome, PackResult):
+            print_pack_result(item.outcome)
+        elif not single:
+            message = one_line(item.outcome.message)
+            where = "" if message.startswith(item.sources[0]) else f"{item.sources[0]}: "
+            stderr().print(f"[bold red]error:[/] {escape(where + message)}")
 
-        def check(staged: Path, _manifest: Manifest, targets: tuple[Target, ...]) -> VerifyReport:
-            arches = [target.arch for target in targets]
-            report = verify_package(staged, dataclasses.replace(verify_options, arches=arches), reporter)
-            require_pass(report)
-            return report
-
-        # Errors name the source as typed (a URL, a Marketplace id), not the download's temp path.
-        options = dataclasses.replace(base_options, check=check if verify else None, origin=source.text)
-        started = time.monotonic()
-        try:
-            if source.plugin is not None and source.plugin.version is None:
-                source = latest_on_marketplace(source, marketplace_url=marketplace_url)
-                reporter.step(f"{source.text}: the latest version on the Marketplace is {source.plugin}")
-            # One folder a source: two URLs may end in the same file name.
-            local = fetch_source(source, downloads / str(number), marketplace_url=marketplace_url)
-            result: PackResult | DifyRepackError = pack(local, options, reporter)
-        except DifyRepackError as error:
-            if len(parsed) == 1 or isinstance(error, Interrupted):
-                raise
-            stderr().print(f"[bold red]error:[/] {escape(shown)}: {escape(one_line(error.message))}")
-            result = error
-        if isinstance(result, PackResult) and not as_json:
-            print_pack_result(result)
-        return shown, result, time.monotonic() - started
-
-    with (
-        tempfile.TemporaryDirectory(prefix="dify-repack-sources-") as downloads,
-        cancel.executor(jobs if parallel else 1) as pool,
-    ):
-        futures = [pool.submit(pack_one, number, source, Path(downloads)) for number, source in enumerate(parsed)]
-        outcomes = [future.result() for future in futures]
-    failures = [outcome for _, outcome, _ in outcomes if isinstance(outcome, DifyRepackError)]
-    code = int(ExitCode.OK if not failures else failures[0].exit_code if len(outcomes) == 1 else ExitCode.PARTIAL)
-    packed = [outcome for _, outcome, _ in outcomes if isinstance(outcome, PackResult)]
+    result = pack_many(parsed, options, reporter, on_item=done)
+    if single and result.failures:
+        raise result.failures[0]
+    code = int(ExitCode.OK if result.status == "success" else ExitCode.PARTIAL)
+    packed = [item.outcome for item in result.items if isinstance(item.outcome, PackResult)]
     documents = ReviewPaths(sbom, report)
     written = write_documents([packed_dossier(result) for result in packed], documents) if documents and packed else []
     if as_json:
-        status = "success" if not failures else "partial" if len(failures) < len(outcomes) else "error"
-        message = f"{len(failures)} of {len(outcomes)} plugins failed; each result says why"
-        problem = error_json(message, "the other packages were written; fix these and pack them again", code)
-        fields = {"results": [pack_json(*outcome) for outcome in outcomes], "documents": [str(p) for p in written]}
-        emit(status, fields, problem if failures else None)
-    else:
-        if len(outcomes) > 1:
-            print_batch_table(outcomes)
-        for path in written:
-            stderr().print(f"wrote {escape(str(path))}")
+        problem = None
+        if result.status != "success":
+            failed = len(result.failures)
+            message = f"{failed} of {len(result.items)} plugins failed; each result says why"
+            tip: str | None = "the other packages were written; fix these and pack them again"
+            if not failed:
+                message, tip = "not every output was written; `bundle_skipped` and `dsl_copies` say why", None
+            problem = error_json(message, tip, code)
+        emit(result.status, {**batch_fields(result), "documents": [str(path) for path in written]}, problem)
+        return code
+    if not single or result.bundle is not None or result.bundle_skipped:
+        print_batch_report(result)
+    for path in written:
+        stderr().print(f"wrote {escape(str(path))}")
     return code

@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
+from ..bundle import inspect_bundle, is_bundle, require_bundle_pass, verify_bundle
 from ..dossier import read_dossier
-from ..errors import DifyRepackError, ExitCode
+from ..errors import DifyRepackError, ExitCode, UsageError
 from ..inspect import inspect_package
 from ..render import (
     print_inspection,
@@ -33,6 +34,12 @@ from ._app import (
     stderr,
     uv_option,
     with_options,
+)
+from .bundle import (
+    bundle_inspection_fields,
+    bundle_verification_fields,
+    print_bundle_inspection,
+    print_bundle_verification,
 )
 
 
@@ -72,7 +79,7 @@ def verify_command(
     cache_dir: Path | None,
     wheelhouse: Path | None,
 ) -> int:
-    """Prove that PACKAGE installs with the network cut off, as each Dify daemon version installs it.
+    """Prove that PACKAGE (or every package of a .difybndl bundle) installs with the network cut off.
 
     \b
     For each profile and uv version: extract like the daemon (files only, mode 0644), create the
@@ -92,6 +99,7 @@ def verify_command(
       dify-repack verify ./p-offline.difypkg --profile uv-sync-frozen --uv 0.11.7 -q
       dify-repack verify ./p-offline.difypkg --arch x86_64 --no-start --json
       dify-repack verify ./slim/p-offline.difypkg --wheelhouse ./house
+      dify-repack verify ./plugins.difybndl          # each embedded package, the bad one named
     """
     arches = chosen_arches(arch, ()) or None
     options = VerifyOptions(
@@ -106,6 +114,8 @@ def verify_command(
         wheelhouse=wheelhouse,
     )
     out = output()
+    if is_bundle(package):
+        return _verify_bundle(package, options)
     report = verify_package(package, options, make_reporter(out.quiet or out.as_json))
     failure = None
     try:
@@ -127,6 +137,26 @@ def verify_command(
     return int(ExitCode.OK) if failure is None else int(failure.exit_code)
 
 
+def _verify_bundle(bundle: Path, options: VerifyOptions) -> int:
+    out = output()
+    verification = verify_bundle(bundle, options, make_reporter(out.quiet or out.as_json))
+    failure = None
+    try:
+        require_bundle_pass(verification)
+    except DifyRepackError as error:
+        failure = error
+    if out.as_json:
+        emit("success" if failure is None else "error", bundle_verification_fields(verification), failure)
+    elif out.quiet:
+        if failure is not None:
+            raise failure
+        checks = sum(len(report.checks) for report in verification.reports)
+        click.echo(f"verified: {bundle}: {len(verification.reports)} packages, {checks} checks passed")
+    else:
+        print_bundle_verification(verification)
+    return int(ExitCode.OK) if failure is None else int(failure.exit_code)
+
+
 # Inspect: a static reading of any .difypkg.
 
 
@@ -140,7 +170,7 @@ def verify_command(
 @with_options(review_options)
 @with_options(output_options)
 def inspect_command(package: Path, key: Path | None, sbom: Path | None, report: Path | None) -> None:
-    """Show what PACKAGE holds and predict, per daemon version, whether it installs offline.
+    """Show what PACKAGE (or each package of a .difybndl bundle) holds and whether it installs offline.
 
     \b
     Reads any .difypkg, original or repackaged, without installing anything:
@@ -171,8 +201,21 @@ def inspect_command(package: Path, key: Path | None, sbom: Path | None, report: 
       dify-repack inspect ./p-offline.difypkg --key keys/offline.public.pem
       dify-repack inspect ./p-offline.difypkg -q          # one line: identifier, signature, verdicts
       dify-repack inspect ./p-offline.difypkg --json | jq .verdicts
+      dify-repack inspect ./plugins.difybndl           # each embedded package and the bundle's settings
     """
     documents = ReviewPaths(sbom, report)
+    if is_bundle(package):
+        if documents:
+            raise UsageError(
+                "--sbom and --report read one package, not a bundle",
+                tip="give the packages the bundle was made of (pack writes them beside it)",
+            )
+        bundled = inspect_bundle(package, public_key=key)
+        if output().as_json:
+            emit("success", bundle_inspection_fields(bundled))
+        else:
+            print_bundle_inspection(bundled, quiet=output().quiet)
+        return
     if documents:
         dossier = read_dossier(package, public_key=key)
         written = write_documents([dossier], documents)
