@@ -19,7 +19,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -289,7 +288,7 @@ def _fetch_uv_versions(options: VerifyOptions, cache_dir: Path, reporter: Report
         return {}
     with (
         reporter.activity(f"uv {', '.join(versions)}: fetching for the replays"),
-        ThreadPoolExecutor(len(versions)) as pool,
+        cancel.executor(len(versions)) as pool,
     ):
         futures = {version: pool.submit(fetch_uv, version, cache_dir, options.indexes) for version in versions}
         return {version: future.result() for version, future in futures.items()}
