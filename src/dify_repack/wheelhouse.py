@@ -33,7 +33,7 @@ from urllib.parse import quote, urljoin, urlsplit
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from .credentials import index_credentials
-from .errors import NetworkError, PackageError, UsageError, VerificationError
+from .errors import EnvironmentProblem, NetworkError, PackageError, UsageError, VerificationError
 from .package import atomic_output, file_sha256, write_atomically
 from .redaction import redact
 
@@ -126,14 +126,22 @@ def read_wheelhouse(root: Path) -> Wheelhouse:
 
 @contextlib.contextmanager
 def _locked(root: Path) -> Iterator[None]:
-    """One writer at a time, across threads (each opens its own descriptor) and processes."""
+    """One writer at a time, across threads (each opens its own descriptor) and processes.
+
+    A wheelhouse that cannot be written (read-only, not ours, full) is the host's problem (exit 9), here and
+    in the writes made under the lock.
+    """
     try:
         root.mkdir(parents=True, exist_ok=True)
-        with (root / ".lock").open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle = (root / ".lock").open("a")
+    except OSError as error:
+        raise EnvironmentProblem.cannot_write(root, error, elsewhere="--wheelhouse DIR") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
             yield
-    except PermissionError as error:
-        raise UsageError(f"{root}: cannot write the wheelhouse ({error.strerror})") from None
+        except OSError as error:
+            raise EnvironmentProblem.cannot_write(root, error, elsewhere="--wheelhouse DIR") from None
 
 
 def add_wheels(root: Path, plugin: str, wheels: Sequence[Incoming]) -> AddResult:
