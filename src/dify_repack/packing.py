@@ -144,7 +144,7 @@ def output_path(manifest: Manifest, output_dir: Path | None) -> Path:
 
 
 def check_folders(options: PackOptions) -> None:
-    """Find a read-only, unwritable or full output folder, cache or temp folder now, before any download.
+    """Find a read-only, unwritable or full output folder, cache, temp folder or wheelhouse now, before any download.
 
     Each gets a probe file written and removed, and its free space compared with ``MIN_FREE_BYTES``; a folder
     that does not exist yet is judged by the nearest one above it (and not created: a refusal leaves nothing).
@@ -155,6 +155,7 @@ def check_folders(options: PackOptions) -> None:
         (options.cache_dir or default_cache_dir(), "--cache-dir DIR or DIFY_REPACK_CACHE_DIR"),
         # tempfile would quietly skip an unusable TMPDIR; uv, which gets it too, would not.
         (Path(temp) if temp else Path(tempfile.gettempdir()), "TMPDIR=DIR"),
+        *(((options.wheelhouse, "--wheelhouse DIR"),) if options.wheelhouse is not None else ()),
     )
     for folder, elsewhere in folders:
         existing = folder.absolute()
