@@ -27,7 +27,6 @@ from .credentials import DEFAULT_INDEX as DEFAULT_INDEX
 from .credentials import Indexes as Indexes
 from .credentials import certificate_error, is_certificate_error
 from .errors import DependencyError, NetworkError
-from .package import write_atomically
 from .reqfile import shown_line
 from .requirements import tomllib
 from .runner import clean_env, run
@@ -99,6 +98,8 @@ class ResolutionCache:
 
     def store(self, key: str, pins: list[Pin]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        from .package import write_atomically  # here: package needs pathspec, which `--version` must not load
+
         write_atomically(self.root / f"{key}.json", json.dumps([asdict(pin) for pin in pins]))
 
 
