@@ -15,7 +15,7 @@ import pytest
 
 from builders import LocalIndex, make_plugin, make_wheel, manifest_yaml
 from dify_repack.cli import main
-from dify_repack.errors import EnvironmentProblem
+from dify_repack.errors import EnvironmentProblem, VerificationError
 from dify_repack.inspect import inspect_package
 from dify_repack.mirror import slim_mirror_url
 from dify_repack.packing import PackOptions, PackResult, pack
@@ -73,6 +73,23 @@ def test_two_plugins_grow_one_index_holding_each_shared_wheel_once(tmp_path: Pat
     # The full packages are unchanged by --wheelhouse: they still carry their wheels.
     with zipfile.ZipFile(tmp_path / "out" / "tester-first_0.1.0-offline.difypkg") as archive:
         assert any(name.startswith("wheels/") for name in archive.namelist())
+
+
+def test_a_full_package_that_fails_verification_leaves_the_wheelhouse_as_it_was(
+    tmp_path: Path, index: LocalIndex
+) -> None:
+    house = tmp_path / "house"
+    _pack(index, tmp_path, "first", FIRST, wheelhouse=house)
+    before = read_wheelhouse(house)
+
+    def failing(*_: object) -> None:
+        raise VerificationError("would not install offline")
+
+    with pytest.raises(VerificationError):
+        _pack(index, tmp_path, "second", SECOND, wheelhouse=house, check=failing)
+    after = read_wheelhouse(house)
+    assert (after.plugins, after.files) == (before.plugins, before.files)
+    assert not (tmp_path / "out" / "tester-second_0.1.0-offline.difypkg").exists()
 
 
 def test_a_run_adds_only_what_is_new_and_pages_carry_requires_python(tmp_path: Path) -> None:

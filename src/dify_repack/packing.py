@@ -302,21 +302,21 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             )
             with reporter.activity("locking uv.lock against ./wheels"):
                 regenerate_lock(root, targets, uv_cache=cache.uv_cache)
-        if options.wheelhouse is not None:
+        if options.wheelhouse is not None and options.mirror_url is not None:
+            # A slim package installs from the wheelhouse, so its verification needs the wheels there first.
             reporter.step(f"adding the wheels to the wheelhouse {options.wheelhouse}")
             house = add_to_wheelhouse(options.wheelhouse, manifest, selected)
-            if options.mirror_url is not None:
-                reporter.step(f"making the package slim: it installs from {options.mirror_url}")
-                make_slim(
-                    root,
-                    selected,
-                    targets,
-                    options.mirror_url,
-                    options.wheelhouse,
-                    house,
-                    cache.uv_cache,
-                    lock_from_mirror=options.lock_from_mirror,
-                )
+            reporter.step(f"making the package slim: it installs from {options.mirror_url}")
+            make_slim(
+                root,
+                selected,
+                targets,
+                options.mirror_url,
+                options.wheelhouse,
+                house,
+                cache.uv_cache,
+                lock_from_mirror=options.lock_from_mirror,
+            )
         notes += fix_ignore_files(root)
         python_note = fix_python_version(root, options.python)
         if python_note:
@@ -334,6 +334,10 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             except OSError as exc:
                 raise EnvironmentProblem.cannot_write(output.parent, exc, elsewhere="-o DIR") from None
             verification = options.check(staged, manifest, targets) if options.check is not None else None
+            if options.wheelhouse is not None and options.mirror_url is None:
+                # Only a package that is written (verified, when asked) records its wheels and its name there.
+                reporter.step(f"adding the wheels to the wheelhouse {options.wheelhouse}")
+                add_to_wheelhouse(options.wheelhouse, manifest, selected)
         stats = dataclasses.replace(stats, path=output)
 
     return PackResult(
