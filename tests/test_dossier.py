@@ -8,6 +8,7 @@ import shutil
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cyclonedx.schema import SchemaVersion
@@ -75,6 +76,15 @@ def _run_pack(
     return next(out.glob("*.difypkg")), sbom, report
 
 
+def _listed(components: list[dict[str, Any]]) -> dict[str, str]:
+    """Package path -> sha256 of what SBOM components list (wheels carry their path as a property)."""
+    listed = {}
+    for component in components:
+        props = {p["name"]: p["value"] for p in component.get("properties", [])}
+        listed[props.get("dify-repack:path", component["name"])] = component["hashes"][0]["content"]
+    return listed
+
+
 def _entries(package: Path) -> dict[str, str]:
     with zipfile.ZipFile(package) as archive:
         return {name: hashlib.sha256(archive.read(name)).hexdigest() for name in archive.namelist()}
@@ -91,12 +101,7 @@ def test_sbom_validates_and_lists_exactly_the_shipped_files_with_their_hashes(
     identifier = f"tester/demo:0.1.0@{zip_checksum(package)}"
     assert root["bom-ref"] == identifier
     assert {"name": "dify-repack:identifier", "value": identifier} in root["properties"]
-    listed = {}
-    for component in document["components"]:
-        props = {p["name"]: p["value"] for p in component.get("properties", [])}
-        path = props.get("dify-repack:path", component["name"])
-        listed[path] = component["hashes"][0]["content"]
-    assert listed == _entries(package)
+    assert _listed(document["components"]) == _entries(package)
     wheels = [c for c in document["components"] if c["type"] == "library"]
     assert {c["purl"].split("?")[0] for c in wheels} >= {"pkg:pypi/copyleft@2.0.0", "pkg:pypi/native@1.0.0"}
     native = [c for c in wheels if c["name"] == "native"]
@@ -222,3 +227,39 @@ def test_report_renders_in_a_real_browser_without_errors_or_requests(
     assert console == []
     assert requests == [report.as_uri()]
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_a_bundle_is_the_root_of_its_documents_with_every_plugin_inside(
+    tmp_path: Path, licensed_index: LocalIndex, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, _, _ = _run_pack(tmp_path / "one", licensed_index, capsys, tmp_path / "cache")
+    plugin = make_plugin(
+        tmp_path / "other",
+        {"manifest.yaml": manifest_yaml(name="other"), "requirements.txt": "dify_plugin==0.7.4\npermissive\n"},
+    )
+    out = tmp_path / "out2"
+    argv = ["pack", str(plugin), "-o", str(out), "--index-url", licensed_index.url, "--no-verify"]
+    assert main([*argv, "--cache-dir", str(tmp_path / "cache"), "-q"]) == 0
+    second = next(out.glob("*.difypkg"))
+    bundle, sbom, report = tmp_path / "all.difybndl", tmp_path / "all.cdx.json", tmp_path / "all.html"
+    capsys.readouterr()
+    argv = ["bundle", str(first), str(second), "-o", str(bundle), "--sbom", str(sbom), "--report", str(report)]
+    assert main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["documents"] == [str(sbom), str(report)]
+
+    text = sbom.read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    document = json.loads(text)
+    root = document["metadata"]["component"]
+    assert root["hashes"][0]["content"] == hashlib.sha256(bundle.read_bytes()).hexdigest()
+    identifiers = {f"tester/demo:0.1.0@{zip_checksum(first)}", f"tester/other:0.1.0@{zip_checksum(second)}"}
+    assert {plugin["bom-ref"] for plugin in document["components"]} == identifiers
+    for package, plugin in zip((first, second), sorted(document["components"], key=lambda c: c["name"]), strict=True):
+        assert _listed(plugin["components"]) == _entries(package)
+    html = report.read_text()
+    assert all(identifier in html for identifier in identifiers) and bundle.name in html
+
+    # inspect of the bundle writes the same documents.
+    again = tmp_path / "again.cdx.json"
+    assert main(["inspect", str(bundle), "--sbom", str(again), "-q"]) == 0
+    assert again.read_bytes() == sbom.read_bytes()

@@ -523,3 +523,16 @@ def test_a_plugin_logging_a_lot_on_stderr_still_reaches_its_heartbeat(tmp_path: 
     manifest = cast(Any, SimpleNamespace(entrypoint="noisy"))
     step = start_plugin(tmp_path, manifest, [], clean_env(), timeout=20)
     assert step.ok, step.detail
+
+
+def test_a_relative_cache_dir_works_from_the_replays_own_folder(
+    good: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A uv version already fetched into the cache; the replay runs it with the plugin's folder as cwd.
+    monkeypatch.chdir(tmp_path)
+    fetched = Path("cache") / "uv" / "0.0.1" / "bin" / "uv"
+    fetched.parent.mkdir(parents=True)
+    shutil.copy(uv_bin(), fetched)
+    options = VerifyOptions(profiles=["uv-pip"], uv_versions=["0.0.1"], arches=["amd64"], cache_dir=Path("cache"))
+    report = verify_package(good, options)
+    assert [(check.uv, check.ok) for check in report.checks] == [("0.0.1", True)]

@@ -13,6 +13,7 @@ from html import escape
 from pathlib import Path
 
 from . import __version__
+from .bundle import Bundle
 from .dossier import PluginDossier, WheelEntry
 from .package import atomic_output, file_sha256
 from .redaction import redact
@@ -32,9 +33,11 @@ svg text{font:12px system-ui,sans-serif}
 _CHART_BARS = 15
 
 
-def report_html(dossiers: Sequence[PluginDossier]) -> str:
-    """The report for one plugin, or for every plugin of one transfer."""
-    if len(dossiers) == 1:
+def report_html(dossiers: Sequence[PluginDossier], *, bundle: Bundle | None = None) -> str:
+    """The report for one plugin, for every plugin of one transfer, or for a bundle and its plugins."""
+    if bundle is not None:
+        title = f"Transfer dossier: bundle {bundle.path.name} ({len(dossiers)} plugins)"
+    elif len(dossiers) == 1:
         title = (
             f"Transfer dossier: {dossiers[0].inspection.manifest.plugin_id} {dossiers[0].inspection.manifest.version}"
         )
@@ -49,7 +52,9 @@ def report_html(dossiers: Sequence[PluginDossier]) -> str:
         f'<p class="muted">Written by dify-repack {escape(__version__)} from the package files themselves: '
         "every hash and size below is of the bytes that are shipped.</p>",
     ]
-    if len(dossiers) > 1:
+    if bundle is not None:
+        parts.append(_bundle_header(bundle))
+    if len(dossiers) > 1 or bundle is not None:
         parts.append(_summary_table(dossiers))
     for dossier in dossiers:
         parts.append(_plugin_section(dossier, heading="h2"))
@@ -57,10 +62,26 @@ def report_html(dossiers: Sequence[PluginDossier]) -> str:
     return "\n".join(parts)
 
 
-def write_report(path: Path, dossiers: Sequence[PluginDossier]) -> Path:
+def write_report(path: Path, dossiers: Sequence[PluginDossier], *, bundle: Bundle | None = None) -> Path:
     with atomic_output(path) as staged:
-        staged.write_text(report_html(dossiers), encoding="utf-8")
+        staged.write_text(report_html(dossiers, bundle=bundle), encoding="utf-8")
     return path
+
+
+def _bundle_header(bundle: Bundle) -> str:
+    rows = [
+        ("bundle file", bundle.path.name),
+        ("bundle sha256", file_sha256(bundle.path)),
+        ("size", _mib(bundle.size)),
+        ("packages", ", ".join(entry.identifier for entry in bundle.entries)),
+    ]
+    cells = "".join(f'<tr><th>{escape(k)}</th><td class="hash">{escape(v)}</td></tr>' for k, v in rows)
+    settings = "\n".join(bundle.settings) or "none beyond Dify's defaults"
+    check = f"dify-repack inspect {bundle.path.name}\ndify-repack verify {bundle.path.name}"
+    return (
+        f"<table>{cells}</table><h3>Dify settings for the bundle upload</h3><pre>{escape(settings)}</pre>"
+        f"<h3>How to check the bundle on the other side</h3><pre>{escape(check)}</pre>"
+    )
 
 
 def _summary_table(dossiers: Sequence[PluginDossier]) -> str:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .bundle import Bundle, read_bundle
 from .dossier import PluginDossier, read_dossier
 from .htmlreport import write_report
 from .packing import PackResult
@@ -28,11 +30,24 @@ def packed_dossier(result: PackResult) -> PluginDossier:
     )
 
 
-def write_documents(dossiers: Sequence[PluginDossier], paths: ReviewPaths) -> list[Path]:
-    """Write the requested documents (each atomically); returns the paths written."""
+def write_documents(
+    dossiers: Sequence[PluginDossier], paths: ReviewPaths, *, bundle: Bundle | None = None
+) -> list[Path]:
+    """Write the requested documents (each atomically); returns the paths written.
+
+    With ``bundle``, the documents describe the bundle, with each plugin inside it.
+    """
     written = []
     if paths.sbom is not None:
-        written.append(write_sbom(paths.sbom, dossiers))
+        written.append(write_sbom(paths.sbom, dossiers, bundle=bundle))
     if paths.report is not None:
-        written.append(write_report(paths.report, dossiers))
+        written.append(write_report(paths.report, dossiers, bundle=bundle))
     return written
+
+
+def write_bundle_documents(path: Path, paths: ReviewPaths, *, public_key: Path | None = None) -> list[Path]:
+    """The documents of an existing bundle, read from its embedded packages (origins are not known here)."""
+    with tempfile.TemporaryDirectory(prefix="dify-repack-review-") as temp:
+        bundle = read_bundle(path, Path(temp))
+        dossiers = [read_dossier(Path(temp) / entry.path, public_key=public_key) for entry in bundle.entries]
+        return write_documents(dossiers, paths, bundle=bundle)

@@ -21,6 +21,7 @@ from cyclonedx.output.json import JsonV1Dot6
 from packageurl import PackageURL
 
 from . import __version__
+from .bundle import Bundle
 from .dossier import FileEntry, PluginDossier, WheelEntry
 from .licenses import License
 from .package import atomic_output, file_sha256
@@ -29,41 +30,54 @@ from .redaction import redact
 PREFIX = "dify-repack"
 
 
-def sbom_json(dossiers: Sequence[PluginDossier]) -> str:
-    """The CycloneDX document for ``dossiers`` (one plugin, or every plugin of one transfer)."""
+def sbom_json(dossiers: Sequence[PluginDossier], *, bundle: Bundle | None = None) -> str:
+    """The CycloneDX document for ``dossiers`` (one plugin, every plugin of one transfer, or of ``bundle``)."""
     identifiers = sorted(dossier.inspection.identifier for dossier in dossiers)
     bom = Bom(serial_number=uuid.uuid5(uuid.NAMESPACE_URL, "dify-repack:" + " ".join(identifiers)))
     bom.metadata.timestamp = None  # type: ignore[assignment]  # reproducible output; the lib allows None
     bom.metadata.tools.components.add(
         Component(name="dify-repack", version=__version__, type=ComponentType.APPLICATION)
     )
-    if len(dossiers) == 1:
+    if bundle is None and len(dossiers) == 1:
         root = _plugin_component(dossiers[0], nested=False)
-        bom.metadata.component = root
-        for component in _contents(dossiers[0]):
-            bom.components.add(component)
-        bom.register_dependency(root, [c for c in bom.components if c.type is ComponentType.LIBRARY])
+        members = _contents(dossiers[0])
+        depends = [component for component in members if component.type is ComponentType.LIBRARY]
     else:
-        root = Component(
-            name="dify-repack transfer",
-            version=__version__,
-            type=ComponentType.APPLICATION,
-            bom_ref="transfer",
-            description=f"{len(dossiers)} Dify plugins packed for an offline deployment",
-        )
-        bom.metadata.component = root
-        plugins = [_plugin_component(dossier, nested=True) for dossier in dossiers]
-        for plugin in plugins:
-            bom.components.add(plugin)
-        bom.register_dependency(root, plugins)
+        root = _bundle_component(bundle, len(dossiers)) if bundle is not None else _transfer_component(len(dossiers))
+        members = depends = [_plugin_component(dossier, nested=True) for dossier in dossiers]
+    bom.metadata.component = root
+    for component in members:
+        bom.components.add(component)
+    bom.register_dependency(root, depends)
     return JsonV1Dot6(bom).output_as_string(indent=2) + "\n"
 
 
-def write_sbom(path: Path, dossiers: Sequence[PluginDossier]) -> Path:
+def write_sbom(path: Path, dossiers: Sequence[PluginDossier], *, bundle: Bundle | None = None) -> Path:
     """Write the SBOM atomically; returns ``path``."""
     with atomic_output(path) as staged:
-        staged.write_text(sbom_json(dossiers), encoding="utf-8")
+        staged.write_text(sbom_json(dossiers, bundle=bundle), encoding="utf-8")
     return path
+
+
+def _bundle_component(bundle: Bundle, plugins: int) -> Component:
+    return Component(
+        name=bundle.name,
+        type=ComponentType.APPLICATION,
+        bom_ref=f"bundle:{bundle.path.name}",
+        description=f"Dify bundle {bundle.path.name}: {plugins} plugins installed in one upload",
+        hashes=[HashType(alg=HashAlgorithm.SHA_256, content=file_sha256(bundle.path))],
+        properties=[Property(name=f"{PREFIX}:setting", value=line) for line in bundle.settings],
+    )
+
+
+def _transfer_component(plugins: int) -> Component:
+    return Component(
+        name="dify-repack transfer",
+        version=__version__,
+        type=ComponentType.APPLICATION,
+        bom_ref="transfer",
+        description=f"{plugins} Dify plugins packed for an offline deployment",
+    )
 
 
 def _plugin_component(dossier: PluginDossier, *, nested: bool) -> Component:

@@ -152,7 +152,8 @@ def verify_package(
     unknown = [profile for profile in options.profiles if profile not in PROFILES]
     if unknown:
         raise UsageError(f"unknown profile {unknown[0]!r}; choose from {', '.join(PROFILES)}")
-    cache_dir = options.cache_dir or default_cache_dir()
+    # Absolute: the replays run uv from the cache while their working folder is the plugin's.
+    cache_dir = (options.cache_dir or default_cache_dir()).absolute()
     prefix, isolation = network_isolation()
     try:
         interpreter = provide_python(options.python, reporter.step)

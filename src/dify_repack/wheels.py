@@ -38,7 +38,7 @@ SHA256_SUFFIX = ".sha256"  # beside a built wheel: its hash, checked before it i
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("DIFY_REPACK_CACHE_DIR") or platformdirs.user_cache_dir("dify-repack"))
+    return Path(os.environ.get("DIFY_REPACK_CACHE_DIR") or platformdirs.user_cache_dir("dify-repack")).absolute()
 
 
 # Cache Directory Tagging Specification (https://bford.info/cachedir/): backup tools skip the folder, and
@@ -61,7 +61,7 @@ class WheelCache:
     """
 
     def __init__(self, root: Path, *, warn: Callable[[str], None] | None = None) -> None:
-        self.root = root
+        self.root = root.absolute()  # tools run from other folders (a replay's plugin dir) must find it too
         self.fetched: set[Path] = set()  # files this run downloaded or built (not "already in the cache")
         self._warn = warn or (lambda _message: None)
         self._verified: dict[Path, tuple[tuple[int, int, int], str]] = {}

@@ -170,9 +170,11 @@ def cli() -> None:
       dify-repack pack langgenius/openai_api_compatible      # the latest Marketplace version
       dify-repack pack -r plugins.txt -o offline/            # a batch, one source a line
       dify-repack keygen keys/offline && dify-repack pack ./p.difypkg --sign-key keys/offline.private.pem
-      dify-repack inspect ./author-plugin_1.0.0-offline.difypkg
-    Then carry the -offline.difypkg across the air gap and upload it in Dify's plugin page
-    (docs/operators.md: the settings, the upload, troubleshooting).
+      dify-repack pack app1.yml app2.yml -o out/ --bundle out/plugins.difybndl   # whole apps (DSL files)
+      dify-repack pack -r plugins.txt -o slim/ --mirror-url http://pypi.internal/simple   # + a wheelhouse
+      dify-repack inspect ./author-plugin_1.0.0-offline.difypkg --sbom p.cdx.json --report p.html
+    Then carry the -offline.difypkg (or the bundle) across the air gap and upload it in Dify's plugin
+    page (docs/operators.md: the settings, the upload, troubleshooting).
 
     \b
     -v, -q and --json work before or after the command. Exit codes: 0 ok, 2 usage, 3 bad package,

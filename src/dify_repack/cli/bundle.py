@@ -13,7 +13,8 @@ from ..bundle import Bundle, BundleInspection, BundleVerification, write_bundle
 from ..errors import DifyRepackError, UsageError
 from ..packing import PackResult
 from ..render import _console, mib, pack_json, print_verify_report
-from ._app import cli, emit, make_reporter, output_options, with_options
+from ..review import ReviewPaths, write_bundle_documents
+from ._app import cli, emit, make_reporter, output_options, review_options, with_options
 from ._app import output as printing  # `output` is the bundle command's -o
 
 sign_key_option = click.option(
@@ -46,6 +47,7 @@ def check_signing_flags(sign_key: Path | None, langgenius_category: bool) -> Non
 @click.option("--name", help="The bundle's name in Dify (default: from the file name).")
 @sign_key_option
 @langgenius_option
+@with_options(review_options)
 @with_options(output_options)
 def bundle_command(
     packages: tuple[Path, ...],
@@ -53,6 +55,8 @@ def bundle_command(
     name: str | None,
     sign_key: Path | None,
     langgenius_category: bool,
+    sbom: Path | None,
+    report: Path | None,
 ) -> None:
     """Put packages into one .difybndl that Dify installs in one upload.
 
@@ -67,6 +71,7 @@ def bundle_command(
       dify-repack bundle out/*-offline.difypkg -o plugins.difybndl \\
           --sign-key keys/offline.private.pem --langgenius-category
       dify-repack verify plugins.difybndl
+      dify-repack bundle out/*-offline.difypkg -o plugins.difybndl --sbom plugins.cdx.json --report plugins.html
     """
     check_signing_flags(sign_key, langgenius_category)
     bundle = write_bundle(
@@ -77,12 +82,17 @@ def bundle_command(
         langgenius_category=langgenius_category,
         reporter=make_reporter(printing().quiet or printing().as_json),
     )
+    documents = ReviewPaths(sbom, report)
+    written = write_bundle_documents(bundle.path, documents) if documents else []
     if printing().as_json:
-        emit("success", bundle_json(bundle))
-    elif printing().quiet:
+        emit("success", {**bundle_json(bundle), "documents": [str(path) for path in written]})
+        return
+    if printing().quiet:
         click.echo(f"wrote {bundle.path} ({len(bundle.entries)} packages, {mib(bundle.size)})")
     else:
         print_bundle(bundle)
+    for path in written:
+        click.echo(f"wrote {path}")
 
 
 def bundle_json(bundle: Bundle) -> dict[str, object]:

@@ -276,7 +276,11 @@ def pack_command(
     code = int(ExitCode.OK if result.status == "success" else ExitCode.PARTIAL)
     packed = [item.outcome for item in result.items if isinstance(item.outcome, PackResult)]
     documents = ReviewPaths(sbom, report)
-    written = write_documents([packed_dossier(result) for result in packed], documents) if documents and packed else []
+    written = (
+        write_documents([packed_dossier(item) for item in packed], documents, bundle=result.bundle)
+        if documents and packed
+        else []
+    )
     if as_json:
         problem = None
         if result.status != "success":

@@ -9,14 +9,14 @@ from rich.markup import escape
 
 from ..bundle import inspect_bundle, is_bundle, require_bundle_pass, verify_bundle
 from ..dossier import read_dossier
-from ..errors import DifyRepackError, ExitCode, UsageError
+from ..errors import DifyRepackError, ExitCode
 from ..inspect import inspect_package
 from ..render import (
     print_inspection,
     print_verify_report,
 )
 from ..resolve import Indexes
-from ..review import ReviewPaths, write_documents
+from ..review import ReviewPaths, write_bundle_documents, write_documents
 from ..targets import chosen_arches, parse_glibc
 from ..verify import DEFAULT_UV_VERSIONS, PROFILES, VerifyOptions, require_pass, verify_package
 from ._app import (
@@ -205,16 +205,14 @@ def inspect_command(package: Path, key: Path | None, sbom: Path | None, report: 
     """
     documents = ReviewPaths(sbom, report)
     if is_bundle(package):
-        if documents:
-            raise UsageError(
-                "--sbom and --report read one package, not a bundle",
-                tip="give the packages the bundle was made of (pack writes them beside it)",
-            )
         bundled = inspect_bundle(package, public_key=key)
+        written = write_bundle_documents(package, documents, public_key=key) if documents else []
         if output().as_json:
-            emit("success", bundle_inspection_fields(bundled))
+            emit("success", {**bundle_inspection_fields(bundled), "documents": [str(path) for path in written]})
         else:
             print_bundle_inspection(bundled, quiet=output().quiet)
+            for path in written:
+                stderr().print(f"wrote {escape(str(path))}")
         return
     if documents:
         dossier = read_dossier(package, public_key=key)
