@@ -116,7 +116,6 @@ def test_cannot_write_says_what_is_wrong_and_where_to_go() -> None:
         ("loop", "too many redirects"),
         ("ftp", "not http or https"),
         ("no-location", "HTTP 302, a redirect without a Location"),
-        ("bad-gzip", "download interrupted"),
     ],
 )
 def test_http_faults_are_network_errors(tmp_path: Path, reply: str, says: str) -> None:
@@ -124,7 +123,6 @@ def test_http_faults_are_network_errors(tmp_path: Path, reply: str, says: str) -
         web.redirect("/loop", "/loop")
         web.redirect("/ftp", "ftp://files.invalid/plugin.difypkg")
         web.route("/no-location", Reply(302))
-        web.route("/bad-gzip", Reply(body=b"not gzip at all", headers={"Content-Encoding": "gzip"}))
         with make_client() as client, pytest.raises(NetworkError, match=says):
             download(client, f"{web.url}/{reply}", tmp_path / "file", backoff=0.01)
     assert list(tmp_path.iterdir()) == []

@@ -306,7 +306,7 @@ def read_bundle(path: Path, dest: Path) -> Bundle:
         package = dest / ASSETS / str(asset)
         if not isinstance(asset, str) or "/" in asset or asset in ("", ".", "..") or not package.is_file():
             raise PackageError(f"{path}: dependencies[{index}] names no package inside the bundle: {dependency!r}")
-        entry = _entry(package, package_manifest(package))
+        entry = _entry(package, package_manifest(package, shown_as=f"{path}: {ASSETS}/{asset}"))
         entries.append(dataclasses.replace(entry, path=f"{ASSETS}/{asset}"))
     if not entries and not remote:
         raise PackageError(f"{path}: the bundle lists no packages")

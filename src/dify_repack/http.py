@@ -26,6 +26,7 @@ from . import cancel
 from .credentials import HostAuth, ca_bundle, certificate_error, is_certificate_error, system_certs
 from .errors import EnvironmentProblem, NetworkError, StatusError, UsageError
 
+_IDENTITY = {"Accept-Encoding": "identity"}
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 USER_AGENT = "dify-repack"
 ProgressCallback = Callable[[int], None]
@@ -208,7 +209,10 @@ def download(
     received = 0
     try:
         with (
-            open_stream(client, url, attempts=attempts, backoff=backoff, headers=headers) as response,
+            # The file as stored, as pip fetches it: a Content-Encoding is never inflated (a gzip bomb would be).
+            open_stream(
+                client, url, attempts=attempts, backoff=backoff, headers=_IDENTITY | (headers or {})
+            ) as response,
             _create(temp) as out,
         ):
             content_type = response.headers.get("Content-Type", "")
@@ -219,7 +223,7 @@ def download(
                 )
             try:
                 # Chunks as they arrive (no fixed size to wait for): a stop request is seen within one read.
-                for chunk in response.iter_bytes():
+                for chunk in response.iter_raw():
                     cancel.check()
                     try:
                         out.write(chunk)

@@ -213,5 +213,8 @@ def fix_ignore_files(root: Path) -> list[str]:
 
 
 def _matches_protected(rule: str) -> bool:
-    spec = pathspec.GitIgnoreSpec.from_lines([rule])
+    try:
+        spec = pathspec.GitIgnoreSpec.from_lines([rule])
+    except ValueError:  # a rule no gitignore reader accepts drops nothing; it stays as the plugin wrote it
+        return False
     return any(spec.match_file(path) for path in PROTECTED)

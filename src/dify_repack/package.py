@@ -126,6 +126,9 @@ def open_package(package: Path, *, shown_as: object = None) -> Iterator[zipfile.
     """
     where = package if shown_as is None else shown_as
     try:
+        # A FIFO would block the open for ever and a device never ends: only a regular file is read.
+        if package.exists() and not package.is_file():
+            raise PackageError(f"{where}: not a regular file, so not a .difypkg")
         archive = zipfile.ZipFile(package)
     except FileNotFoundError:
         raise PackageError(f"{where}: no such file") from None
@@ -187,6 +190,14 @@ def ignore_spec(root: Path) -> pathspec.GitIgnoreSpec:
         rules = root / name
         if rules.is_file():
             lines = read_bounded(rules, _MAX_RULES_BYTES, f"{root}/{name}").decode("utf-8", "replace").splitlines()
+            for number, line in enumerate(lines, 1):
+                try:
+                    pathspec.GitIgnoreSpec.from_lines([line])
+                except ValueError as exc:  # pathspec's GitIgnorePatternError: "!" alone, and the like
+                    raise PackageError(
+                        f"{root}/{name}:{number}: not a valid ignore pattern ({exc})",
+                        tip="fix or remove that line: the official packager could not read it either",
+                    ) from None
             return pathspec.GitIgnoreSpec.from_lines([*ALWAYS_IGNORED, *lines])
     return pathspec.GitIgnoreSpec.from_lines(ALWAYS_IGNORED)
 
@@ -236,6 +247,7 @@ class _Copier:
         real = source.resolve()
         self.boundary = repository_root(real) or real
         self.notes: list[str] = []
+        self.total = 0  # bytes copied so far
 
     def _shown(self, relative: str) -> str:
         return f"{self.source}/{relative}"
@@ -254,6 +266,7 @@ class _Copier:
             ) from None
         for entry in entries:
             relative = prefix + entry.name
+            self._check_name(relative)
             try:
                 is_link, is_dir = entry.is_symlink(), entry.is_dir(follow_symlinks=False)
             except OSError as exc:
@@ -267,6 +280,23 @@ class _Copier:
                 self.copy_dir(path, relative + "/", (*ancestors, real))
             else:
                 self._copy_file(path, relative)
+
+    def _check_name(self, relative: str) -> None:
+        """A name every reader of the package accepts (``_check_member_name``): UTF-8, no backslash."""
+        try:
+            relative.encode()
+        except UnicodeEncodeError:
+            shown = relative.encode(errors="surrogateescape").decode(errors="backslashreplace")
+            raise PackageError(
+                f"{self._shown(shown)}: the name is not valid UTF-8, which a package entry must be",
+                tip="rename it, or list it in .difyignore",
+            ) from None
+        if "\\" in relative:
+            raise PackageError(
+                f"{self._shown(relative)}: a backslash in a name reads as a folder on Windows; "
+                "a package refuses such entries",
+                tip="rename it, or list it in .difyignore",
+            )
 
     def _inside(self, target: Path) -> bool:
         # Hidden folders (.ssh, .aws, .git) are never a plugin's content, even inside a repository: a home
@@ -304,11 +334,20 @@ class _Copier:
         cancel.check()
         target = self.dest / relative
         try:
-            mode = path.stat().st_mode
+            info = path.stat()
+            mode = info.st_mode
             if not stat.S_ISREG(mode):
                 raise PackageError(
                     f"{self._shown(relative)}: is a {_KINDS.get(stat.S_IFMT(mode), 'special file')}, not a regular file",
                     tip="remove it from the plugin folder, or list it in .difyignore",
+                )
+            # The limit a package may unpack to, checked before copying (a sparse file costs nothing to make).
+            self.total += info.st_size
+            if self.total > MAX_UNCOMPRESSED_BYTES:
+                raise PackageError(
+                    f"{self._shown(relative)}: the plugin folder holds more than the "
+                    f"{MAX_UNCOMPRESSED_BYTES / 1024**3:.0f} GiB a package may unpack to",
+                    tip="list large files the plugin does not need in .difyignore",
                 )
             source = path.open("rb")
         except OSError as exc:
@@ -362,8 +401,11 @@ def _compression(name: str, path: Path) -> int:
 @contextmanager
 def atomic_output(target: Path) -> Iterator[Path]:
     """A temporary path beside ``target`` that replaces it only when the block succeeds."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    except OSError as exc:  # a parent that is a file (/dev/null/x), read-only, or not there to create (/proc)
+        raise EnvironmentProblem.cannot_write(target.parent, exc, elsewhere="-o") from None
     os.close(handle)
     temp = Path(temp_name)
     try:

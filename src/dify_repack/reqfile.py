@@ -17,6 +17,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from .errors import DependencyError
+from .redaction import redact
 
 # Long options pip accepts in requirement files that pull in another file; optparse also takes any unique
 # prefix (``--constr``), so a prefix counts as the option: it is then confined like the full spelling.
@@ -69,8 +70,8 @@ class RequirementsFile:
 
 
 def shown_line(text: str) -> str:
-    """A line of a plugin's file for a message: quoted, control characters escaped, length bounded."""
-    return repr(text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "…")
+    """A line of a plugin's file for a message: quoted, control characters escaped, length bounded, no password."""
+    return redact(repr(text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "…"))
 
 
 def read_requirements_file(path: Path, *, root: Path, notes: list[str] | None = None) -> list[Requirement]:
@@ -225,7 +226,7 @@ def _option(result: RequirementsFile, line: str, where: str, notes: list[str] | 
         return
     if _IGNORED_OPTION.match(line):
         if notes is not None and _INDEX_OPTION.match(line):
-            notes.append(f"{where}: {line} is not used to resolve; give it to dify-repack as --index-url")
+            notes.append(f"{where}: {redact(line)} is not used to resolve; give it to dify-repack as --index-url")
         return
     if line.startswith(("-e", "--editable")):
         raise DependencyError(

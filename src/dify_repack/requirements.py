@@ -139,7 +139,7 @@ def declared_dependencies(root: Path) -> Declared:
         source, requirements, notes, added = "requirements.txt", from_requirements, file_notes, ()
     else:
         raise DependencyError(
-            f"{root}: neither requirements.txt nor pyproject.toml [project].dependencies declares the dependencies",
+            "neither requirements.txt nor pyproject.toml [project].dependencies declares the plugin's dependencies",
             tip="a Python plugin lists at least dify_plugin in requirements.txt or pyproject.toml",
         )
     return Declared(

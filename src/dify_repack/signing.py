@@ -23,7 +23,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from .errors import SignatureError, UsageError
+from .errors import EnvironmentProblem, SignatureError, UsageError
 from .package import (
     SIGNATURE_FILE,
     atomic_output,
@@ -96,10 +96,13 @@ def generate_keypair(name_prefix: Path, bits: int = 4096) -> tuple[Path, Path]:
         serialization.NoEncryption(),
     )
     public_pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.PKCS1)
-    private_path.parent.mkdir(parents=True, exist_ok=True)
-    # A key reported as written must survive a power cut: losing it orphans what it signed.
-    write_atomically(private_path, private_pem, mode=0o600, durable=True)
-    write_atomically(public_path, public_pem, durable=True)
+    try:
+        private_path.parent.mkdir(parents=True, exist_ok=True)
+        # A key reported as written must survive a power cut: losing it orphans what it signed.
+        write_atomically(private_path, private_pem, mode=0o600, durable=True)
+        write_atomically(public_path, public_pem, durable=True)
+    except OSError as exc:
+        raise EnvironmentProblem.cannot_write(private_path.parent, exc, elsewhere="NAME") from None
     return private_path, public_path
 
 

@@ -28,6 +28,7 @@ import httpx
 from .errors import NetworkError, PackageError, StatusError, UsageError
 from .http import ProgressCallback, download, make_client, open_stream
 from .package import zip_checksum
+from .redaction import redact
 
 SourceKind = Literal["file", "directory", "marketplace", "github", "url"]
 
@@ -47,6 +48,8 @@ _MAX_PLUGIN_DOCUMENT = 4 * 1024 * 1024
 _GITHUB = re.compile(r"github:(?P<owner>[\w.-]+)/(?P<repo>[\w.-]+)@(?P<tag>\S+)/(?P<asset>[^/\s]+)")
 # As in pip requirement files: ``#`` starts a comment at a line start or after a space (URL fragments stay).
 _COMMENT = re.compile(r"(?:^|\s)#.*")
+_MAX_SOURCE_LIST = 1024 * 1024
+_MAX_DOWNLOAD_NAME = 200
 _FORMS_TIP = (
     "give a .difypkg file, a plugin directory, a Marketplace id (org/name:version[@checksum], or org/name for "
     "the latest), "
@@ -109,28 +112,40 @@ def parse_source(text: str, *, base: Path | None = None) -> Source:
     without manifest.yaml.
     """
     text = text.strip()
+    if not text:
+        raise UsageError("an empty SOURCE", tip=_FORMS_TIP)
     if text.lower().startswith(("http://", "https://")):
         return _parse_url(text)
     if text.startswith("github:"):
         return _parse_github(text)
     path = Path(text) if base is None else base / text
-    if path.is_dir():
+    if _kind(path) == "directory":
         if not (path / "manifest.yaml").is_file():
             raise PackageError(
                 f"{text}: directory has no manifest.yaml, so it is not a plugin",
                 tip="give the plugin's top folder (the one holding manifest.yaml) or its .difypkg",
             )
         return Source(text, "directory", path=path)
-    if path.is_file():
+    if _kind(path) == "file":
         # Whatever the suffix: reading the package checks that it is a zip.
         return Source(text, "file", path=path)
     if match := _PLUGIN_ID.fullmatch(text):
         checksum = match["checksum"]
         plugin = PluginId(match["org"], match["name"], match["version"], checksum.lower() if checksum else None)
         return Source(text, "marketplace", plugin=plugin, filename=_marketplace_name(plugin))
+    # A URL typed without its scheme may carry a login: masked as redact() masks one with a scheme.
+    shown = redact(f"https://{text}").removeprefix("https://") if "@" in text else text
     raise UsageError(
-        f"{text}: no such file or directory, and not a Marketplace id, github: asset or URL", tip=_FORMS_TIP
+        f"{shown}: no such file or directory, and not a Marketplace id, github: asset or URL", tip=_FORMS_TIP
     )
+
+
+def _kind(path: Path) -> str | None:
+    """ "directory", "file" or None (missing, or a name no file system takes, such as one too long)."""
+    try:
+        return "directory" if path.is_dir() else "file" if path.is_file() else None
+    except OSError:
+        return None
 
 
 def _marketplace_name(plugin: PluginId) -> str:
@@ -144,6 +159,8 @@ def _parse_url(text: str) -> Source:
         raise UsageError(f"{text}: not a valid URL ({exc})", tip=_FORMS_TIP) from None
     if not url.host:
         raise UsageError(f"{text}: the URL names no host", tip=_FORMS_TIP)
+    if url.port is not None and not 0 < url.port < 65536:
+        raise UsageError(f"{text}: port {url.port} does not exist (1 to 65535)", tip=_FORMS_TIP)
     # httpx decodes the path, so an encoded slash in the last segment cannot smuggle in a directory.
     name = url.path.rsplit("/", 1)[-1]
     return Source(text, "url", url=text, filename=_download_name(name, text))
@@ -153,6 +170,8 @@ def _parse_github(text: str) -> Source:
     match = _GITHUB.fullmatch(text)
     if not match:
         raise UsageError(f"{text}: not a GitHub release asset", tip="write it as github:OWNER/REPO@TAG/ASSET.difypkg")
+    if any(part in (".", "..") for part in (match["owner"], match["repo"], *match["tag"].split("/"))):
+        raise UsageError(f"{text}: '.' and '..' are no owner, repository or tag names")
     release = ReleaseAsset(match["owner"], match["repo"], match["tag"], match["asset"])
     return Source(text, "github", release=release, filename=_download_name(release.asset, text))
 
@@ -161,7 +180,9 @@ def _download_name(name: str, text: str) -> str:
     """The file name for a download: the URL's last segment, made a ``.difypkg``, never a path."""
     if name in ("", ".", "..") or "\\" in name or "\0" in name:
         raise UsageError(f"{text}: the URL does not end in a file name", tip="link the .difypkg file itself")
-    return name if name.endswith(".difypkg") else f"{name}.difypkg"
+    name = name if name.endswith(".difypkg") else f"{name}.difypkg"
+    # The download's temporary name adds about 40 bytes: keep the whole under a file system's 255.
+    return name if len(name.encode()) <= _MAX_DOWNLOAD_NAME else "download.difypkg"
 
 
 def read_source_list(path: Path) -> list[Source]:
@@ -170,7 +191,14 @@ def read_source_list(path: Path) -> list[Source]:
     Every line is checked before anything is downloaded; an error names the file and line.
     """
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # A FIFO would block the open for ever and /dev/zero never ends: a regular file of sane size only.
+        if path.exists() and not path.is_file():
+            raise UsageError(f"{path}: not a regular file, so not a source list")
+        with path.open("rb") as handle:
+            data = handle.read(_MAX_SOURCE_LIST + 1)
+        if len(data) > _MAX_SOURCE_LIST:
+            raise UsageError(f"{path}: larger than {_MAX_SOURCE_LIST} bytes; a source list is one source a line")
+        lines = data.decode("utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: cannot read the source list ({exc})") from None
     sources = []

@@ -116,6 +116,11 @@ def read_wheelhouse(root: Path) -> Wheelhouse:
             raise ValueError(f"schema {data.get('schema')!r}")
         files = {name: HouseFile(**item) for name, item in data["files"].items()}
         plugins = {key: tuple(names) for key, names in data["plugins"].items()}
+        # Names become paths under files/ (prune deletes them): a wheel file name, one path component, only.
+        for name in {*files, *(item.filename for item in files.values()), *(n for ns in plugins.values() for n in ns)}:
+            if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
+                raise ValueError(f"{name!r} is not a file name")
+            parse_wheel_filename(name)
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as error:
         raise PackageError(
             f"{path}: unreadable wheelhouse manifest ({error})",

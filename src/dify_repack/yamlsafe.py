@@ -97,7 +97,11 @@ def load_yaml(text: str, *, where: str, error: type[DifyRepackError]) -> object:
     """
     if len(text) > MAX_YAML_CHARS:
         raise error(f"{where}: {len(text)} characters, above the {MAX_YAML_CHARS} safety limit for a YAML file")
-    loader = _BoundedLoader(text)
+    try:
+        # The reader refuses control characters (a NUL) as soon as it is made.
+        loader = _BoundedLoader(text)
+    except yaml.YAMLError as exc:
+        raise error(f"{where}: not valid YAML: {str(exc).strip().splitlines()[0]}") from None
     try:
         _check_flow_depth(text)
         node = loader.get_single_node()

@@ -235,6 +235,29 @@ def check_urls(ctx: click.Context, param: click.Parameter, value: str | tuple[st
             # A password typed without the scheme is masked too: redact() recognises URLs by their scheme.
             shown = redact(f"https://{url}").removeprefix("https://")
             raise UsageError(f"{where} {shown!r} has no scheme", tip=f"write the whole URL: https://{shown}")
+        import httpx  # here, not at the top: `--version` imports no networking
+
+        try:
+            host = httpx.URL(url).host
+        except httpx.InvalidURL as exc:
+            raise UsageError(f"{_where(ctx, param)} {redact(url)!r}: not a valid URL ({exc})") from None
+        if not host:
+            raise UsageError(f"{_where(ctx, param)} {redact(url)!r} names no host")
+    return value
+
+
+def check_uv_versions(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    """A uv version is a version number or ``latest``: anything else would reach the index as a requirement."""
+    from packaging.version import InvalidVersion, Version
+
+    for version in value:
+        if version != "latest":
+            try:
+                Version(version)
+            except InvalidVersion:
+                raise UsageError(
+                    f"--uv {version!r}: not a version number", tip="give e.g. --uv 0.9.13, or latest"
+                ) from None
     return value
 
 
@@ -289,6 +312,7 @@ uv_option = click.option(
     "uv_versions",
     multiple=True,
     metavar="VERSION",
+    callback=check_uv_versions,
     help=f"uv version to replay the daemon with (repeatable; 'latest' allowed). "
     f"Default: {' and '.join(DEFAULT_UV_VERSIONS)}, the oldest and newest in the daemon's images.",
 )

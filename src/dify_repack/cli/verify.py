@@ -17,6 +17,7 @@ from ..render import (
 )
 from ..resolve import Indexes
 from ..review import ReviewPaths, write_bundle_documents, write_documents
+from ..signing import load_public_key
 from ..targets import chosen_arches, parse_glibc
 from ..verify import DEFAULT_UV_VERSIONS, PROFILES, VerifyOptions, require_pass, verify_package
 from ._app import (
@@ -193,7 +194,7 @@ def inspect_command(package: Path, key: Path | None, sbom: Path | None, report: 
       dify-repack verify PACKAGE
     which replays each install with the network cut off. Exits 0 whenever PACKAGE could be
     read, whatever the verdicts; 2 when it does not exist; 3 when it is not a readable, safe Dify
-    plugin package.
+    plugin package; 8 when --key is not a public key the daemon could use.
 
     \b
     Examples:
@@ -203,6 +204,8 @@ def inspect_command(package: Path, key: Path | None, sbom: Path | None, report: 
       dify-repack inspect ./p-offline.difypkg --json | jq .verdicts
       dify-repack inspect ./plugins.difybndl           # each embedded package and the bundle's settings
     """
+    if key is not None:
+        load_public_key(key)  # a key that cannot verify anything is the user's mistake, not a package verdict
     documents = ReviewPaths(sbom, report)
     if is_bundle(package):
         bundled = inspect_bundle(package, public_key=key)
