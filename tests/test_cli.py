@@ -169,6 +169,16 @@ def test_pack_envelope(tmp_path: Path, index: LocalIndex, cache_dir: Path, capsy
     assert [result["status"] for result in payload["results"]] == ["success"]  # type: ignore[attr-defined]
 
 
+def test_paths_that_look_like_markup_are_printed_as_typed(
+    tmp_path: Path, index: LocalIndex, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plugin = make_plugin(tmp_path / "plugin", {"requirements.txt": "dify_plugin==0.7.4\n"})
+    out_dir = tmp_path / "out[/b]"
+    argv = ["pack", str(plugin), "-o", str(out_dir), "--index-url", index.url, "--cache-dir", str(cache_dir)]
+    code, out, _ = run([*argv, "--no-verify"], capsys)
+    assert code == 0 and f"wrote {out_dir}" in " ".join(out.split())
+
+
 # Options on either side of the command.
 
 

@@ -169,3 +169,14 @@ def test_an_output_folder_that_fills_while_zipping_is_exit_9_and_left_empty(tmp_
     assert f"error: {out}: cannot write there: No space left on device" in result.stderr
     assert "Traceback" not in result.stderr
     assert _left_on_tmpfs(result) == []
+
+
+def test_an_unwritable_wheelhouse_is_refused_before_any_download(tmp_path: Path) -> None:
+    from dify_repack.packing import PackOptions, check_folders
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    options = PackOptions(output_dir=tmp_path / "out", cache_dir=tmp_path / "cache", wheelhouse=blocker / "house")
+    with pytest.raises(EnvironmentProblem, match="a-file/house: cannot write there") as raised:
+        check_folders(options)
+    assert "--wheelhouse DIR" in str(raised.value.tip)

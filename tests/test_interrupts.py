@@ -204,10 +204,13 @@ def _run_and_signal(
             assert line is not None, f"exited (code {process.wait()}) before {phase!r}:\n{''.join(err)}"
             if phase in line:
                 break
-        while not ready([pid for pid in alive(str(root)) if pid != process.pid]):
-            assert time.monotonic() < deadline and process.poll() is None, f"never ready:\n{''.join(err)}"
-            time.sleep(0.1)
-        time.sleep(settle)
+        for pause in (0.0, settle):
+            # Again after settling: a short-lived child (an interpreter probe before uv starts) may have been
+            # what looked ready, and on a loaded machine the real work can start well after it ended.
+            time.sleep(pause)
+            while not ready([pid for pid in alive(str(root)) if pid != process.pid]):
+                assert time.monotonic() < deadline and process.poll() is None, f"never ready:\n{''.join(err)}"
+                time.sleep(0.1)
         assert process.poll() is None, f"finished before the signal:\n{''.join(err)}"
         children = len([pid for pid in alive(str(root)) if pid != process.pid])
         sent = time.monotonic()

@@ -145,3 +145,17 @@ def test_cache_clean_removes_what_the_tool_created(tmp_path: Path, capsys: pytes
 def test_a_public_key_given_by_mistake_gets_no_permission_warning(keys: tuple[Path, Path]) -> None:
     assert keys[1].stat().st_mode & 0o044  # public keys are 0644 on purpose
     assert key_permission_warning(keys[1]) is None
+
+
+def test_the_first_wheel_built_from_an_sdist_stays_when_a_parallel_run_builds_it_again(tmp_path: Path) -> None:
+    cache = WheelCache(tmp_path / "cache")
+    build_dir = tmp_path / "cache" / "built" / "x"
+    first, second = tmp_path / "a" / "w-1.0-py3-none-any.whl", tmp_path / "b" / "w-1.0-py3-none-any.whl"
+    for path, content in ((first, b"first build"), (second, b"second build, other timestamps")):
+        path.parent.mkdir()
+        path.write_bytes(content)
+    kept = cache.store_built(first, build_dir)
+    other_run = WheelCache(tmp_path / "cache")
+    assert other_run.store_built(second, build_dir) == kept
+    assert kept.read_bytes() == b"first build" and not second.exists()
+    assert cache.built_wheels(build_dir) == [kept]  # still the file this run checked

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import json
+
+import click
 import pytest
 
 from dify_repack.credentials import Indexes
@@ -51,3 +55,25 @@ def test_index_options_never_show_their_password() -> None:
     indexes = Indexes("https://u:secret@h/simple", ("https://v:other@i/simple",))
     assert "secret" not in repr(indexes) and "other" not in repr(indexes)
     assert "secret" not in repr(PackOptions(indexes=indexes))
+
+
+def test_reported_lines_hide_passwords_whoever_wrote_them() -> None:
+    from rich.console import Console
+
+    from dify_repack.report import ConsoleReporter
+
+    out = io.StringIO()
+    reporter = ConsoleReporter(Console(file=out, width=200))
+    reporter.step("downloading https://user:secret@host/plugin.difypkg")
+    reporter.warn("https://TOKEN@host/x: slow")
+    assert "secret" not in out.getvalue() and "TOKEN" not in out.getvalue()
+    assert "https://user:****@host/plugin.difypkg" in out.getvalue()
+
+
+def test_json_documents_hide_passwords_in_every_field(capsys: pytest.CaptureFixture[str]) -> None:
+    from dify_repack.cli._app import cli, emit
+
+    with click.Context(cli, info_name="dify-repack").scope():
+        emit("success", {"results": [{"source": "https://user:secret@host/p.difypkg"}]})
+    document = json.loads(capsys.readouterr().out)
+    assert document["results"][0]["source"] == "https://user:****@host/p.difypkg"

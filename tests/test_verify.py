@@ -506,6 +506,25 @@ def test_a_macos_or_windows_host_on_the_same_cpu_gets_static_checks_only(
     assert report.ok
 
 
+def test_a_plugin_logging_a_lot_on_stderr_still_reaches_its_heartbeat(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from dify_repack.replay import start_plugin
+
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    # More than a pipe holds, before the heartbeat: nobody reading stderr would block the plugin here.
+    (tmp_path / "noisy.py").write_text(
+        "import json, sys\nsys.stderr.write('log line\\n' * 100_000)\nsys.stderr.flush()\n"
+        "print(json.dumps({'event': 'heartbeat'}), flush=True)\nimport time\ntime.sleep(30)\n",
+        encoding="utf-8",
+    )
+    manifest = cast(Any, SimpleNamespace(entrypoint="noisy"))
+    step = start_plugin(tmp_path, manifest, [], clean_env(), timeout=20)
+    assert step.ok, step.detail
+
+
 def test_a_relative_cache_dir_works_from_the_replays_own_folder(
     good: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from builders import LocalIndex, make_plugin, make_wheel, manifest_yaml
 from dify_repack.cli import main
+from dify_repack.errors import EnvironmentProblem, VerificationError
 from dify_repack.inspect import inspect_package
 from dify_repack.mirror import slim_mirror_url
 from dify_repack.packing import PackOptions, PackResult, pack
@@ -74,6 +75,23 @@ def test_two_plugins_grow_one_index_holding_each_shared_wheel_once(tmp_path: Pat
         assert any(name.startswith("wheels/") for name in archive.namelist())
 
 
+def test_a_full_package_that_fails_verification_leaves_the_wheelhouse_as_it_was(
+    tmp_path: Path, index: LocalIndex
+) -> None:
+    house = tmp_path / "house"
+    _pack(index, tmp_path, "first", FIRST, wheelhouse=house)
+    before = read_wheelhouse(house)
+
+    def failing(*_: object) -> None:
+        raise VerificationError("would not install offline")
+
+    with pytest.raises(VerificationError):
+        _pack(index, tmp_path, "second", SECOND, wheelhouse=house, check=failing)
+    after = read_wheelhouse(house)
+    assert (after.plugins, after.files) == (before.plugins, before.files)
+    assert not (tmp_path / "out" / "tester-second_0.1.0-offline.difypkg").exists()
+
+
 def test_a_run_adds_only_what_is_new_and_pages_carry_requires_python(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     old = make_wheel(wheels, "helper", "1.0.0", requires_python=">=3.8")
@@ -98,6 +116,20 @@ def test_a_run_adds_only_what_is_new_and_pages_carry_requires_python(tmp_path: P
         add_wheels(house, "a/three:1.0.0", [Incoming(changed / old.name)])
     kept = add_wheels(house, "a/three:1.0.0", [Incoming(changed / old.name, built=True)])
     assert kept.files[0].sha256 == first.files[0].sha256
+
+
+def test_a_wheelhouse_that_cannot_be_written_is_the_hosts_problem(tmp_path: Path) -> None:
+    wheel = make_wheel(tmp_path / "wheels", "helper", "1.0.0")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(EnvironmentProblem, match="cannot write there") as raised:
+        add_wheels(blocker / "house", "a/one:1.0.0", [Incoming(wheel)])
+    assert raised.value.exit_code == 9 and "--wheelhouse DIR" in str(raised.value.tip)
+    house = tmp_path / "house"
+    add_wheels(house, "a/two:1.0.0", [Incoming(make_wheel(tmp_path / "wheels", "other", "1.0.0"))])
+    (house / "files" / wheel.name).mkdir()  # a folder where the wheel goes: the rename into place fails
+    with pytest.raises(EnvironmentProblem):
+        add_wheels(house, "a/one:1.0.0", [Incoming(wheel)])
 
 
 def test_check_names_a_tampered_file(tmp_path: Path, index: LocalIndex, capsys: pytest.CaptureFixture[str]) -> None:

@@ -68,6 +68,13 @@ class _Handler(SimpleHTTPRequestHandler):
         pass  # the clients' own errors name what they missed
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client hanging up mid-file is normal; its traceback on stderr would fill a pipe nobody reads
+        # while the mirror runs inside the namespace, and block the server.
+        pass
+
+
 def make_server(simple_dir: Path, files_dir: Path, mirror_url: str, host: str, port: int) -> ThreadingHTTPServer:
     _, _, path = mirror_address(mirror_url)
     handler = type(
@@ -80,7 +87,7 @@ def make_server(simple_dir: Path, files_dir: Path, mirror_url: str, host: str, p
             "files_path": urlsplit(files_url(mirror_url)).path,
         },
     )
-    server = ThreadingHTTPServer((host, port), partial(handler, directory=str(files_dir)))
+    server = _QuietServer((host, port), partial(handler, directory=str(files_dir)))
     server.daemon_threads = True
     return server
 
@@ -192,8 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "setup":
         _loopback_up()
-        mounted = subprocess.run(["mount", "--bind", str(args.hosts), "/etc/hosts"], check=False)
+        mounted = run(["mount", "--bind", str(args.hosts), "/etc/hosts"], timeout=30)
         if mounted.returncode != 0:
+            sys.stderr.write(mounted.output + "\n")  # the parent reads it when this process ends
             return mounted.returncode
         os.execvp(args.server[0], args.server)
     _, port, _ = mirror_address(args.mirror_url)

@@ -171,14 +171,7 @@ def extract_package(source: Path, dest: Path, *, shown_as: object = None) -> Non
                     _copy_limited(src, out, info.file_size, info.filename, where)
                 target.chmod(0o644)
             except OSError as exc:
-                raise _unwritable(dest, exc) from None
-
-
-def _unwritable(folder: Path, exc: OSError) -> EnvironmentProblem:
-    return EnvironmentProblem(
-        f"{folder}: cannot write there ({exc.strerror})",
-        tip="free some space or point TMPDIR at a folder with room",
-    )
+                raise EnvironmentProblem.cannot_write(dest, exc) from None
 
 
 def _copy_limited(src: IO[bytes], out: IO[bytes], declared: int, name: str, source: object) -> None:
@@ -370,7 +363,7 @@ class _Copier:
                         out.write(chunk)
                 target.chmod(0o644)
             except OSError as exc:
-                raise _unwritable(self.dest, exc) from None
+                raise EnvironmentProblem.cannot_write(self.dest, exc) from None
 
     def _read(self, source: IO[bytes], relative: str) -> bytes:
         try:
@@ -420,6 +413,27 @@ def atomic_output(target: Path) -> Iterator[Path]:
         cancel.check()  # an interrupted run never leaves its output, however far it got
         temp.chmod(0o644)
         temp.replace(target)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_atomically(path: Path, data: bytes | str, *, mode: int = 0o644, durable: bool = False) -> None:
+    """Write ``data`` under a unique temporary name beside ``path``, then rename it over ``path``.
+
+    Readers (other threads, other runs) see the old content or the new, never a part; a failed write leaves
+    nothing behind. The file is created 0600 and gets ``mode`` only once complete. ``durable`` syncs it to disk
+    first, for what must survive a power cut.
+    """
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    temp = Path(temp_name)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data.encode() if isinstance(data, str) else data)
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
+        temp.chmod(mode)
+        temp.replace(path)
     finally:
         temp.unlink(missing_ok=True)
 

@@ -144,7 +144,7 @@ def output_path(manifest: Manifest, output_dir: Path | None) -> Path:
 
 
 def check_folders(options: PackOptions) -> None:
-    """Find a read-only, unwritable or full output folder, cache or temp folder now, before any download.
+    """Find a read-only, unwritable or full output folder, cache, temp folder or wheelhouse now, before any download.
 
     Each gets a probe file written and removed, and its free space compared with ``MIN_FREE_BYTES``; a folder
     that does not exist yet is judged by the nearest one above it (and not created: a refusal leaves nothing).
@@ -155,6 +155,7 @@ def check_folders(options: PackOptions) -> None:
         (options.cache_dir or default_cache_dir(), "--cache-dir DIR or DIFY_REPACK_CACHE_DIR"),
         # tempfile would quietly skip an unusable TMPDIR; uv, which gets it too, would not.
         (Path(temp) if temp else Path(tempfile.gettempdir()), "TMPDIR=DIR"),
+        *(((options.wheelhouse, "--wheelhouse DIR"),) if options.wheelhouse is not None else ()),
     )
     for folder, elsewhere in folders:
         existing = folder.absolute()
@@ -301,21 +302,21 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             )
             with reporter.activity("locking uv.lock against ./wheels"):
                 regenerate_lock(root, targets, uv_cache=cache.uv_cache)
-        if options.wheelhouse is not None:
+        if options.wheelhouse is not None and options.mirror_url is not None:
+            # A slim package installs from the wheelhouse, so its verification needs the wheels there first.
             reporter.step(f"adding the wheels to the wheelhouse {options.wheelhouse}")
             house = add_to_wheelhouse(options.wheelhouse, manifest, selected)
-            if options.mirror_url is not None:
-                reporter.step(f"making the package slim: it installs from {options.mirror_url}")
-                make_slim(
-                    root,
-                    selected,
-                    targets,
-                    options.mirror_url,
-                    options.wheelhouse,
-                    house,
-                    cache.uv_cache,
-                    lock_from_mirror=options.lock_from_mirror,
-                )
+            reporter.step(f"making the package slim: it installs from {options.mirror_url}")
+            make_slim(
+                root,
+                selected,
+                targets,
+                options.mirror_url,
+                options.wheelhouse,
+                house,
+                cache.uv_cache,
+                lock_from_mirror=options.lock_from_mirror,
+            )
         notes += fix_ignore_files(root)
         python_note = fix_python_version(root, options.python)
         if python_note:
@@ -333,6 +334,10 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             except OSError as exc:
                 raise EnvironmentProblem.cannot_write(output.parent, exc, elsewhere="-o DIR") from None
             verification = options.check(staged, manifest, targets) if options.check is not None else None
+            if options.wheelhouse is not None and options.mirror_url is None:
+                # Only a package that is written (verified, when asked) records its wheels and its name there.
+                reporter.step(f"adding the wheels to the wheelhouse {options.wheelhouse}")
+                add_to_wheelhouse(options.wheelhouse, manifest, selected)
         stats = dataclasses.replace(stats, path=output)
 
     return PackResult(

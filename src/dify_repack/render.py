@@ -74,7 +74,7 @@ def pack_json(text: str, outcome: PackResult | DifyRepackError, seconds: float) 
 
 def print_pack_result(result: PackResult) -> None:
     out = _console()
-    out.print(f"[bold green]wrote[/] {result.output}")
+    out.print(f"[bold green]wrote[/] {escape(str(result.output))}")
     out.print(f"  plugin    {result.manifest.plugin_id} {result.manifest.version}")
     out.print(f"  targets   {', '.join(map(str, result.targets))}")
     built = f"; built from sdists: {', '.join(result.built)}" if result.built else ""
@@ -150,10 +150,12 @@ def print_verify_report(report: VerifyReport) -> None:
     for check in report.checks:
         for step in check.steps:
             if not step.ok and step.detail and not check.same_as and not step.same_as:
-                out.print(f"[bold]{check.profile} / {check.uv} / {check.target} — {step.name}:[/] `{check.command}`")
+                out.print(
+                    f"[bold]{check.profile} / {check.uv} / {check.target} — {step.name}:[/] `{escape(check.command)}`"
+                )
                 out.print(step.detail, markup=False)
     for note in report.notes:
-        out.print(f"[bold yellow]note:[/] {note}")
+        out.print(f"[bold yellow]note:[/] {escape(note)}")
     for warning in report.warnings:
         out.print(f"[bold yellow]warning:[/] {escape(warning)}")
     if report.remembered:

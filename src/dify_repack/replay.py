@@ -6,6 +6,7 @@ under the network-isolation prefix; a static one resolves offline for a platform
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 import queue
@@ -309,6 +310,9 @@ def start_plugin(root: Path, manifest: Manifest, prefix: list[str], env: dict[st
     argv = [*prefix, str(root / ".venv" / "bin" / "python"), "-m", manifest.entrypoint]
     process = spawn(argv, cwd=root, env={**env, "INSTALL_METHOD": "local"}, stdin=subprocess.PIPE)
     lines: queue.Queue[bytes | None] = queue.Queue()
+    # stderr is drained as it comes too: a plugin logging more than a pipe holds before its first heartbeat
+    # would otherwise block on its next write and be judged silent. Its end is what a failure shows.
+    errors_tail: collections.deque[bytes] = collections.deque(maxlen=200)
 
     def pump() -> None:
         assert process.stdout is not None
@@ -316,7 +320,14 @@ def start_plugin(root: Path, manifest: Manifest, prefix: list[str], env: dict[st
             lines.put(line)
         lines.put(None)
 
-    threading.Thread(target=pump, daemon=True).start()
+    def drain() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            errors_tail.append(line)
+
+    readers = [threading.Thread(target=target, daemon=True) for target in (pump, drain)]
+    for reader in readers:
+        reader.start()
     seen: list[str] = []
     try:
         while (remaining := timeout - (time.monotonic() - started)) > 0:
@@ -334,14 +345,19 @@ def start_plugin(root: Path, manifest: Manifest, prefix: list[str], env: dict[st
                 return Step("start", True, time.monotonic() - started)
     finally:
         kill_group(process)
-        _, stderr = process.communicate()
+        process.wait()
+        for reader in readers:
+            reader.join(timeout=5)  # the group is gone, so its pipes close
+        for pipe in (process.stdin, process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
     cancel.check()  # killed by a stop request: no verdict
     reason = (
         "exited before its first heartbeat"
         if process.returncode is not None and time.monotonic() - started < timeout
         else f"no heartbeat within {timeout:.0f} s"
     )
-    errors = stderr.decode(errors="replace").strip()
+    errors = b"".join(errors_tail).decode(errors="replace").strip()
     if error := python_error(errors):
         reason += f": {error}"
     tail = "\n".join([*seen[-3:], *errors.splitlines()[-8:]])

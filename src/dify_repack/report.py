@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol
 
+from .redaction import redact
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
@@ -117,9 +119,10 @@ class ConsoleReporter:
 
 
 def _escape(text: str) -> str:
+    """Every line the core reports may quote a source or index URL: redacted here, whoever wrote it."""
     from rich.markup import escape
 
-    return escape(text)
+    return escape(redact(text))
 
 
 def _live_view(console: Console) -> Progress:

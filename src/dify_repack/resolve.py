@@ -9,11 +9,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -100,9 +98,9 @@ class ResolutionCache:
 
     def store(self, key: str, pins: list[Pin]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        temp = self.root / f".{key}.{os.getpid()}.{threading.get_ident()}.part"
-        temp.write_text(json.dumps([asdict(pin) for pin in pins]), encoding="utf-8")
-        temp.replace(self.root / f"{key}.json")
+        from .package import write_atomically  # here: package needs pathspec, which `--version` must not load
+
+        write_atomically(self.root / f"{key}.json", json.dumps([asdict(pin) for pin in pins]))
 
 
 def _pin_from_json(entry: dict[str, Any]) -> Pin:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import re
 import stat
 import tempfile
@@ -33,6 +32,7 @@ from .package import (
     file_sha256,
     iter_files,
     open_package,
+    write_atomically,
     write_package,
 )
 
@@ -98,27 +98,12 @@ def generate_keypair(name_prefix: Path, bits: int = 4096) -> tuple[Path, Path]:
     public_pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.PKCS1)
     try:
         private_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_key_file(private_path, private_pem, 0o600)
-        _write_key_file(public_path, public_pem, 0o644)
+        # A key reported as written must survive a power cut: losing it orphans what it signed.
+        write_atomically(private_path, private_pem, mode=0o600, durable=True)
+        write_atomically(public_path, public_pem, durable=True)
     except OSError as exc:
         raise EnvironmentProblem.cannot_write(private_path.parent, exc, elsewhere="NAME") from None
     return private_path, public_path
-
-
-def _write_key_file(path: Path, data: bytes, mode: int) -> None:
-    # mkstemp creates the file 0600, so the private key is never readable by others, not even for a moment.
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    temp = Path(temp_name)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            # A key reported as written must survive a power cut: losing it orphans what it signed.
-            os.fsync(out.fileno())
-        temp.chmod(mode)
-        temp.replace(path)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def key_permission_warning(path: Path) -> str | None:

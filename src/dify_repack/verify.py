@@ -19,7 +19,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,7 +39,7 @@ from .errors import EnvironmentProblem, NetworkError, PackageError, UsageError, 
 from .manifest import Manifest, read_manifest
 from .mirror import missing_from_wheelhouse, slim_mirror_url
 from .mirror_serve import serve_in_namespace, wheelhouse_server
-from .package import extract_package, open_package, zip_checksum
+from .package import extract_package, file_sha256, open_package, write_atomically, zip_checksum
 from .replay import (
     Check,
     Limits,
@@ -290,7 +289,7 @@ def _fetch_uv_versions(options: VerifyOptions, cache_dir: Path, reporter: Report
         return {}
     with (
         reporter.activity(f"uv {', '.join(versions)}: fetching for the replays"),
-        ThreadPoolExecutor(len(versions)) as pool,
+        cancel.executor(len(versions)) as pool,
     ):
         futures = {version: pool.submit(fetch_uv, version, cache_dir, options.indexes) for version in versions}
         return {version: future.result() for version, future in futures.items()}
@@ -350,17 +349,13 @@ def _memory_path(
         return None  # a slim package's verdict depends on a wheelhouse that changes under the same bytes
     from . import __version__
 
-    digest = hashlib.sha256()
-    with package.open("rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
     python = None
     if interpreter is not None:
         real = interpreter.resolve()
         stat = real.stat()
         python = [str(real), stat.st_size, stat.st_mtime_ns]
     settings = {
-        "package": digest.hexdigest(),
+        "package": file_sha256(package),
         "tool": __version__,
         "options": {
             "profiles": list(options.profiles),
@@ -385,9 +380,7 @@ def _remember(memory: Path, report: VerifyReport) -> None:
     data["remembered"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     WheelCache(memory.parent.parent).mark()
     memory.parent.mkdir(parents=True, exist_ok=True)
-    temporary = memory.with_name(f".{memory.name}.{os.getpid()}")
-    temporary.write_text(json.dumps(data), encoding="utf-8")
-    temporary.replace(memory)
+    write_atomically(memory, json.dumps(data))
 
 
 def _recall(memory: Path, package: Path) -> VerifyReport | None:

@@ -33,8 +33,8 @@ from urllib.parse import quote, urljoin, urlsplit
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from .credentials import index_credentials
-from .errors import NetworkError, PackageError, UsageError, VerificationError
-from .package import file_sha256
+from .errors import EnvironmentProblem, NetworkError, PackageError, UsageError, VerificationError
+from .package import atomic_output, file_sha256, write_atomically
 from .redaction import redact
 
 FILES_DIR = "files"
@@ -131,14 +131,22 @@ def read_wheelhouse(root: Path) -> Wheelhouse:
 
 @contextlib.contextmanager
 def _locked(root: Path) -> Iterator[None]:
-    """One writer at a time, across threads (each opens its own descriptor) and processes."""
+    """One writer at a time, across threads (each opens its own descriptor) and processes.
+
+    A wheelhouse that cannot be written (read-only, not ours, full) is the host's problem (exit 9), here and
+    in the writes made under the lock.
+    """
     try:
         root.mkdir(parents=True, exist_ok=True)
-        with (root / ".lock").open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle = (root / ".lock").open("a")
+    except OSError as error:
+        raise EnvironmentProblem.cannot_write(root, error, elsewhere="--wheelhouse DIR") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
             yield
-    except PermissionError as error:
-        raise UsageError(f"{root}: cannot write the wheelhouse ({error.strerror})") from None
+        except OSError as error:
+            raise EnvironmentProblem.cannot_write(root, error, elsewhere="--wheelhouse DIR") from None
 
 
 def add_wheels(root: Path, plugin: str, wheels: Sequence[Incoming]) -> AddResult:
@@ -255,15 +263,15 @@ def write_pages(simple: Path, files: Iterable[HouseFile], *, old: Iterable[House
         path = simple / project / "index.html"
         if not path.is_file() or path.read_text(encoding="utf-8") != page:
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_text_atomically(path, page)
+            write_atomically(path, page)
     for project in {item.project for item in old} - set(pages):
         shutil.rmtree(simple / project, ignore_errors=True)
-    _write_text_atomically(simple / "index.html", root_page(pages))
+    write_atomically(simple / "index.html", root_page(pages))
 
 
 def _commit(house: Wheelhouse, old: Wheelhouse) -> None:
     write_pages(house.root / SIMPLE_DIR, house.files.values(), old=old.files.values())
-    _write_text_atomically(house.root / MANIFEST, json.dumps(house.to_json(), indent=1) + "\n")
+    write_atomically(house.root / MANIFEST, json.dumps(house.to_json(), indent=1) + "\n")
 
 
 def _page(title: str, body: str) -> str:
@@ -298,19 +306,9 @@ def _describe(path: Path, digest: str) -> HouseFile:
 
 
 def _copy_atomically(source: Path, target: Path) -> None:
-    temp = target.with_name(f".{target.name}.{os.getpid()}.part")
-    try:
-        # A copy, not a hard link: editing a wheelhouse file in place must not change the cache's copy.
+    # A copy, not a hard link: editing a wheelhouse file in place must not change the cache's copy.
+    with atomic_output(target) as temp:
         shutil.copyfile(source, temp)
-        temp.replace(target)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    temp.write_text(text, encoding="utf-8")
-    temp.replace(path)
 
 
 def plugin_key(plugin_id: str, version: str) -> str:

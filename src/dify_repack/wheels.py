@@ -7,6 +7,7 @@ Offline, an sdist needs its build backend and often a compiler, so the package s
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import platform
 import re
@@ -25,7 +26,7 @@ import platformdirs
 from . import cancel
 from .errors import BuildError, DifyRepackError, EnvironmentProblem, UsageError
 from .http import ProgressCallback, download, make_client
-from .package import file_sha256
+from .package import file_sha256, write_atomically
 from .report import NullReporter, Reporter
 from .resolve import Artifact, Indexes, Pin
 from .runner import clean_env, run
@@ -179,12 +180,24 @@ class WheelCache:
         return wheels
 
     def store_built(self, wheel: Path, build_dir: Path) -> Path:
-        """Keep a freshly built wheel in ``build_dir`` with its sha256 beside it."""
+        """Keep a freshly built wheel in ``build_dir`` with its sha256 beside it.
+
+        Runs side by side (a batch, two processes) may build the same sdist at once; a rebuild differs in its
+        timestamps, and replacing the first wheel would change a file another run has already checked. So the
+        first wheel stored stays, under a lock, and the later build is dropped.
+        """
         build_dir.mkdir(parents=True, exist_ok=True)
-        sha256 = file_sha256(wheel)
         final = build_dir / wheel.name
-        final.with_name(final.name + SHA256_SUFFIX).write_text(f"{sha256}\n", encoding="ascii")
-        wheel.replace(final)
+        sidecar = final.with_name(final.name + SHA256_SUFFIX)
+        with (build_dir / ".lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            stored = sidecar.read_text(encoding="ascii", errors="replace").strip() if sidecar.is_file() else ""
+            if final.is_file() and stored and self.verify(final, stored):
+                wheel.unlink(missing_ok=True)
+                return final
+            sha256 = file_sha256(wheel)
+            write_atomically(sidecar, f"{sha256}\n")
+            wheel.replace(final)
         self._remember(final, sha256)
         return final
 

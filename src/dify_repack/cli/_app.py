@@ -188,7 +188,8 @@ def emit(status: str, fields: dict[str, object], error: DifyRepackError | dict[s
     command = " ".join(click.get_current_context().command_path.split()[1:])
     if isinstance(error, DifyRepackError):
         error = error_json(error.message, error.tip, int(error.exit_code))
-    click.echo(json.dumps(envelope(command, status, fields, error), indent=2, default=str))
+    # Results quote sources, index and download URLs: the whole document is redacted, whatever field holds one.
+    click.echo(redact(json.dumps(envelope(command, status, fields, error), indent=2, default=str)))
 
 
 def envelope(

@@ -46,7 +46,9 @@ def list_command(directory: Path) -> None:
         emit("success", {"directory": str(directory), **house.to_json()})
         return
     out = _console()
-    table = Table(title=f"{directory}: {len(house.files)} files, {mib(sum(f.size for f in house.files.values()))}")
+    table = Table(
+        title=f"{escape(str(directory))}: {len(house.files)} files, {mib(sum(f.size for f in house.files.values()))}"
+    )
     for column in ("plugin", "files", "size", "shared with others"):
         table.add_column(column)
     for key, names in sorted(house.plugins.items()):
