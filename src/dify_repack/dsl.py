@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import DifyRepackError, UsageError
-from .package import atomic_output
+from .files import atomic_output
 from .sources import PluginId, Source, parse_source
 from .yamlsafe import load_yaml
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from . import __version__
 from .bundle import Bundle
 from .dossier import PluginDossier, WheelEntry
-from .package import atomic_output, file_sha256
+from .files import atomic_output, file_sha256
 from .redaction import redact
 
 _CSS = """

@@ -16,8 +16,8 @@ from tomlkit.container import OutOfOrderTableProxy
 from tomlkit.items import Array, Table
 
 from .errors import DependencyError, EnvironmentProblem
+from .files import file_sha256
 from .manifest import Manifest
-from .package import file_sha256
 from .requirements import SDK, check_requires_python
 from .runner import clean_env, run
 from .targets import Target

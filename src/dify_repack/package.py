@@ -10,7 +10,6 @@ import errno
 import hashlib
 import os
 import stat
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
@@ -23,6 +22,7 @@ import pathspec
 
 from . import cancel
 from .errors import EnvironmentProblem, PackageError
+from .files import CHUNK, atomic_output
 
 SIGNATURE_FILE = ".verification.dify.json"
 # Far above any real plugin (torch-sized packages are ~3 GiB) and far below what would fill a disk.
@@ -38,7 +38,6 @@ _DAEMON_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated
 _ZIP_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, ValueError)
 # A fixed timestamp makes the same input give a byte-identical zip (zip's epoch is 1980).
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
-_CHUNK = 1024 * 1024
 # Linux's NAME_MAX, and a path length far above real plugins' (<300) and below PATH_MAX with any temp prefix.
 _MAX_PART_BYTES = 255
 _MAX_NAME_BYTES = 1024
@@ -177,7 +176,7 @@ def extract_package(source: Path, dest: Path, *, shown_as: object = None) -> Non
 def _copy_limited(src: IO[bytes], out: IO[bytes], declared: int, name: str, source: object) -> None:
     # The central directory's size may lie; stop at the declared size instead of trusting it.
     written = 0
-    while chunk := src.read(_CHUNK):
+    while chunk := src.read(CHUNK):
         written += len(chunk)
         if written > declared:
             raise PackageError(f"{source}: entry {name!r} is larger than its header says (zip bomb?)")
@@ -367,7 +366,7 @@ class _Copier:
 
     def _read(self, source: IO[bytes], relative: str) -> bytes:
         try:
-            return source.read(_CHUNK)
+            return source.read(CHUNK)
         except OSError as exc:
             raise PackageError(f"{self._shown(relative)}: cannot read it ({exc.strerror})") from None
 
@@ -398,46 +397,6 @@ def _compression(name: str, path: Path) -> int:
     return zipfile.ZIP_DEFLATED
 
 
-@contextmanager
-def atomic_output(target: Path) -> Iterator[Path]:
-    """A temporary path beside ``target`` that replaces it only when the block succeeds."""
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    except OSError as exc:  # a parent that is a file (/dev/null/x), read-only, or not there to create (/proc)
-        raise EnvironmentProblem.cannot_write(target.parent, exc, elsewhere="-o") from None
-    os.close(handle)
-    temp = Path(temp_name)
-    try:
-        yield temp
-        cancel.check()  # an interrupted run never leaves its output, however far it got
-        temp.chmod(0o644)
-        temp.replace(target)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
-def write_atomically(path: Path, data: bytes | str, *, mode: int = 0o644, durable: bool = False) -> None:
-    """Write ``data`` under a unique temporary name beside ``path``, then rename it over ``path``.
-
-    Readers (other threads, other runs) see the old content or the new, never a part; a failed write leaves
-    nothing behind. The file is created 0600 and gets ``mode`` only once complete. ``durable`` syncs it to disk
-    first, for what must survive a power cut.
-    """
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    temp = Path(temp_name)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data.encode() if isinstance(data, str) else data)
-            if durable:
-                out.flush()
-                os.fsync(out.fileno())
-        temp.chmod(mode)
-        temp.replace(path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
 def write_package(root: Path, output: Path, *, names: Iterable[str] | None = None, comment: bytes = b"") -> ZipStats:
     """Write the files below ``root`` (or ``names`` in that order) as a deterministic, daemon-valid zip.
 
@@ -462,7 +421,7 @@ def write_package(root: Path, output: Path, *, names: Iterable[str] | None = Non
                     source.open("rb") as src,
                     archive.open(info, "w", force_zip64=info.file_size > 2**31) as dst,
                 ):
-                    while chunk := src.read(_CHUNK):
+                    while chunk := src.read(CHUNK):
                         digest.update(chunk)
                         dst.write(chunk)
                 digests.append((name, digest.hexdigest()))
@@ -475,14 +434,6 @@ def package_stats(package: Path) -> ZipStats:
     with open_package(package) as archive:
         members = [info for info in archive.infolist() if not info.is_dir()]
     return ZipStats(package, len(members), package.stat().st_size, sum(info.file_size for info in members))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def plugin_checksum(entries: Iterable[tuple[str, str]]) -> str:
@@ -505,7 +456,7 @@ def entry_digests(archive: zipfile.ZipFile) -> Iterator[tuple[str, bytes]]:
             continue
         digest = hashlib.sha256()
         with archive.open(info) as handle:
-            while chunk := handle.read(_CHUNK):
+            while chunk := handle.read(CHUNK):
                 digest.update(chunk)
         yield info.filename, digest.digest()
 

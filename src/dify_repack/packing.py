@@ -13,6 +13,7 @@ from pathlib import Path, PurePath
 
 from . import cancel
 from .errors import EnvironmentProblem, PackageError, UsageError
+from .files import atomic_output
 from .licenses import wheel_license
 from .manifest import Manifest, read_manifest
 from .mirror import add_to_wheelhouse, make_slim, mirror_settings
@@ -28,7 +29,6 @@ from .offline import (
 from .package import (
     SIGNATURE_FILE,
     ZipStats,
-    atomic_output,
     copy_plugin_dir,
     extract_package,
     package_stats,

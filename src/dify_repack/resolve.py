@@ -27,6 +27,7 @@ from .credentials import DEFAULT_INDEX as DEFAULT_INDEX
 from .credentials import Indexes as Indexes
 from .credentials import certificate_error, is_certificate_error
 from .errors import DependencyError, NetworkError
+from .files import write_atomically
 from .reqfile import shown_line
 from .requirements import tomllib
 from .runner import clean_env, run
@@ -98,7 +99,6 @@ class ResolutionCache:
 
     def store(self, key: str, pins: list[Pin]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        from .package import write_atomically  # here: package needs pathspec, which `--version` must not load
 
         write_atomically(self.root / f"{key}.json", json.dumps([asdict(pin) for pin in pins]))
 

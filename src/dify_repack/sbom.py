@@ -23,8 +23,8 @@ from packageurl import PackageURL
 from . import __version__
 from .bundle import Bundle
 from .dossier import FileEntry, PluginDossier, WheelEntry
+from .files import atomic_output, file_sha256
 from .licenses import License
-from .package import atomic_output, file_sha256
 from .redaction import redact
 
 PREFIX = "dify-repack"

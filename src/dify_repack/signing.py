@@ -24,17 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from .errors import EnvironmentProblem, SignatureError, UsageError
-from .package import (
-    SIGNATURE_FILE,
-    atomic_output,
-    entry_digests,
-    extract_package,
-    file_sha256,
-    iter_files,
-    open_package,
-    write_atomically,
-    write_package,
-)
+from .files import atomic_output, file_sha256, write_atomically
+from .package import SIGNATURE_FILE, entry_digests, extract_package, iter_files, open_package, write_package
 
 # The daemon's ``authorized_category`` values; Dify's installation scopes (enterprise) filter on them.
 CATEGORIES = ("community", "partner", "langgenius")

@@ -36,10 +36,11 @@ from .daemon import (
     install_command,
 )
 from .errors import EnvironmentProblem, NetworkError, PackageError, UsageError, VerificationError
+from .files import file_sha256, write_atomically
 from .manifest import Manifest, read_manifest
 from .mirror import missing_from_wheelhouse, slim_mirror_url
 from .mirror_serve import serve_in_namespace, wheelhouse_server
-from .package import extract_package, file_sha256, open_package, write_atomically, zip_checksum
+from .package import extract_package, open_package, zip_checksum
 from .replay import (
     Check,
     Limits,

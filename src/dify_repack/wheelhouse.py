@@ -34,7 +34,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from .credentials import index_credentials
 from .errors import EnvironmentProblem, NetworkError, PackageError, UsageError, VerificationError
-from .package import atomic_output, file_sha256, write_atomically
+from .files import atomic_output, file_sha256, write_atomically
 from .redaction import redact
 
 FILES_DIR = "files"

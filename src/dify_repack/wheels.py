@@ -25,8 +25,8 @@ import platformdirs
 
 from . import cancel
 from .errors import BuildError, DifyRepackError, EnvironmentProblem, UsageError
+from .files import file_sha256, write_atomically
 from .http import ProgressCallback, download, make_client
-from .package import file_sha256, write_atomically
 from .report import NullReporter, Reporter
 from .resolve import Artifact, Indexes, Pin
 from .runner import clean_env, run

@@ -1,0 +1,63 @@
+"""Files written whole or not at all, and hashed in chunks: what every writer and checker here shares."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from . import cancel
+from .errors import EnvironmentProblem
+
+CHUNK = 1024 * 1024
+
+
+@contextmanager
+def atomic_output(target: Path) -> Iterator[Path]:
+    """A temporary path beside ``target`` that replaces it only when the block succeeds."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    except OSError as exc:  # a parent that is a file (/dev/null/x), read-only, or not there to create (/proc)
+        raise EnvironmentProblem.cannot_write(target.parent, exc, elsewhere="-o") from None
+    os.close(handle)
+    temp = Path(temp_name)
+    try:
+        yield temp
+        cancel.check()  # an interrupted run never leaves its output, however far it got
+        temp.chmod(0o644)
+        temp.replace(target)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_atomically(path: Path, data: bytes | str, *, mode: int = 0o644, durable: bool = False) -> None:
+    """Write ``data`` under a unique temporary name beside ``path``, then rename it over ``path``.
+
+    Readers (other threads, other runs) see the old content or the new, never a part; a failed write leaves
+    nothing behind. The file is created 0600 and gets ``mode`` only once complete. ``durable`` syncs it to disk
+    first, for what must survive a power cut.
+    """
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    temp = Path(temp_name)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data.encode() if isinstance(data, str) else data)
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
+        temp.chmod(mode)
+        temp.replace(path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
