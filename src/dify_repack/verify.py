@@ -207,7 +207,13 @@ def verify_package(
         total = len(order)
         same = f" ({len(runs) - total} others identical)" if len(runs) > total else ""
         jobs = max(1, min(options.jobs, total))
-        reporter.step(f"verifying: {total} replays with the network cut off{same}, {jobs} at a time")
+        checks_only = sum(item.mode != "live" for item in order)
+        kinds = (
+            f"{total - checks_only} live replays + {checks_only} static checks"
+            if checks_only
+            else f"{total} live replays"
+        )
+        reporter.step(f"verifying: {kinds} with the network cut off{same}, {jobs} at a time")
 
         def execute(number: int, item: _Run) -> Check:
             label = f"{number}/{total} {_describe(item)}"
