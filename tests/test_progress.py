@@ -101,7 +101,12 @@ def test_a_terminal_gets_a_live_view_of_every_phase_with_true_counts(tmp_path: P
     ):
         assert re.search(rf"{re.escape(phase)}.*\d+:\d\d:\d\d", text), phase
     ended = [line.removeprefix("• ") for line in lines if line.startswith("• ")]
-    order = ["resolved cp312-linux-", "built puresdist-1.0.0", "verifying: 2 live replays", "1/2 uv-pip"]
+    order = [
+        "resolved cp312-linux-",
+        "built puresdist-1.0.0",
+        "verifying: 1 live replay + 1 static check",
+        "1/2 uv-pip",
+    ]
     positions = [next(i for i, line in enumerate(ended) if line.startswith(prefix)) for prefix in order]
     assert positions == sorted(positions), ended
     assert any(line.startswith(f"1/2 uv-pip uv {own_uv_version()} amd64: ok in") for line in ended)

@@ -208,11 +208,10 @@ def verify_package(
         same = f" ({len(runs) - total} others identical)" if len(runs) > total else ""
         jobs = max(1, min(options.jobs, total))
         checks_only = sum(item.mode != "live" for item in order)
-        kinds = (
-            f"{total - checks_only} live replays + {checks_only} static checks"
-            if checks_only
-            else f"{total} live replays"
-        )
+        live_count = total - checks_only
+        kinds = f"{live_count} live replay{'s' * (live_count != 1)}"
+        if checks_only:
+            kinds += f" + {checks_only} static check{'s' * (checks_only != 1)}"
         reporter.step(f"verifying: {kinds} with the network cut off{same}, {jobs} at a time")
 
         def execute(number: int, item: _Run) -> Check:
