@@ -32,7 +32,7 @@ from urllib.parse import quote, urljoin, urlsplit
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from .credentials import index_credentials
+from .credentials import ca_bundle, index_credentials
 from .errors import EnvironmentProblem, NetworkError, PackageError, UsageError, VerificationError
 from .files import atomic_output, file_sha256, write_atomically
 from .redaction import redact
@@ -332,10 +332,11 @@ class UploadResult:
     skipped: tuple[str, ...]  # the repository had them already (HTTP 409)
 
 
-def upload(root: Path, repository_url: str, *, cacert: Path | None = None) -> UploadResult:
+def upload(root: Path, repository_url: str) -> UploadResult:
     """Upload every wheel of the wheelhouse to an existing repository (devpi, Nexus, Artifactory, ...) with
     twine's library. Credentials: in the URL, then ``~/.netrc`` for its host or a keyring, then
-    ``TWINE_USERNAME``/``TWINE_PASSWORD``. They are never printed."""
+    ``TWINE_USERNAME``/``TWINE_PASSWORD``. They are never printed. The CA bundle is the one every request of
+    the tool trusts (``--cert``, ``SSL_CERT_FILE``, ``REQUESTS_CA_BUNDLE``)."""
     # Imported here: twine and requests are heavy, and only this command needs them.
     from twine.settings import Settings
 
@@ -351,7 +352,7 @@ def upload(root: Path, repository_url: str, *, cacert: Path | None = None) -> Up
         password=password,
         non_interactive=True,
         disable_progress_bar=True,
-        cacert=str(cacert) if cacert else None,
+        cacert=str(cacert) if (cacert := ca_bundle()) else None,
     )
     # twine logs its own error lines; the error raised here says it once.
     twine_logger = logging.getLogger("twine")

@@ -261,6 +261,26 @@ def check_uv_versions(ctx: click.Context, param: click.Parameter, value: tuple[s
     return value
 
 
+# Both stand for the variables uv reads too (see http.py), so they take effect by setting them.
+cert_option = click.option(
+    "--cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    expose_value=False,
+    callback=lambda _ctx, _param, value: use_tls_options(value, False),
+    metavar="FILE",
+    help="CA bundle (PEM) to trust for the index and downloads, instead of the default roots. "
+    "Env: SSL_CERT_FILE, REQUESTS_CA_BUNDLE.",
+)
+native_tls_option = click.option(
+    "--native-tls",
+    "--system-certs",
+    is_flag=True,
+    expose_value=False,
+    callback=lambda _ctx, _param, value: use_tls_options(None, value),
+    help="Trust the system's certificate store (a corporate CA installed there), as uv's flag of that name. "
+    "Env: UV_SYSTEM_CERTS.",
+)
+tls_options = [cert_option, native_tls_option]
 index_options = [
     click.option(
         "--index-url",
@@ -281,25 +301,7 @@ index_options = [
         callback=check_urls,
         help="Another index to use as well (repeatable). Env: UV_EXTRA_INDEX_URL, PIP_EXTRA_INDEX_URL.",
     ),
-    # Both stand for the variables uv reads too (see http.py), so they take effect by setting them.
-    click.option(
-        "--cert",
-        type=click.Path(exists=True, dir_okay=False, path_type=Path),
-        expose_value=False,
-        callback=lambda _ctx, _param, value: use_tls_options(value, False),
-        metavar="FILE",
-        help="CA bundle (PEM) to trust for the index and downloads, instead of the default roots. "
-        "Env: SSL_CERT_FILE, REQUESTS_CA_BUNDLE.",
-    ),
-    click.option(
-        "--native-tls",
-        "--system-certs",
-        is_flag=True,
-        expose_value=False,
-        callback=lambda _ctx, _param, value: use_tls_options(None, value),
-        help="Trust the system's certificate store (a corporate CA installed there), as uv's flag of that name. "
-        "Env: UV_SYSTEM_CERTS.",
-    ),
+    *tls_options,
 ]
 cache_option = click.option(
     "--cache-dir",

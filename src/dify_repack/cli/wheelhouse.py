@@ -12,7 +12,7 @@ from rich.table import Table
 from ..errors import ExitCode, UsageError, VerificationError
 from ..render import _console, mib
 from ..wheelhouse import MANIFEST, check_wheelhouse, prune, read_wheelhouse, upload
-from ._app import cli, emit, output, output_options, with_options
+from ._app import cert_option, cli, emit, output, output_options, with_options
 
 house_argument = click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 
@@ -115,13 +115,9 @@ def prune_command(directory: Path, plugins: tuple[str, ...]) -> None:
     help="The upload URL of an existing repository (devpi index, Nexus/Artifactory PyPI hosted repository). "
     "Credentials: in the URL, ~/.netrc, or TWINE_USERNAME/TWINE_PASSWORD.",
 )
-@click.option(
-    "--cert",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="CA bundle to trust for an https repository.",
-)
+@cert_option
 @with_options(output_options)
-def upload_command(directory: Path, repository_url: str, cert: Path | None) -> None:
+def upload_command(directory: Path, repository_url: str) -> None:
     """Upload every wheel of DIRECTORY to an internal repository with twine (files it has are skipped).
 
     \b
@@ -130,7 +126,7 @@ def upload_command(directory: Path, repository_url: str, cert: Path | None) -> N
     Then pack with --mirror-url set to that repository's simple URL and --lock-from-mirror.
     """
     _existing(directory)
-    result = upload(directory, repository_url, cacert=cert)
+    result = upload(directory, repository_url)
     if output().as_json:
         emit("success", asdict(result))
         return
