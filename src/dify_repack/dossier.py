@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
+from .files import file_sha256
 from .inspect import Inspection, inspect_package
 from .licenses import License, wheel_license
 from .package import entry_digests, open_package
@@ -47,6 +48,7 @@ class WheelEntry:
 @dataclass(frozen=True)
 class PluginDossier:
     inspection: Inspection
+    sha256: str  # of the package file itself, as `sha256sum` shows it on the other side
     files: tuple[FileEntry, ...]  # every file entry in zip order, wheels included
     wheels: tuple[WheelEntry, ...]
     notes: tuple[str, ...] = ()  # what the packing run changed (pins, groups, built sdists)
@@ -103,7 +105,7 @@ def read_dossier(
                     provenance=(provenance or {}).get(PurePosixPath(entry.path).name),
                 )
             )
-    return PluginDossier(inspection, tuple(files), tuple(wheels), tuple(notes), verification)
+    return PluginDossier(inspection, file_sha256(package), tuple(files), tuple(wheels), tuple(notes), verification)
 
 
 def _license_in(archive: zipfile.ZipFile, path: str) -> License:

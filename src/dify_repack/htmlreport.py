@@ -115,7 +115,7 @@ def _plugin_section(dossier: PluginDossier, *, heading: str) -> str:
         ("identifier (as the daemon computes it)", inspection.identifier),
         ("checksum", inspection.checksum),
         ("package file", name),
-        ("package sha256", file_sha256(inspection.package)),
+        ("package sha256", dossier.sha256),
         ("signature", signature),
         ("size", f"{_mib(inspection.compressed_bytes)} zipped, {_mib(inspection.uncompressed_bytes)} unpacked"),
         ("targets", ", ".join(target.target for target in inspection.targets)),
@@ -163,7 +163,7 @@ def _plugin_section(dossier: PluginDossier, *, heading: str) -> str:
     )
     parts.append("<h3>How to check this package on the other side</h3>")
     commands = [
-        f"sha256sum {name}   # {file_sha256(inspection.package)}",
+        f"sha256sum {name}   # {dossier.sha256}",
         f"dify-repack inspect {name}   # identifier {inspection.identifier}",
     ]
     if inspection.signed:

@@ -99,7 +99,7 @@ def _plugin_component(dossier: PluginDossier, *, nested: bool) -> Component:
         type=ComponentType.APPLICATION,
         bom_ref=inspection.identifier,
         description=f"Dify plugin {manifest.plugin_id}, packed to install offline",
-        hashes=[HashType(alg=HashAlgorithm.SHA_256, content=file_sha256(inspection.package))],
+        hashes=[HashType(alg=HashAlgorithm.SHA_256, content=dossier.sha256)],
         properties=properties,
         components=_contents(dossier) if nested else None,
     )
