@@ -23,6 +23,7 @@ from .errors import DifyRepackError, PackageError, SignatureError, UsageError, V
 from .inspect import Inspection, inspect_package
 from .manifest import Manifest, read_manifest
 from .package import extract_package, open_package, read_bounded, write_package, zip_checksum
+from .redaction import shown_line
 from .report import NullReporter, PrefixedReporter, Reporter
 from .signing import read_signature, sign_package
 from .verify import VerifyOptions, VerifyReport, require_pass, verify_package
@@ -305,7 +306,9 @@ def read_bundle(path: Path, dest: Path) -> Bundle:
         asset = value.get("path") if kind == "package" and isinstance(value, dict) else None
         package = dest / ASSETS / str(asset)
         if not isinstance(asset, str) or "/" in asset or asset in ("", ".", "..") or not package.is_file():
-            raise PackageError(f"{path}: dependencies[{index}] names no package inside the bundle: {dependency!r}")
+            raise PackageError(
+                f"{path}: dependencies[{index}] names no package inside the bundle: {shown_line(dependency)}"
+            )
         entry = _entry(package, package_manifest(package, shown_as=f"{path}: {ASSETS}/{asset}"))
         entries.append(dataclasses.replace(entry, path=f"{ASSETS}/{asset}"))
     if not entries and not remote:
@@ -314,9 +317,7 @@ def read_bundle(path: Path, dest: Path) -> Bundle:
 
 
 def _describe(value: object) -> str:
-    if isinstance(value, dict):
-        return " ".join(str(part) for part in value.values())
-    return repr(value)
+    return shown_line(" ".join(str(part) for part in value.values()) if isinstance(value, dict) else value)
 
 
 def verify_bundle(

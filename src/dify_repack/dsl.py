@@ -21,6 +21,7 @@ import yaml
 
 from .errors import DifyRepackError, UsageError
 from .files import atomic_output
+from .redaction import shown_line
 from .sources import PluginId, Source, parse_source
 from .yamlsafe import load_yaml
 
@@ -135,7 +136,7 @@ def _plugin_id(identifier: object, where: str) -> PluginId:
         except DifyRepackError:
             source = None
     if source is None or source.plugin is None or source.plugin.version is None:
-        raise UsageError(f"{where}: {identifier!r} is not a plugin identifier (author/name:version@checksum)")
+        raise UsageError(f"{where}: {shown_line(identifier)} is not a plugin identifier (author/name:version@checksum)")
     return source.plugin
 
 

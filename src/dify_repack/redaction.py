@@ -23,6 +23,16 @@ def _mask_userinfo(match: re.Match[str]) -> str:
     return f"{match.group(1)}{user}:{MASK}@" if colon else f"{match.group(1)}{MASK}@"
 
 
+# Text from a package (a requirement line, a DSL entry) quoted in a message: one line, bounded.
+_SHOWN_CHARS = 120
+
+
+def shown_line(value: object) -> str:
+    """Untrusted text (or a YAML value) for a message: quoted, control characters escaped, bounded, no password."""
+    text = repr(value if not isinstance(value, str) or len(value) <= _SHOWN_CHARS else value[:_SHOWN_CHARS] + "…")
+    return redact(text if len(text) <= 2 * _SHOWN_CHARS else text[: 2 * _SHOWN_CHARS] + "…")
+
+
 def redact(text: str) -> str:
     """``text`` with URL passwords and Authorization values replaced by ``****``."""
     return _AUTHORIZATION.sub(rf"\1{MASK}", _USERINFO.sub(_mask_userinfo, text))

@@ -17,7 +17,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from .errors import DependencyError
-from .redaction import redact
+from .redaction import redact, shown_line
 
 # Long options pip accepts in requirement files that pull in another file; optparse also takes any unique
 # prefix (``--constr``), so a prefix counts as the option: it is then confined like the full spelling.
@@ -34,7 +34,6 @@ _BUILD_OPTIONS = ("--config-settings", "--global-option", "--install-option")
 # pip's --hash algorithms, with the hex length of their digests.
 HASH_ALGORITHMS = {"sha256": 64, "sha384": 96, "sha512": 128}
 # A line from a plugin is shown at most this long: enough to recognise it, never a whole file.
-_SHOWN_CHARS = 120
 
 
 @dataclass(frozen=True)
@@ -67,11 +66,6 @@ class RequirementsFile:
     pins: list[DeclaredPin] = field(default_factory=list)
     hashes: list[HashPin] = field(default_factory=list)
     require_hashes: bool = False
-
-
-def shown_line(text: str) -> str:
-    """A line of a plugin's file for a message: quoted, control characters escaped, length bounded, no password."""
-    return redact(repr(text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "…"))
 
 
 def read_requirements_file(path: Path, *, root: Path, notes: list[str] | None = None) -> list[Requirement]:

@@ -15,7 +15,8 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from .errors import DependencyError
-from .reqfile import DeclaredPin, HashPin, RequirementsFile, parse_requirement, parse_requirements_file, shown_line
+from .redaction import shown_line
+from .reqfile import DeclaredPin, HashPin, RequirementsFile, parse_requirement, parse_requirements_file
 
 if sys.version_info >= (3, 11):
     import tomllib as tomllib

@@ -28,7 +28,7 @@ from .credentials import Indexes as Indexes
 from .credentials import certificate_error, is_certificate_error
 from .errors import DependencyError, NetworkError
 from .files import write_atomically
-from .reqfile import shown_line
+from .redaction import shown_line
 from .requirements import tomllib
 from .runner import clean_env, run
 from .targets import Target
