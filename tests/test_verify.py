@@ -10,23 +10,28 @@ marked ``network``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import tomlkit
 from tomlkit.items import Table
 
 from builders import LocalIndex, make_plugin, make_sdist, make_wheel, manifest_yaml
+from dify_repack import files
 from dify_repack.cli import main
 from dify_repack.errors import VerificationError
+from dify_repack.files import scratch_parent
 from dify_repack.package import extract_package, write_package
 from dify_repack.packing import PackOptions, pack
 from dify_repack.replay import timed
@@ -423,6 +428,60 @@ def test_pack_remembers_its_verification_and_reverify_replays(
         assert verification["ok"] and verification["checks"] == 2
         remembered.append(verification["remembered"])
     assert remembered[0] is None and remembered[1] and remembered[2] is None
+
+
+def _work_folders(records: list[logging.LogRecord]) -> set[str]:
+    """The folders the logged replay commands ran in hold the verify work folder: their parents."""
+    found = (re.search(r"\(in (.*?)/dify-repack-verify-", record.getMessage()) for record in records)
+    return {match.group(1) for match in found if match}
+
+
+def test_replays_work_in_ram_when_it_has_room_and_in_tmpdir_when_it_is_set(
+    good: Path,
+    tmp_path: Path,
+    cache_dir: Path,
+    own_uv: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "dify_repack.commands")
+    monkeypatch.delenv("TMPDIR", raising=False)
+    assert verify(good, cache_dir, own_uv, ["uv-pip"]).ok
+    assert _work_folders(caplog.records) == {str(scratch_parent(1 << 20) or tempfile.gettempdir())}
+    caplog.clear()
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # tempfile read TMPDIR once, before this test
+    assert verify(good, cache_dir, own_uv, ["uv-pip"]).ok
+    assert _work_folders(caplog.records) == {str(tmp_path)}
+    assert not list(tmp_path.glob("dify-repack-verify-*"))  # and nothing is left there
+
+
+class _Statvfs(NamedTuple):
+    f_flag: int
+    f_bavail: int
+    f_frsize: int = 4096
+
+
+@pytest.mark.parametrize(
+    ("flags", "free_blocks", "needed", "chosen"),
+    [
+        (0, 1 << 20, 1 << 30, Path("/dev/shm")),  # 4 GiB free, 1 GiB needed
+        (os.ST_NOEXEC, 1 << 20, 1 << 20, None),  # a venv could not run its scripts or load native code there
+        (os.ST_RDONLY, 1 << 20, 1 << 20, None),
+        (0, 1 << 10, 8 << 20, None),  # 4 MiB free
+        (0, 1 << 30, 40 << 30, None),  # more than half the memory available (64 GiB below)
+    ],
+)
+def test_ram_is_chosen_only_when_it_can_run_programs_and_has_room(
+    monkeypatch: pytest.MonkeyPatch, flags: int, free_blocks: int, needed: int, chosen: Path | None
+) -> None:
+    monkeypatch.delenv("TMPDIR", raising=False)
+    monkeypatch.setattr(os, "statvfs", lambda path: _Statvfs(flags, free_blocks))
+    monkeypatch.setattr(os, "access", lambda path, mode: True)
+    monkeypatch.setattr(files, "_memory_available", lambda: 64 << 30)
+    assert scratch_parent(needed) == chosen
+    monkeypatch.setenv("TMPDIR", "/somewhere")
+    assert scratch_parent(needed) is None  # the user's choice wins
 
 
 def _silent_step(script: str, **limits: float) -> Step:

@@ -61,3 +61,37 @@ def file_sha256(path: Path) -> str:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+RAM_FOLDER = Path("/dev/shm")
+
+
+def scratch_parent(needed: int) -> Path | None:
+    """Where short-lived work of about ``needed`` bytes goes: RAM (``/dev/shm``) when it has room, else None.
+
+    Replays create and delete tens of thousands of small files (venvs, uv caches); in RAM that costs a fifth
+    of the CPU time it costs on a journaling disk. None means the system's temporary folder: when ``TMPDIR``
+    chooses it, when there is no ``/dev/shm``, when it is mounted ``noexec`` (a venv runs its scripts and
+    maps native libraries from there) or read-only, or when ``needed`` would take more than its free space
+    or half of the memory still available.
+    """
+    if os.environ.get("TMPDIR") or not hasattr(os, "ST_NOEXEC"):
+        return None
+    try:
+        stat = os.statvfs(RAM_FOLDER)
+        available = _memory_available()
+    except OSError:
+        return None
+    if stat.f_flag & (os.ST_NOEXEC | os.ST_RDONLY) or not os.access(RAM_FOLDER, os.W_OK | os.X_OK):
+        return None
+    if needed > stat.f_bavail * stat.f_frsize or needed > available // 2:
+        return None
+    return RAM_FOLDER
+
+
+def _memory_available() -> int:
+    with Path("/proc/meminfo").open(encoding="ascii") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no MemAvailable in /proc/meminfo")

@@ -21,6 +21,10 @@ Advance = Callable[[int], None]
 Update = Callable[[str], None]
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 class Reporter(Protocol):
     def step(self, message: str) -> None:
         """A stage of the work starts or ends (resolving, downloading, a replay's result, ...)."""

@@ -36,7 +36,7 @@ from .daemon import (
     install_command,
 )
 from .errors import EnvironmentProblem, NetworkError, PackageError, UsageError, VerificationError
-from .files import file_sha256, write_atomically
+from .files import file_sha256, scratch_parent, write_atomically
 from .manifest import Manifest, read_manifest
 from .mirror import missing_from_wheelhouse, slim_mirror_url
 from .mirror_serve import serve_in_namespace, wheelhouse_server
@@ -52,7 +52,7 @@ from .replay import (
     static_key,
     static_profile,
 )
-from .report import NullReporter, Reporter
+from .report import NullReporter, Reporter, plural
 from .reqfile import check_includes
 from .runner import run
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, host_runs, make_targets
@@ -75,6 +75,11 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return bool(self.checks) and all(check.ok for check in self.checks)
+
+    @property
+    def counts(self) -> str:
+        """How many checks of each kind ran, as in "9 live replays + 3 static checks"."""
+        return _counts(self.checks)
 
     @property
     def isolated(self) -> bool:
@@ -171,7 +176,13 @@ def verify_package(
     if not prefix:
         notes.append("NO NETWORK ISOLATION: unshare is unavailable, so uv's offline mode stood in; this is not proof")
         reporter.warn(notes[-1])
-    with tempfile.TemporaryDirectory(prefix="dify-repack-verify-") as temp, contextlib.ExitStack() as serving:
+    directories, unpacked = _central_directory(package)
+    # Each replay holds a copy of the files, an installed venv and a uv cache: about three times the package.
+    scratch = scratch_parent(unpacked * (2 + 3 * _most_replays(options)))
+    with (
+        tempfile.TemporaryDirectory(prefix="dify-repack-verify-", dir=scratch) as temp,
+        contextlib.ExitStack() as serving,
+    ):
         work = Path(temp)
         tree = work / "package"
         extract_package(package, tree)
@@ -207,12 +218,7 @@ def verify_package(
         total = len(order)
         same = f" ({len(runs) - total} others identical)" if len(runs) > total else ""
         jobs = max(1, min(options.jobs, total))
-        checks_only = sum(item.mode != "live" for item in order)
-        live_count = total - checks_only
-        kinds = f"{live_count} live replay{'s' * (live_count != 1)}"
-        if checks_only:
-            kinds += f" + {checks_only} static check{'s' * (checks_only != 1)}"
-        reporter.step(f"verifying: {kinds} with the network cut off{same}, {jobs} at a time")
+        reporter.step(f"verifying: {_counts(order)} with the network cut off{same}, {jobs} at a time")
 
         def execute(number: int, item: _Run) -> Check:
             label = f"{number}/{total} {_describe(item)}"
@@ -232,7 +238,7 @@ def verify_package(
         with cancel.executor(jobs) as pool:
             futures = {item.key: pool.submit(execute, number, item) for number, item in enumerate(order, 1)}
             results = {key: future.result() for key, future in futures.items()}
-        checks = _entries_checks(package) + mirror_checks
+        checks = _entries_checks(directories) + mirror_checks
         for item in runs:
             check = results[item.key]
             if first[item.key] is not item:
@@ -244,6 +250,12 @@ def verify_package(
     if memory is not None and report.ok and report.isolated:
         _remember(memory, report)
     return report
+
+
+def _counts(checks: Sequence[Check | _Run]) -> str:
+    live = sum(check.mode == "live" for check in checks)
+    static = f" + {plural(len(checks) - live, 'static check')}" if len(checks) > live else ""
+    return f"{plural(live, 'live replay')}{static}"
 
 
 def _daemon_dir(work: Path, manifest: Manifest, label: str) -> Path:
@@ -329,10 +341,21 @@ def _serve_mirror(
     return checks, stack.enter_context(serve_in_namespace(mirror, server))
 
 
-def _entries_checks(package: Path) -> list[Check]:
-    """The daemon's checksum read fails on a directory entry, so it rejects the upload (DAEMON-FACTS §1)."""
+def _central_directory(package: Path) -> tuple[list[str], int]:
+    """The package's directory entries, and the size of its files once extracted."""
     with open_package(package) as archive:
-        names = [info.filename for info in archive.infolist() if info.is_dir()]
+        infos = archive.infolist()
+    return [info.filename for info in infos if info.is_dir()], sum(info.file_size for info in infos)
+
+
+def _most_replays(options: VerifyOptions) -> int:
+    """An upper bound on the live replays ``options`` ask for: on this host's architecture only, before
+    duplicates are merged (a static check installs nothing)."""
+    return len(options.profiles) * max(1, len(options.uv_versions))
+
+
+def _entries_checks(names: list[str]) -> list[Check]:
+    """The daemon's checksum read fails on a directory entry, so it rejects the upload (DAEMON-FACTS §1)."""
     if not names:
         return []
     detail = (

@@ -27,7 +27,7 @@ from . import cancel
 from .errors import BuildError, DifyRepackError, EnvironmentProblem, UsageError
 from .files import file_sha256, write_atomically
 from .http import ProgressCallback, download, make_client
-from .report import NullReporter, Reporter
+from .report import NullReporter, Reporter, plural
 from .resolve import Artifact, Indexes, Pin
 from .runner import clean_env, run
 from .targets import MACHINES, Target, host_runs, is_pure_wheel
@@ -329,10 +329,6 @@ def prefetch(
 
 def _megabytes(size: int) -> str:
     return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
-
-
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _download_many(
