@@ -17,10 +17,11 @@ import pytest
 from builders import daemon_checksum, make_plugin, manifest_yaml
 from dify_repack.cli import main
 from dify_repack.errors import ExitCode, PackageError
-from dify_repack.inspect import OLD_UV, SCHEMA, Inspection, Verdict, inspect_package, upload_settings
+from dify_repack.inspect import SCHEMA, Inspection, inspect_package, upload_settings
 from dify_repack.package import write_package
 from dify_repack.packing import MIB
 from dify_repack.targets import Target
+from dify_repack.verdicts import OLD_UV, Verdict
 
 ARCHES = ("amd64", "arm64")
 PURE = "wheels/dify_plugin-0.5.1-py3-none-any.whl"
