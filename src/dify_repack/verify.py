@@ -48,13 +48,11 @@ from .replay import (
     Step,
     live_replay,
     requirements_missing,
-    static_check,
-    static_key,
-    static_profile,
 )
 from .report import NullReporter, Reporter, plural
 from .reqfile import check_includes
 from .runner import run
+from .static_check import static_check, static_key, static_profile
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, host_runs, make_targets
 from .uvbin import fetch_uv, own_uv_version, provide_python
 from .wheelhouse import read_wheelhouse
