@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+import platform
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import dify_repack
 from builders import LocalIndex, make_plugin
 from dify_repack.cli import main
 from dify_repack.errors import ExitCode
@@ -120,6 +122,32 @@ def test_success_envelopes(
     cache = tmp_path / "cache"
     assert success(["cache", "info", "--cache-dir", str(cache), "--json"], "cache info")["files"] == 0
     assert success(["--json", "cache", "clean", "--cache-dir", str(cache)], "cache clean")["emptied"] is True
+
+
+@pytest.mark.parametrize("argv", [["--version", "--json"], ["--json", "--version"], ["--version", "-q", "--json"]])
+def test_version_with_json_is_one_envelope_document(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(argv, capsys)
+    payload = document(out)
+    assert code == 0 and err == ""
+    assert payload == {
+        "schema": 1,
+        "command": "version",
+        "status": "success",
+        "version": dify_repack.__version__,
+        "python": platform.python_version(),
+    }
+
+
+@pytest.mark.parametrize(
+    ("argv", "shown"),
+    [
+        (["--version"], f"dify-repack, version {dify_repack.__version__}\n"),
+        (["-q", "--version"], f"{dify_repack.__version__}\n"),  # for scripts: the number alone
+        (["--version", "--quiet"], f"{dify_repack.__version__}\n"),
+    ],
+)
+def test_version_plain_and_quiet(argv: list[str], shown: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(argv, capsys) == (0, shown, "")
 
 
 def _report(package: Path, ok: bool) -> VerifyReport:

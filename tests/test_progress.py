@@ -137,12 +137,13 @@ def test_a_log_gets_plain_lines_and_quiet_gets_none(
     assert "remembered from" in captured.out
 
 
-def test_version_imports_none_of_the_heavy_libraries() -> None:
+@pytest.mark.parametrize("argv", [["--version"], ["--version", "--json"], ["-q", "--version"]])
+def test_version_imports_none_of_the_heavy_libraries(argv: list[str]) -> None:
     # `dify-repack --version` must answer in well under 0.3 s: the commands and their libraries load lazily.
     script = (
         "import sys\n"
         "from dify_repack.cli import main\n"
-        "assert main(['--version']) == 0\n"
+        f"assert main({argv!r}) == 0\n"
         "heavy = {'httpx', 'rich', 'cryptography', 'tomlkit', 'yaml', 'pathspec', 'platformdirs'}\n"
         "print(sorted(name for name in sys.modules if name.split('.')[0] in heavy))\n"
     )

@@ -125,23 +125,32 @@ def setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-# Every command and the group take these three, so they work on either side of the subcommand.
+# Every command and the group take these three, so they work on either side of the subcommand. Eager: they are
+# known before any other option's callback runs (--version's among them).
 output_options = [
     click.option(
         "-v",
         "--verbose",
         is_flag=True,
+        is_eager=True,
         expose_value=False,
         callback=_remember,
         help="Show commands run and tracebacks of unexpected errors.",
     ),
     click.option(
-        "-q", "--quiet", is_flag=True, expose_value=False, callback=_remember, help="Print only the result and errors."
+        "-q",
+        "--quiet",
+        is_flag=True,
+        is_eager=True,
+        expose_value=False,
+        callback=_remember,
+        help="Print only the result and errors.",
     ),
     click.option(
         "--json",
         "as_json",
         is_flag=True,
+        is_eager=True,
         expose_value=False,
         callback=_remember,
         help="Print one JSON document (schema 1) on stdout, whatever the outcome; nothing else goes to stdout.",
@@ -158,8 +167,23 @@ def with_options(options: list[Callable[[F], F]]) -> Callable[[F], F]:
     return decorate
 
 
+def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """``--version``: plain, the bare number with -q, or the envelope with --json (given on either side of it)."""
+    if not value or ctx.resilient_parsing:
+        return
+    state = output()
+    if state.as_json:
+        python = ".".join(str(part) for part in sys.version_info[:3])
+        document = envelope("version", "success", {"version": __version__, "python": python})
+        click.echo(json.dumps(document, indent=2))
+    else:
+        click.echo(__version__ if state.quiet else f"{PROG}, version {__version__}")
+    ctx.exit()
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name=PROG)
+# Not eager, unlike click's version option: it runs after -q and --json, whichever order they came in.
+@click.option("--version", is_flag=True, expose_value=False, callback=_show_version, help="Show the version and exit.")
 @with_options(output_options)
 def cli() -> None:
     """Repackage Dify plugins so they install on a Dify deployment with no internet access.
