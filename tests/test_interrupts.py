@@ -8,6 +8,7 @@ cache or TMPDIR, and no child process alive (found by the run's folder in their 
 from __future__ import annotations
 
 import io
+import json
 import os
 import queue
 import signal
@@ -178,12 +179,12 @@ def _run_and_signal(
     *,
     settle: float = 0.5,
     ready: Callable[[list[int]], bool] = lambda _children: True,
+    entry: tuple[str, ...] = (sys.executable, "-m", "dify_repack"),
 ) -> Stopped:
     """Start ``dify-repack ARGV``, wait for a stderr line holding ``phase`` (if any), then until ``ready(pids of
     the run's children)``, then ``settle`` seconds, then send ``signals`` 0.2 s apart."""
-    command = [sys.executable, "-m", "dify_repack", *argv]
     process = subprocess.Popen(
-        command, env=_scrubbed_env(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*entry, *argv], env=_scrubbed_env(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     lines: queue.Queue[str | None] = queue.Queue()
     err: list[str] = []
@@ -204,6 +205,8 @@ def _run_and_signal(
             assert line is not None, f"exited (code {process.wait()}) before {phase!r}:\n{''.join(err)}"
             if phase in line:
                 break
+        while phase is None and not catches(process.pid, signal.SIGTERM):
+            assert time.monotonic() < deadline and process.poll() is None, f"no handler:\n{''.join(err)}"
         for pause in (0.0, settle):
             # Again after settling: a short-lived child (an interpreter probe before uv starts) may have been
             # what looked ready, and on a loaded machine the real work can start well after it ended.
@@ -233,6 +236,13 @@ def _run_and_signal(
         for pipe in (process.stdout, process.stderr):
             if pipe is not None:
                 pipe.close()
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (its SigCgt mask in /proc)."""
+    status = Path(f"/proc/{pid}/status").read_text(encoding="utf-8")
+    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(mask, 16) >> (signum - 1) & 1)
 
 
 def _assert_stopped_cleanly(stopped: Stopped, signum: int, root: Path) -> None:
@@ -352,6 +362,49 @@ def test_verify_waiting_for_a_plugin_that_never_starts(tmp_path: Path, slow_inde
     stopped = _run_and_signal(tmp_path, argv, "verifying:", (signal.SIGINT,), ready=plugin_started)
     assert stopped.children
     _assert_stopped_cleanly(stopped, signal.SIGINT, tmp_path)
+
+
+# The console script as a user starts it; `python -m dify_repack` where it is not installed.
+_SCRIPT = Path(sys.executable).with_name("dify-repack")
+ENTRY = (str(_SCRIPT),) if _SCRIPT.is_file() else (sys.executable, "-m", "dify_repack")
+
+
+@pytest.mark.parametrize(
+    ("signum", "delay"),
+    [(signal.SIGINT, delay) for delay in (0.0, 0.01, 0.03, 0.06, 0.1, 0.15, 0.2)]
+    + [(signal.SIGTERM, delay) for delay in (0.0, 0.05, 0.15)],
+    ids=lambda value: f"{value}s" if isinstance(value, float) else signal.Signals(value).name,
+)
+@pytest.mark.parametrize("as_json", [False, True], ids=["plain", "json"])
+def test_a_signal_while_the_tool_is_still_starting_ends_it_as_any_interrupt(
+    tmp_path: Path, slow_index: SlowIndex, signum: int, delay: float, as_json: bool
+) -> None:
+    """From the entry point's first line on (when the process first catches SIGTERM, which Python alone does not),
+    while the command line and its libraries are imported: the usual line and code, never a traceback."""
+    slow_index.stall_pages = True  # the run cannot finish on its own meanwhile
+    plugin = make_plugin(tmp_path / "plugin", {"requirements.txt": "dify_plugin==0.7.4\n"})
+    argv = _pack(tmp_path, [str(plugin), "--index-url", slow_index.url, "--no-verify", *(["--json"] * as_json)])
+    stopped = _run_and_signal(tmp_path, argv, None, (signum,), settle=delay, entry=ENTRY)
+    _assert_stopped_cleanly(stopped, signum, tmp_path)
+    if as_json:
+        document = json.loads(stopped.out)
+        assert (document["schema"], document["status"]) == (1, "error")
+        assert document["error"] == {"message": "interrupted", "tip": None, "exit_code": 128 + signum}
+    else:
+        assert stopped.out == ""
+
+
+def _new_modules(statement: str) -> set[str]:
+    script = f"import sys\nbefore = set(sys.modules)\n{statement}\nprint(*sorted(set(sys.modules) - before))"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return set(result.stdout.split())
+
+
+def test_the_entry_point_catches_signals_before_it_imports_anything_heavy() -> None:
+    """Only the interpreter's own start is left uncovered: what the console script loads before the handlers
+    (the package and its entry module) imports nothing but ``signal``."""
+    ours = _new_modules("from dify_repack.__main__ import entrypoint")
+    assert ours - _new_modules("import signal") == {"dify_repack", "dify_repack.__main__"}
 
 
 def test_zip_writing_stops_between_entries_and_leaves_no_file(tmp_path: Path) -> None:

@@ -9,10 +9,11 @@ The command line is a thin layer over this API::
     assert report.ok
 """
 
-from __future__ import annotations
-
 import importlib
-from typing import TYPE_CHECKING, Any
+
+# Not typing's (nor `from __future__`): the console entry point runs this module before it can install its signal
+# handlers, so it imports nothing the interpreter has not loaded already. mypy reads any TYPE_CHECKING as true.
+TYPE_CHECKING = False
 
 __version__ = "0.1.0"
 
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from .verify import VerifyOptions, VerifyReport, verify_package
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'dify_repack' has no attribute {name!r}")
