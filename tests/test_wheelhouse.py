@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import zipfile
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 
 from builders import LocalIndex, make_plugin, make_wheel, manifest_yaml
 from dify_repack.cli import main
-from dify_repack.errors import EnvironmentProblem, VerificationError
+from dify_repack.errors import DifyRepackError, EnvironmentProblem, Interrupted, VerificationError
 from dify_repack.inspect import inspect_package
 from dify_repack.mirror import slim_mirror_url
 from dify_repack.packing import PackOptions, PackResult, pack
@@ -24,7 +25,7 @@ from dify_repack.resolve import Indexes
 from dify_repack.runner import run
 from dify_repack.uvbin import uv_bin
 from dify_repack.verify import PROFILES, VerifyOptions, verify_package
-from dify_repack.wheelhouse import Incoming, add_wheels, check_wheelhouse, read_wheelhouse
+from dify_repack.wheelhouse import Incoming, add_wheels, check_wheelhouse, prune, read_wheelhouse, record_plugin
 
 MIRROR = "http://pypi.internal:8080/simple"
 FIRST = {"requirements.txt": "dify_plugin==0.7.4\nfastmath\n"}
@@ -90,6 +91,65 @@ def test_a_full_package_that_fails_verification_leaves_the_wheelhouse_as_it_was(
     after = read_wheelhouse(house)
     assert (after.plugins, after.files) == (before.plugins, before.files)
     assert not (tmp_path / "out" / "tester-second_0.1.0-offline.difypkg").exists()
+
+
+@pytest.mark.parametrize(
+    "failure", [VerificationError("would not install offline"), Interrupted(signal.SIGINT)], ids=["fails", "ctrl-c"]
+)
+def test_a_slim_package_is_listed_in_the_wheelhouse_only_once_accepted(
+    tmp_path: Path, index: LocalIndex, failure: DifyRepackError
+) -> None:
+    """Its verification needs its files served, so they go in first; the plugin is listed only after it passed."""
+    house = tmp_path / "house"
+    _pack(index, tmp_path, "first", FIRST, wheelhouse=house)
+    before = read_wheelhouse(house)
+    seen = []
+
+    def failing(*_: object) -> None:
+        seen.append(read_wheelhouse(house))
+        raise failure
+
+    with pytest.raises(type(failure)):
+        _pack(index, tmp_path, "second", SECOND, wheelhouse=house, mirror_url=MIRROR, check=failing)
+    (during,) = seen
+    assert "tester/second:0.1.0" not in during.plugins
+    assert "multiplatform-1.0.0-py3-none-any.whl" in during.files  # what the verification installs from
+    after = read_wheelhouse(house)
+    assert after.plugins == before.plugins
+    assert set(after.files) - after.needed() == {"multiplatform-1.0.0-py3-none-any.whl"}  # no plugin needs it
+    assert check_wheelhouse(house) == []
+    assert not (tmp_path / "out" / "tester-second_0.1.0-offline.difypkg").exists()
+    # Accepted, the same plugin is listed with exactly the files its package pins.
+    slim = _pack(index, tmp_path, "second", SECOND, wheelhouse=house, mirror_url=MIRROR)
+    with zipfile.ZipFile(slim.output) as archive:
+        pinned = set(re.findall(r"sha256:([0-9a-f]{64})", archive.read("requirements.txt").decode()))
+    accepted = read_wheelhouse(house)
+    listed = accepted.plugins["tester/second:0.1.0"]
+    assert {accepted.files[name].sha256 for name in listed} == pinned
+
+
+def test_a_slim_package_whose_plugin_does_not_start_is_not_listed(
+    tmp_path: Path, index: LocalIndex, python312: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    house = tmp_path / "house"
+    broken = make_plugin(tmp_path / "broken", {**FIRST, "main.py": "raise SystemExit('no heartbeat today')\n"})
+    own = run([uv_bin(), "--version"]).stdout.split()[1]
+    args = ["-o", str(tmp_path / "out"), "--index-url", index.url, "--cache-dir", str(tmp_path / "cache")]
+    args += ["--wheelhouse", str(house), "--mirror-url", MIRROR, "--profile", "uv-pip", "--uv", own, "--json"]
+    assert main(["pack", str(broken), *args]) == 7
+    assert "exited before its first heartbeat" in capsys.readouterr().out
+    assert read_wheelhouse(house).plugins == {}
+    assert not (tmp_path / "out" / "tester-demo_0.1.0-offline.difypkg").exists()
+
+
+def test_recording_a_plugin_whose_files_were_pruned_meanwhile_fails(tmp_path: Path) -> None:
+    house = tmp_path / "house"
+    add_wheels(house, "a/other:1.0.0", [Incoming(make_wheel(tmp_path / "wheels", "other", "1.0.0"))])
+    staged = add_wheels(house, None, [Incoming(make_wheel(tmp_path / "wheels", "helper", "1.0.0"))])
+    assert prune(house, "a/other").removed == ("helper-1.0.0-py3-none-any.whl", "other-1.0.0-py3-none-any.whl")
+    with pytest.raises(VerificationError, match=re.escape("helper-1.0.0-py3-none-any.whl left the wheelhouse")):
+        record_plugin(house, "a/one:1.0.0", staged.files)
+    assert read_wheelhouse(house).plugins == {}
 
 
 def test_a_run_adds_only_what_is_new_and_pages_carry_requires_python(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ from .wheelhouse import (
     files_url,
     mirror_origin,
     plugin_key,
+    record_plugin,
     write_pages,
 )
 from .wheels import Selected
@@ -44,17 +45,26 @@ MIRROR_HEADER = "# Written by dify-repack: a slim package, installed from the in
 _HASH = re.compile(r"--hash[= ]sha256:([0-9a-f]{64})")
 
 
-def add_to_wheelhouse(wheelhouse: Path, manifest: Manifest, selected: Sequence[Selected]) -> dict[Path, HouseFile]:
-    """Put every wheel of ``selected`` into the wheelhouse; map each cache file to its wheelhouse entry."""
+def add_to_wheelhouse(
+    wheelhouse: Path, manifest: Manifest, selected: Sequence[Selected], *, record: bool = True
+) -> dict[Path, HouseFile]:
+    """Put every wheel of ``selected`` into the wheelhouse; map each cache file to its wheelhouse entry.
+
+    With ``record`` false the plugin is not listed yet: ``record_in_wheelhouse`` does it once it is accepted."""
     built = {path for item in selected if item.built for path in item.files.values()}
     paths = sorted({path for item in selected for path in item.files.values()})
     result = add_wheels(
         wheelhouse,
-        plugin_key(manifest.plugin_id, manifest.version),
+        plugin_key(manifest.plugin_id, manifest.version) if record else None,
         [Incoming(path, path in built) for path in paths],
     )
     by_name = {item.filename: item for item in result.files}
     return {path: by_name[path.name] for path in paths}
+
+
+def record_in_wheelhouse(wheelhouse: Path, manifest: Manifest, house: Mapping[Path, HouseFile]) -> None:
+    """List the plugin in the wheelhouse as needing ``house`` (what ``add_to_wheelhouse`` returned)."""
+    record_plugin(wheelhouse, plugin_key(manifest.plugin_id, manifest.version), house.values())
 
 
 def make_slim(

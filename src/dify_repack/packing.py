@@ -16,7 +16,7 @@ from .errors import EnvironmentProblem, PackageError, UsageError
 from .files import atomic_output
 from .licenses import wheel_license
 from .manifest import Manifest, read_manifest
-from .mirror import add_to_wheelhouse, make_slim, mirror_settings
+from .mirror import add_to_wheelhouse, make_slim, mirror_settings, record_in_wheelhouse
 from .mirror_serve import mirror_address
 from .offline import (
     WHEELS_DIR,
@@ -43,7 +43,7 @@ from .signing import DEFAULT_CATEGORY, key_permission_warning, load_private_key,
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, chosen_arches, make_targets
 from .uvbin import require_python
 from .verify import VerifyReport
-from .wheelhouse import read_wheelhouse
+from .wheelhouse import HouseFile, read_wheelhouse
 from .wheels import Provenance, Selected, WheelCache, default_cache_dir, fetch_all, prefetch
 
 MIB = 1024 * 1024
@@ -302,10 +302,12 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             )
             with reporter.activity("locking uv.lock against ./wheels"):
                 regenerate_lock(root, targets, uv_cache=cache.uv_cache)
+        house: dict[Path, HouseFile] | None = None  # a slim package's files in the wheelhouse
         if options.wheelhouse is not None and options.mirror_url is not None:
-            # A slim package installs from the wheelhouse, so its verification needs the wheels there first.
+            # A slim package installs from the wheelhouse, so its verification needs the wheels there first; the
+            # plugin itself is listed only once the package is accepted (below).
             reporter.step(f"adding the wheels to the wheelhouse {options.wheelhouse}")
-            house = add_to_wheelhouse(options.wheelhouse, manifest, selected)
+            house = add_to_wheelhouse(options.wheelhouse, manifest, selected, record=False)
             reporter.step(f"making the package slim: it installs from {options.mirror_url}")
             make_slim(
                 root,
@@ -334,8 +336,11 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             except OSError as exc:
                 raise EnvironmentProblem.cannot_write(output.parent, exc, elsewhere="-o DIR") from None
             verification = options.check(staged, manifest, targets) if options.check is not None else None
-            if options.wheelhouse is not None and options.mirror_url is None:
-                # Only a package that is written (verified, when asked) records its wheels and its name there.
+            # Only a package that is written (verified, when asked) records its name there, the last step before
+            # it is moved into place: a failure or an interrupt up to here leaves the wheelhouse listing none of it.
+            if options.wheelhouse is not None and house is not None:
+                record_in_wheelhouse(options.wheelhouse, manifest, house)
+            elif options.wheelhouse is not None:
                 reporter.step(f"adding the wheels to the wheelhouse {options.wheelhouse}")
                 add_to_wheelhouse(options.wheelhouse, manifest, selected)
         stats = dataclasses.replace(stats, path=output)

@@ -149,10 +149,11 @@ def _locked(root: Path) -> Iterator[None]:
             raise EnvironmentProblem.cannot_write(root, error, elsewhere="--wheelhouse DIR") from None
 
 
-def add_wheels(root: Path, plugin: str, wheels: Sequence[Incoming]) -> AddResult:
+def add_wheels(root: Path, plugin: str | None, wheels: Sequence[Incoming]) -> AddResult:
     """Put ``wheels`` into the wheelhouse (once each) and record that ``plugin`` needs them.
 
     A plugin key packed again replaces its old list; files only the old list needed stay until ``prune``.
+    Without ``plugin`` the files are served and listed but needed by no plugin until ``record_plugin``.
     """
     added, reused, given = [], [], []
     with _locked(root):
@@ -179,9 +180,31 @@ def add_wheels(root: Path, plugin: str, wheels: Sequence[Incoming]) -> AddResult
             files[name] = item
             added.append(name)
             given.append(item)
-        plugins = {**house.plugins, plugin: tuple(sorted(item.filename for item in given))}
+        plugins = (
+            house.plugins if plugin is None else {**house.plugins, plugin: tuple(sorted(f.filename for f in given))}
+        )
         _commit(Wheelhouse(root, files, plugins), house)
     return AddResult(tuple(added), tuple(reused), tuple(given))
+
+
+def record_plugin(root: Path, plugin: str, files: Iterable[HouseFile]) -> None:
+    """Record that ``plugin`` needs ``files``, which ``add_wheels`` put in earlier: one atomic manifest write.
+
+    A slim package is recorded only once it is accepted (verified), so a failed or interrupted run leaves no
+    plugin that names it, only files no plugin needs. A file gone or changed since (a ``prune`` in between)
+    fails: the package pins it.
+    """
+    wanted = tuple(files)
+    with _locked(root):
+        house = read_wheelhouse(root)
+        for item in wanted:
+            if house.files.get(item.filename) != item or not (root / FILES_DIR / item.filename).is_file():
+                raise VerificationError(
+                    f"{root}: {item.filename} left the wheelhouse while the package was being verified",
+                    tip="a `dify-repack wheelhouse prune` ran meanwhile? pack the plugin again",
+                )
+        plugins = {**house.plugins, plugin: tuple(sorted(item.filename for item in wanted))}
+        _commit(Wheelhouse(root, house.files, plugins), house)
 
 
 def prune(root: Path, plugin: str) -> PruneResult:
