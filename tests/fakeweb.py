@@ -27,6 +27,8 @@ class Reply:
     headers: Mapping[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds before the status line, to make a client time out
     length: int | None = None
+    drip: tuple[int, float] | None = None  # the body N bytes at a time, S seconds apart: a slow link, a trickle
+    drip_bytes: int | None = None  # only the first this many bytes dripped, the rest at once (a scanning proxy)
 
 
 @dataclass(frozen=True)
@@ -85,9 +87,21 @@ class _Handler(BaseHTTPRequestHandler):
             for name, value in reply.headers.items():
                 self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(reply.body)
+            if reply.drip is None:
+                self.wfile.write(reply.body)
+            else:
+                self._drip(reply, *reply.drip)
         except OSError:
             pass  # the client gave up first, as a timeout test intends
+
+    def _drip(self, reply: Reply, size: int, pause: float) -> None:
+        dripped = len(reply.body) if reply.drip_bytes is None else reply.drip_bytes
+        for offset in range(0, dripped, size):
+            self.wfile.write(reply.body[offset : min(offset + size, dripped)])
+            self.wfile.flush()
+            if self.server.web._stopping.wait(pause):
+                return
+        self.wfile.write(reply.body[dripped:])
 
     def log_message(self, format: str, *args: object) -> None:
         pass  # keep test output clean

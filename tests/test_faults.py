@@ -1,5 +1,6 @@
 """Faults of the machine and the network: full or read-only folders are found before any download, every HTTP
-fault is a network error (exit 6), and -v shows the commands run rather than the HTTP library's debug."""
+fault is a network error (exit 6), a server that trickles is cut off, and -v shows the commands run rather than
+the HTTP library's debug."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from builders import LocalIndex, make_plugin
+from dify_repack import http
 from dify_repack.cli import main
 from dify_repack.errors import EnvironmentProblem, NetworkError
-from dify_repack.http import download, make_client
+from dify_repack.http import Pace, download, make_client
 from fakeweb import Reply, serve
 
 needs_mounts = pytest.mark.skipif(
@@ -126,6 +129,66 @@ def test_http_faults_are_network_errors(tmp_path: Path, reply: str, says: str) -
         with make_client() as client, pytest.raises(NetworkError, match=says):
             download(client, f"{web.url}/{reply}", tmp_path / "file", backoff=0.01)
     assert list(tmp_path.iterdir()) == []
+
+
+# The download bound, shortened: after 1 s, at least 4 KiB/s on average (the default: 120 s, 1 KiB/s).
+SHORT_PACE = Pace(grace=1.0, min_rate=4096)
+
+
+def test_a_server_that_trickles_is_cut_off_after_the_grace_period(tmp_path: Path) -> None:
+    # Each byte comes well within any read timeout, so only an overall bound ends this download.
+    with serve() as web:
+        web.route("/slow.whl", Reply(body=bytes(64 * 1024), drip=(1, 0.2)))
+        url = web.url.replace("http://", "http://user:secret@") + "/slow.whl"
+        started = time.monotonic()
+        with make_client() as client, pytest.raises(NetworkError) as caught:
+            download(client, url, tmp_path / "file", pace=SHORT_PACE)
+    assert time.monotonic() - started < 3
+    message = caught.value.message
+    assert message.startswith(f"{web.url.replace('http://', 'http://user:****@')}/slow.whl: too slow, ")
+    assert "on average after 1 s): the server trickles or the link is stalled" in message
+    assert caught.value.exit_code == 6
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(body=bytes(48 * 1024), drip=(2048, 0.1)),  # a slow link: about 20 KiB/s all along
+        Reply(body=bytes(48 * 1024), drip=(16, 0.1), drip_bytes=128),  # a proxy trickles while it scans, then sends
+    ],
+    ids=["slow-link", "scanning-proxy"],
+)
+def test_a_slow_but_working_server_stays_inside_the_bound(tmp_path: Path, reply: Reply) -> None:
+    with serve() as web:
+        web.route("/file.whl", reply)
+        with make_client() as client:
+            download(client, f"{web.url}/file.whl", tmp_path / "file", size=48 * 1024, pace=SHORT_PACE)
+    assert (tmp_path / "file").read_bytes() == reply.body
+
+
+@pytest.mark.parametrize(
+    ("path", "source"),
+    [
+        ("/p/demo.difypkg", "{url}/p/demo.difypkg"),  # a package download
+        ("/api/v1/plugins/langgenius/demo", "langgenius/demo"),  # the Marketplace's answer naming the latest version
+    ],
+    ids=["download", "marketplace-answer"],
+)
+def test_pack_from_a_trickling_server_is_exit_6_within_seconds(
+    path: str, source: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http, "PACE", SHORT_PACE)
+    with serve() as web:
+        web.route(path, Reply(body=b"PK\x03\x04" + bytes(100_000), drip=(1, 0.25)))
+        argv = ["pack", source.format(url=web.url), "--marketplace-url", web.url, "-o", str(tmp_path / "out")]
+        started = time.monotonic()
+        assert main([*argv, "--no-verify", "--cache-dir", str(tmp_path / "cache")]) == 6
+        assert time.monotonic() - started < 5
+    err = capsys.readouterr().err
+    (error,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert error.startswith(f"error: {web.url}{path}: too slow, ") and "\ntip: " in err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
 def test_a_redirect_loop_on_a_url_source_is_exit_6(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

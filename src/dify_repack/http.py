@@ -14,9 +14,11 @@ import os
 import socket
 import ssl
 import threading
+import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -25,11 +27,45 @@ import httpx
 from . import cancel
 from .credentials import HostAuth, ca_bundle, certificate_error, is_certificate_error, system_certs
 from .errors import EnvironmentProblem, NetworkError, StatusError, UsageError
+from .redaction import redact
 
 _IDENTITY = {"Accept-Encoding": "identity"}
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 USER_AGENT = "dify-repack"
 ProgressCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Pace:
+    """The slowest body a server may send: once past ``grace`` seconds, at least ``min_rate`` bytes a second on
+    average since the body began. A per-read timeout alone lets a server that sends a byte every few seconds
+    hold a run forever; this ends it after ``grace`` seconds, or ``size / min_rate`` for a file that started
+    fast. Generous on purpose: a slow link shared by parallel downloads, or a scanning proxy that trickles while
+    it checks a file and then sends it whole, stays well inside it.
+    """
+
+    grace: float = 120.0
+    min_rate: float = 1024.0
+
+
+PACE = Pace()  # read at each call, so that tests can shorten it
+
+
+def paced(chunks: Iterable[bytes], url: str, pace: Pace | None = None) -> Iterator[bytes]:
+    """``chunks`` of a response body as they come; NetworkError once they fall below ``pace`` (default PACE)."""
+    limit = pace or PACE
+    started = time.monotonic()
+    received = 0
+    for chunk in chunks:
+        received += len(chunk)
+        elapsed = time.monotonic() - started
+        if elapsed > limit.grace and received < limit.min_rate * elapsed:
+            raise NetworkError(
+                f"{redact(url)}: too slow, {received} bytes in {elapsed:.0f} s (under {limit.min_rate:.0f} bytes/s "
+                f"on average after {limit.grace:.0f} s): the server trickles or the link is stalled",
+                tip="retry later or from a better-connected machine; check the proxy",
+            )
+        yield chunk
 
 
 def ssl_context() -> ssl.SSLContext:
@@ -197,6 +233,7 @@ def download(
     magic: bytes | None = None,
     attempts: int = 4,
     backoff: float = 0.5,
+    pace: Pace | None = None,
 ) -> str:
     """Stream ``url`` to ``dest`` atomically; check ``sha256``/``size`` when given; return the sha256.
 
@@ -223,7 +260,7 @@ def download(
                 )
             try:
                 # Chunks as they arrive (no fixed size to wait for): a stop request is seen within one read.
-                for chunk in response.iter_raw():
+                for chunk in paced(response.iter_raw(), url, pace):
                     cancel.check()
                     try:
                         out.write(chunk)

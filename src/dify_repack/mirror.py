@@ -21,7 +21,7 @@ from packaging.utils import canonicalize_name
 from tomlkit.items import Table
 
 from .errors import DependencyError, NetworkError
-from .http import make_client, open_stream
+from .http import make_client, open_stream, paced
 from .manifest import Manifest
 from .mirror_serve import mirror_address, serve_locally
 from .offline import WHEELS_DIR, regenerate_lock, requirements_lines
@@ -254,9 +254,9 @@ def take_lock_urls_from_mirror(root: Path, mirror_url: str) -> None:
                 continue
             page = urljoin(base, f"{canonicalize_name(package['name'])}/")
             with open_stream(client, page, attempts=2) as response:
-                response.read()
+                body = b"".join(paced(response.iter_bytes(), page))
                 parser = _Links()
-                parser.feed(response.text)
+                parser.feed(body.decode(response.encoding or "utf-8", errors="replace"))
             served = {}
             for href in parser.hrefs:
                 url, _, fragment = urljoin(str(response.url), href).partition("#")

@@ -26,7 +26,7 @@ from urllib.parse import quote
 import httpx
 
 from .errors import NetworkError, PackageError, StatusError, UsageError
-from .http import ProgressCallback, download, make_client, open_stream
+from .http import ProgressCallback, download, make_client, open_stream, paced
 from .package import zip_checksum
 from .redaction import redact
 
@@ -301,7 +301,7 @@ def _latest(
     try:
         with open_stream(client, url, attempts=attempts, backoff=backoff) as response:
             body = b""
-            for chunk in response.iter_bytes():
+            for chunk in paced(response.iter_bytes(), url):
                 body += chunk
                 if len(body) > _MAX_PLUGIN_DOCUMENT:
                     break
