@@ -424,9 +424,9 @@ def test_a_run_that_cannot_unwind_is_ended_after_the_grace_period() -> None:
     code = textwrap.dedent(
         """\
         import os, signal, time
-        from dify_repack.cli import _app
-        _app.STOP_GRACE_SECONDS = 0.5
-        with _app.stop_on_signals():
+        from dify_repack.cli import _signals
+        _signals.STOP_GRACE_SECONDS = 0.5
+        with _signals.stop_on_signals():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(20)
         """

@@ -9,15 +9,11 @@ import json
 import logging
 import os
 import pkgutil
-import signal
 import sys
-import threading
 import traceback
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -30,6 +26,7 @@ from ..redaction import RedactingFilter, redact
 from ..resolve import DEFAULT_INDEX
 from ..runner import commands
 from ..targets import ARCH_CHOICES, DEFAULT_PYTHON, PYTHONS, canonical_arch, parse_python
+from ._signals import stop_on_signals
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -418,45 +415,6 @@ def _fail(args: Sequence[str], message: str, tip: str | None, exit_code: int) ->
         document = envelope(_command_of(args), "error", {}, error_json(message, tip, exit_code))
         click.echo(json.dumps(document, indent=2))
     return exit_code
-
-
-# After a stop request the run has this long to unwind (kill children, remove temp files) before it is ended
-# from outside: a thread stuck where no check reaches (a TCP connect to a silent host) must not keep it alive.
-STOP_GRACE_SECONDS = 5.0
-
-
-@contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """Ctrl-C and SIGTERM ask the run to stop (``cancel.request``) instead of raising where they land.
-
-    Work checks the request at its step boundaries and unwinds through its cleanups; the request kills child
-    process groups and shuts sockets at once. Repeated signals only repeat that, so they never print a traceback.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    finished = threading.Event()
-
-    def last_resort(signum: int) -> None:
-        if not finished.wait(STOP_GRACE_SECONDS):
-            sys.stderr.write("error: interrupted\n")
-            sys.stderr.flush()
-            os._exit(128 + signum)
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        first = not cancel.cancelled()
-        cancel.request(signum)
-        if first:
-            threading.Thread(target=last_resort, args=(signum,), daemon=True).start()
-
-    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        finished.set()
-        if not cancel.cancelled():  # else keep absorbing signals until the process is gone
-            for signum, old in previous.items():
-                signal.signal(signum, old)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
