@@ -29,6 +29,7 @@ from .reqfile import logical_lines, parse_requirement, read_requirements_file
 from .requirements import remote_lock_sources, tomllib
 from .signing import read_signature, verify_signature
 from .targets import DEFAULT_PYTHON, Target, make_targets
+from .uvconfig import config_risks
 
 SCHEMA = 1
 DEPENDENCY_FILES = ("requirements.txt", "pyproject.toml", "uv.lock", ".python-version")
@@ -285,6 +286,7 @@ def inspect_package(package: Path, *, public_key: Path | None = None) -> Inspect
             except DependencyError as error:
                 requirements_error = error.message
                 problems.append(error.message)
+        problems += [risk.message for risk in config_risks(root)]  # what verify refuses to replay
         per_target = tuple(
             TargetWheels(
                 str(target),
