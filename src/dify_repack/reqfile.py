@@ -31,10 +31,10 @@ _SHORT_INCLUDES = {"-r": "requirement", "-c": "constraint"}
 _LOCATIONS = ("--find-links", "--index-url", "--extra-index-url", "--editable")
 _SHORT_LOCATIONS = ("-f", "-i", "-e")
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+):")
-# Options that configure where pip looks: the package replaces them all with its own wheels.
+# Options that configure where pip looks or how it builds: the package replaces them with its own wheels.
 _IGNORED_OPTION = re.compile(
     r"^(-i|-f|--index-url|--extra-index-url|--find-links|--no-index|--trusted-host|--pre|"
-    r"--prefer-binary|--only-binary|--no-binary|--use-feature|--no-build-isolation)\b"
+    r"--prefer-binary|--only-binary|--no-binary|--use-feature|--no-build-isolation|--config-settings|-C)\b"
 )
 _INDEX_OPTION = re.compile(r"^(-i|--index-url|--extra-index-url)\b")
 # Per-requirement options that only steer a build; dropped, as the package ships built wheels.
