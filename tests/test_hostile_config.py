@@ -20,7 +20,7 @@ from builders import LocalIndex, make_plugin
 from dify_repack.package import write_package
 from dify_repack.requirements import tomllib
 from dify_repack.uvbin import own_uv_version
-from dify_repack.uvconfig import config_risks
+from dify_repack.uvconfig import check_replay_config, config_risks
 from hostile import Outcome, assert_refused, isolated_tmp, run
 
 PYPROJECT = (
@@ -351,13 +351,22 @@ def test_settings_inside_the_package_or_remote_are_not_risks(tmp_path: Path) -> 
         '[tool.uv]\nno-index = true\nfind-links = ["./wheels/"]\nindex-url = "http://mirror.invalid/simple"\n'
         "environments = [\"sys_platform == 'linux' and python_full_version >= '3.12'\"]\npackage = false\n"
         '[tool.uv.sources]\nlocal = { path = "vendor/local", editable = true }\nremote = { git = "https://h/r" }\n'
+        'wheel = { path = "${PROJECT_ROOT}/wheels/w-1-py3-none-any.whl" }\n'
         '[build-system]\nrequires = ["evil @ file:///etc"]\nbuild-backend = "b"\nbackend-path = ["/etc"]\n'
     )
     lock = 'version = 1\n[[package]]\nname = "helper"\nversion = "1.0.0"\nsource = { registry = "wheels" }\n'
     lock += 'wheels = [{ path = "helper-1.0.0-py3-none-any.whl" }]\n'
-    root = make_plugin(tmp_path / "plugin", {"pyproject.toml": pyproject, "uv.lock": lock, ".python-version": "3.12\n"})
+    requirements = (
+        "--no-index\n--find-links=./wheels/\n-f file:./wheels\n--extra-index-url https://mirror.invalid/simple\n"
+        "-e .\nhelper @ file:///${PROJECT_ROOT}/wheels/helper-1.0.0-py3-none-any.whl\ndify_plugin==0.7.4\n"
+    )
+    root = make_plugin(
+        tmp_path / "plugin",
+        {"pyproject.toml": pyproject, "uv.lock": lock, ".python-version": "3.12\n", "requirements.txt": requirements},
+    )
     # [build-system] is never read with `package = false`: uv does not build the project.
     assert config_risks(root) == []
+    check_replay_config(root)
 
 
 def test_inspect_lists_the_settings_verify_refuses(

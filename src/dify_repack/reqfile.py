@@ -181,7 +181,7 @@ def check_locations(path: Path, *, root: Path) -> None:
                 todo.append(_confine(*include, real.parent, root, where))
                 continue
             location = _location(line)
-            if location is not None and "${" in location:
+            if location is not None and "${" in location.replace("${PROJECT_ROOT}", ""):
                 raise DependencyError(
                     f"{where}: {shown_line(location)} names an environment variable, which pip and uv expand from "
                     "this machine's environment; verify does not replay such a package",
@@ -198,22 +198,26 @@ def check_locations(path: Path, *, root: Path) -> None:
 def leads_outside(location: str, root: Path, *bases: Path) -> bool:
     """Whether pip or uv, given ``location`` (a path relative to each of ``bases``, or a URL), would touch this
     machine outside ``root`` (resolved). A remote URL does not: replays run with the network cut."""
-    location = location.strip()
+    # uv expands ${PROJECT_ROOT} to the project's folder; any other variable comes from this machine's environment.
+    location = location.strip().replace("${PROJECT_ROOT}", str(root))
     if "${" in location:
-        return True  # expanded from this machine's environment: unknown until then
+        return True
     scheme = _SCHEME.match(location)
     if scheme is not None:
         if not scheme.group(1).lower().endswith("file"):  # file:, git+file:
             return False
         parts = urlsplit(location)
-        return parts.netloc not in ("", "localhost") or not _inside(Path(unquote(parts.path)), root)
+        if parts.netloc not in ("", "localhost"):
+            return True
+        location = unquote(parts.path)  # absolute, or relative as in file:./wheels
     if location.startswith("~"):
         return True
     return any(not _inside(base / location, root) for base in bases or (root,))
 
 
 def _inside(path: Path, root: Path) -> bool:
-    return Path(os.path.normpath(path)).is_relative_to(root)
+    # normpath keeps a leading "//" (POSIX leaves its meaning open); Linux reads it as "/".
+    return Path("/" + os.path.normpath(path).lstrip("/") if path.is_absolute() else path).is_relative_to(root)
 
 
 def _location(line: str) -> str | None:
