@@ -11,13 +11,17 @@ anything runs. Real uv throughout, the local index for packages.
 from __future__ import annotations
 
 import json
+import os
+import pwd
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from builders import LocalIndex, make_plugin
-from dify_repack.package import write_package
+from dify_repack.package import extract_package, write_package
 from dify_repack.requirements import tomllib
 from dify_repack.uvbin import own_uv_version
 from dify_repack.uvconfig import check_replay_config, config_risks
@@ -224,6 +228,43 @@ def test_a_neutralized_plugin_passes_its_own_verification(
     assert outcome.code == 0, outcome.err
     assert json.loads(outcome.out)["results"][0]["verification"]["ok"] is True
     assert _touched(host) == []
+
+
+def test_a_replay_keeps_a_cpython_uv_would_fetch_inside_its_work_folder(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, index: LocalIndex, python312: Path
+) -> None:
+    # A .python-version (or requires-python) the daemon's venv does not satisfy makes `uv sync` try to download
+    # that CPython. The daemon gives uv no HOME, so uv falls back to the user's home from the password database:
+    # here a copy naming a fresh folder, mounted over /etc/passwd in a mount namespace of its own.
+    plugin = make_plugin(tmp_path / "src", {"pyproject.toml": PYPROJECT.replace(">=3.12", ">=3.8")})
+    assert _pack(capsys, tmp_path, index, plugin).code == 0
+    (packed,) = (tmp_path / "out").glob("*.difypkg")
+    tree = tmp_path / "tree"
+    extract_package(packed, tree)
+    (tree / ".python-version").write_text("3.8\n")  # not on the PATH the daemon gives uv
+    package = write_package(tree, tmp_path / "demo.difypkg").path
+    home = tmp_path / "home"
+    home.mkdir()
+    me = pwd.getpwuid(os.getuid())
+    entry = f"{me.pw_name}:x:{me.pw_uid}:{me.pw_gid}:{me.pw_gecos}:{home}:{me.pw_shell}\n"
+    passwd = tmp_path / "passwd"
+    others = [
+        line for line in Path("/etc/passwd").read_text().splitlines(True) if not line.startswith(f"{me.pw_name}:")
+    ]
+    passwd.write_text(entry + "".join(others))
+    argv = [
+        Path(sys.executable).with_name("dify-repack"), "verify", package, "--cache-dir", tmp_path / "cache",
+        "--uv", own_uv_version(), "--profile", "uv-sync", "--no-start",
+    ]  # fmt: skip
+    env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmp_path)}
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/passwd && exec "$@"', passwd, *argv],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+    assert done.returncode == 7, done.stderr  # the daemon's install fails there too
+    assert "uv-sync" in done.stderr and "FAILED" in done.stdout + done.stderr
+    assert sorted(p.name for p in home.rglob("*")) == [], "nothing in the user's folders"
 
 
 # verify: a package whose settings lead out of it is refused before anything runs.
