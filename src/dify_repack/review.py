@@ -9,9 +9,7 @@ from pathlib import Path
 
 from .bundle import Bundle, read_bundle
 from .dossier import PluginDossier, read_dossier
-from .htmlreport import write_report
 from .packing import PackResult
-from .sbom import write_sbom
 
 
 @dataclass(frozen=True)
@@ -37,6 +35,10 @@ def write_documents(
 
     With ``bundle``, the documents describe the bundle, with each plugin inside it.
     """
+    # Imported when asked for: the CycloneDX library alone would add a tenth of a second to every command.
+    from .htmlreport import write_report
+    from .sbom import write_sbom
+
     written = []
     if paths.sbom is not None:
         written.append(write_sbom(paths.sbom, dossiers, bundle=bundle))
