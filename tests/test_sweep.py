@@ -416,6 +416,10 @@ FOLDERS: dict[str, Case] = {
 
 # --- dependency files (resolution against the local index) ------------------------------------------------
 
+PYPROJECT = (
+    '[project]\nname = "demo"\nversion = "0.1.0"\nrequires-python = ">=3.12"\ndependencies = ["dify_plugin==0.7.4"]\n'
+)
+
 
 def _deps(files: dict[str, str | None], code: int, named: str) -> Case:
     return Case(lambda w: w.pack(w.plugin(files), index=w.index.url), code, named=named)
@@ -450,6 +454,47 @@ DEPS: dict[str, Case] = {
         {"pyproject.toml": '[project]\nname = "x"\nversion = "1"\ndependencies = [1, {a = 2}]\n'}, 4, "pyproject.toml"
     ),
     "uv-lock-binary": _deps({"uv.lock": "\x00\x01\x02"}, 0, ""),
+    # uv settings naming this machine: left out of the package, never read by pack's own uv lock.
+    "uv-toml-names-this-machine": _deps(
+        {"pyproject.toml": PYPROJECT, "uv.toml": 'find-links = ["/root"]\n[pip]\ntarget = "/tmp/x"\nsystem = true\n'},
+        0,
+        "",
+    ),
+    "optional-dependency-file-url": _deps(
+        {"pyproject.toml": PYPROJECT + '[project.optional-dependencies]\nx = ["evil @ file:///etc"]\n'}, 0, ""
+    ),
+    "requirements-find-links-root": _deps({"requirements.txt": "-f /root\ndify_plugin==0.7.4\n"}, 0, ""),
+    "requirements-editable-host-path": _deps(
+        {"requirements.txt": "dify_plugin==0.7.4\n-e /opt/src\n"}, 4, "requirements.txt:2"
+    ),
+    "requirements-path-outside": _deps(
+        {"requirements.txt": "dify_plugin==0.7.4\n../../evil-1.0-py3-none-any.whl\n"}, 4, "requirements.txt:2"
+    ),
+}
+
+
+def _verify_config(name: str, text: Callable[[World], str], named: str) -> Case:
+    """``verify`` of a package whose ``name`` file leads out of it: refused before uv could act on it (the
+    snapshot would catch a write beside the package)."""
+    return Case(
+        lambda w: ["verify", w.package_with(**{name: text(w).encode()}), "--cache-dir", w.cache], 4, named=named
+    )
+
+
+CONFIG: dict[str, Case] = {
+    "verify-uv-pip-target-beside": _verify_config(
+        "pyproject.toml", lambda w: f'{PYPROJECT}[tool.uv.pip]\ntarget = "{w.root}/victim"\n', "pyproject.toml:7:"
+    ),
+    "verify-uv-toml-system-python": _verify_config("uv.toml", lambda w: "[pip]\nsystem = true\n", "uv.toml:2:"),
+    "verify-python-version-path": _verify_config(".python-version", lambda w: "/usr/bin/python3\n", ".python-version"),
+    "verify-requirements-find-links": _verify_config(
+        "requirements.txt", lambda w: "-f /root\ndify_plugin==0.7.4\n", "requirements.txt:1:"
+    ),
+    "verify-lock-registry-outside": _verify_config(
+        "uv.lock",
+        lambda w: 'version = 1\n[[package]]\nname = "helper"\nversion = "1"\nsource = { registry = "/srv" }\n',
+        "uv.lock:5:",
+    ),
 }
 
 # --- keys ----------------------------------------------------------------------------------------------------
@@ -781,7 +826,7 @@ FLEET: dict[str, Case] = {
 }
 
 CASES: dict[str, Case] = {
-    **SOURCES, **SERVERS, **LISTS, **PACKAGES, **FOLDERS, **DEPS, **KEYS, **OPTIONS, **ENVIRONMENT, **INDEX, **WHEELHOUSES, **FLEET,
+    **SOURCES, **SERVERS, **LISTS, **PACKAGES, **FOLDERS, **DEPS, **CONFIG, **KEYS, **OPTIONS, **ENVIRONMENT, **INDEX, **WHEELHOUSES, **FLEET,
 }  # fmt: skip
 
 

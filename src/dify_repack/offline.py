@@ -5,6 +5,7 @@ requirements.txt for pip / ``uv pip install``, pyproject.toml + uv.lock for ``uv
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,10 +19,12 @@ from tomlkit.items import Array, Table
 from .errors import DependencyError, EnvironmentProblem
 from .files import file_sha256
 from .manifest import Manifest
+from .redaction import shown_line
 from .requirements import SDK, check_requires_python
 from .runner import clean_env, run
 from .targets import Target
 from .uvbin import find_python, uv_bin
+from .uvconfig import UV_TOML
 from .wheels import Selected
 
 WHEELS_DIR = "wheels"
@@ -107,6 +110,16 @@ def edit_pyproject(
     if sdk_version is not None and isinstance(dependencies, Array):
         notes += _pin_sdk(dependencies, sdk_version)
 
+    extras = project.get("optional-dependencies")
+    if extras is not None:
+        # Locked like groups (from paths of this machine too, while packing); the daemon installs no extra.
+        del project["optional-dependencies"]
+        names = ", ".join(str(name) for name in extras) if isinstance(extras, dict) else "?"
+        notes.append(
+            f"removed [project.optional-dependencies] ({names}): the daemon installs no extras, and uv lock "
+            "resolves them"
+        )
+
     if "dependency-groups" in document:
         groups = ", ".join(str(name) for name in document["dependency-groups"])
         del document["dependency-groups"]
@@ -182,14 +195,32 @@ def regenerate_lock(root: Path, targets: Sequence[Target], *, uv_cache: Path, of
 
 
 def fix_python_version(root: Path, python: str) -> str | None:
+    """Make .python-version name ``python``: uv sync honours it, and anything else (another version, a path to a
+    program) breaks the daemon's install. Only its start is read, however large the file."""
     path = root / ".python-version"
     if not path.is_file():
         return None
-    current = path.read_text(encoding="utf-8").strip()
+    with path.open("rb") as file:
+        current = file.read(256).decode("utf-8", errors="replace").strip()
     if current == python:
         return None
     path.write_text(f"{python}\n", encoding="utf-8")
-    return f".python-version said {current!r}; the daemon's venv is CPython {python}, so it now says {python}"
+    return f".python-version said {shown_line(current)}; the daemon's venv is CPython {python}, so it now says {python}"
+
+
+def drop_uv_toml(root: Path) -> list[str]:
+    """Remove a uv.toml: uv reads it instead of pyproject.toml's [tool.uv], so it would replace the offline settings
+    (and, while packing, could point uv lock at this machine's folders). Returns a note when there was one."""
+    path = root / UV_TOML
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+    else:
+        return []
+    return [
+        f"removed {UV_TOML}: uv reads it instead of pyproject.toml's [tool.uv], whose offline settings it would replace"
+    ]
 
 
 def fix_ignore_files(root: Path) -> list[str]:

@@ -20,6 +20,7 @@ from .mirror import add_to_wheelhouse, make_slim, mirror_settings, record_in_whe
 from .mirror_serve import mirror_address
 from .offline import (
     WHEELS_DIR,
+    drop_uv_toml,
     edit_pyproject,
     fix_ignore_files,
     fix_python_version,
@@ -289,6 +290,7 @@ def pack(source: Path, options: PackOptions | None = None, reporter: Reporter | 
             cache.export(path, wheel_dir / path.name)
 
         reporter.step("writing the offline configuration")
+        notes += drop_uv_toml(root)  # before uv runs here: it would read the plugin's uv.toml
         write_requirements(root, selected, targets, hashes=bool(declared.hashes))
         if (root / "pyproject.toml").is_file():
             notes += edit_pyproject(

@@ -191,8 +191,11 @@ def live_replay(
     work, prefix, limits = context.work, context.prefix, context.limits
     clone(context.tree, root)
     cache = work / "uv-cache" / root.name
-    offline_env = {} if prefix else {"UV_OFFLINE": "1", "PIP_NO_INDEX": "1"}
-    daemon_env = clean_env({"UV_CACHE_DIR": str(cache), "UV_PYTHON_DOWNLOADS": "never", **offline_env})
+    # A CPython that uv would fetch (a package's .python-version or requires-python may ask for another) is kept
+    # in the work folder, not in this machine's user folders, whose managed CPythons the daemon lacks anyway.
+    replay_env = {"UV_PYTHON_INSTALL_DIR": str(work / "uv-python")}
+    replay_env |= {} if prefix else {"UV_OFFLINE": "1", "PIP_NO_INDEX": "1"}
+    daemon_env = clean_env({"UV_CACHE_DIR": str(cache), "UV_PYTHON_DOWNLOADS": "never", **replay_env})
     steps: list[Step] = []
     if uv is None:
         venv_argv = [str(context.interpreter), "-m", "venv", ".venv"]
@@ -205,7 +208,7 @@ def live_replay(
     if step.ok and requirements_missing(profile, command, root):
         steps.append(Step("install", False, 0.0, "requirements.txt is missing; this daemon version requires it"))
     elif step.ok:
-        env = daemon_env if uv is None else {**uv_env(uv, root, cache), **offline_env}
+        env = daemon_env if uv is None else {**uv_env(uv, root, cache), **replay_env}
         update("install")
         step = timed(
             "install",

@@ -1,15 +1,19 @@
 """pip requirements files as a plugin ships them: includes confined to the plugin, options, pins and hashes.
 
 A requirements file can pull in others (``-r``, ``-c`` and the spellings pip accepts); a hostile one names files
-of the packing machine (``/proc/self/environ``). Only files inside the plugin folder are ever opened.
+of the packing machine (``/proc/self/environ``). Only files inside the plugin folder are ever opened. Its other
+locations (``--find-links /root``, ``-e /opt/src``, a path line) are never followed here; a package whose files
+pip or uv would read as they are (``verify``) must keep them all inside.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
@@ -23,10 +27,14 @@ from .redaction import redact, shown_line
 # prefix (``--constr``), so a prefix counts as the option: it is then confined like the full spelling.
 _INCLUDES = {"--requirement": "requirement", "--constraint": "constraint"}
 _SHORT_INCLUDES = {"-r": "requirement", "-c": "constraint"}
-# Options that configure where pip looks: the package replaces them all with its own wheels.
+# Options whose value pip and uv open as a folder, a file or a URL (long ones also by any unique prefix).
+_LOCATIONS = ("--find-links", "--index-url", "--extra-index-url", "--editable")
+_SHORT_LOCATIONS = ("-f", "-i", "-e")
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+):")
+# Options that configure where pip looks or how it builds: the package replaces them with its own wheels.
 _IGNORED_OPTION = re.compile(
     r"^(-i|-f|--index-url|--extra-index-url|--find-links|--no-index|--trusted-host|--pre|"
-    r"--prefer-binary|--only-binary|--no-binary|--use-feature|--no-build-isolation)\b"
+    r"--prefer-binary|--only-binary|--no-binary|--use-feature|--no-build-isolation|--config-settings|-C)\b"
 )
 _INDEX_OPTION = re.compile(r"^(-i|--index-url|--extra-index-url)\b")
 # Per-requirement options that only steer a build; dropped, as the package ships built wheels.
@@ -146,10 +154,12 @@ def _read_into(
             )
 
 
-def check_includes(path: Path, *, root: Path) -> None:
-    """Refuse a requirements file that includes, at any depth, a file outside ``root``; nothing else is checked.
+def check_locations(path: Path, *, root: Path) -> None:
+    """Refuse a requirements file that makes pip or uv read outside ``root``, at any include depth: an include, a
+    ``--find-links``/``--index-url``/``--extra-index-url`` or ``-e`` location, a path or ``name @ URL``
+    requirement, or a ``${VAR}`` (both expand it from this machine's environment). Nothing else is checked.
 
-    For a package whose files pip or uv will read as they are (``verify``): they would follow such an include.
+    For a package whose files pip or uv will read as they are (``verify``).
     """
     root = root.resolve()
     todo, seen = [path], set()
@@ -169,6 +179,67 @@ def check_includes(path: Path, *, root: Path) -> None:
                 continue  # malformed, not an include pip could follow
             if include is not None:
                 todo.append(_confine(*include, real.parent, root, where))
+                continue
+            location = _location(line)
+            if location is not None and "${" in location.replace("${PROJECT_ROOT}", ""):
+                raise DependencyError(
+                    f"{where}: {shown_line(location)} names an environment variable, which pip and uv expand from "
+                    "this machine's environment; verify does not replay such a package",
+                    tip="write the path of a file inside the package, or the index URL itself",
+                )
+            if location is not None and leads_outside(location, root, root, real.parent):
+                raise DependencyError(
+                    f"{where}: {shown_line(location)} is outside the package: pip and uv would read it on this "
+                    "machine; verify does not replay such a package",
+                    tip="name only files inside the package (./wheels/) or an index URL",
+                )
+
+
+def leads_outside(location: str, root: Path, *bases: Path) -> bool:
+    """Whether pip or uv, given ``location`` (a path relative to each of ``bases``, or a URL), would touch this
+    machine outside ``root`` (resolved). A remote URL does not: replays run with the network cut."""
+    # uv expands ${PROJECT_ROOT} to the project's folder; any other variable comes from this machine's environment.
+    location = location.strip().replace("${PROJECT_ROOT}", str(root))
+    if "${" in location:
+        return True
+    scheme = _SCHEME.match(location)
+    if scheme is not None:
+        if not scheme.group(1).lower().endswith("file"):  # file:, git+file:
+            return False
+        parts = urlsplit(location)
+        if parts.netloc not in ("", "localhost"):
+            return True
+        location = unquote(parts.path)  # absolute, or relative as in file:./wheels
+    if location.startswith("~"):
+        return True
+    return any(not _inside(base / location, root) for base in bases or (root,))
+
+
+def _inside(path: Path, root: Path) -> bool:
+    # normpath keeps a leading "//" (POSIX leaves its meaning open); Linux reads it as "/".
+    return Path("/" + os.path.normpath(path).lstrip("/") if path.is_absolute() else path).is_relative_to(root)
+
+
+def _location(line: str) -> str | None:
+    """What a requirements-file line makes pip or uv open: an option's location, a path, a URL; None for a name."""
+    if line.startswith("-"):
+        try:
+            tokens = shlex.split(line)
+        except ValueError:
+            return None
+        first = tokens[0]
+        name, equals, attached = first.partition("=")
+        value = attached if equals else (tokens[1] if len(tokens) > 1 else "")
+        if first[:2] in _SHORT_LOCATIONS and not first.startswith("--"):
+            value = first[2:].removeprefix("=") or value
+        elif not (len(name) > 3 and any(option.startswith(name) for option in _LOCATIONS)):
+            return None
+        return value or None
+    requirement, _ = _split_options(line)
+    try:
+        return Requirement(requirement).url
+    except InvalidRequirement:
+        return requirement  # a path or an archive, as pip reads such a line
 
 
 def _confine(kind: str, target: str, directory: Path, root: Path, where: str) -> Path:

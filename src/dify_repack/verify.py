@@ -50,11 +50,11 @@ from .replay import (
     requirements_missing,
 )
 from .report import NullReporter, Reporter, plural
-from .reqfile import check_includes
 from .runner import run
 from .static_check import static_check, static_key, static_profile
 from .targets import DEFAULT_GLIBC, DEFAULT_PYTHON, Target, host_runs, make_targets
 from .uvbin import fetch_uv, own_uv_version, provide_python
+from .uvconfig import check_replay_config
 from .wheelhouse import read_wheelhouse
 from .wheels import WheelCache, default_cache_dir
 
@@ -185,8 +185,8 @@ def verify_package(
         tree = work / "package"
         extract_package(package, tree)
         manifest = read_manifest(tree, origin=str(package))
-        # pip and uv follow -r/-c as written: an include leading out of the package would read this host's files.
-        check_includes(tree / "requirements.txt", root=tree)
+        # pip and uv follow the package's includes, locations and settings as written: none may lead out of it.
+        check_replay_config(tree)
         mirror = slim_mirror_url(tree)
         mirror_checks: list[Check] = []
         if mirror is not None:
