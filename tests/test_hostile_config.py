@@ -410,6 +410,16 @@ def test_settings_inside_the_package_or_remote_are_not_risks(tmp_path: Path) -> 
     check_replay_config(root)
 
 
+def test_a_compatible_release_bound_is_a_version_not_a_home_folder(tmp_path: Path) -> None:
+    # `~` names a home folder only as `~`, `~/...` or `~user/...`; `~=` is PEP 440's compatible-release operator.
+    pyproject = PYPROJECT + '[tool.uv]\nrequired-version = "~=0.9"\n'
+    root = make_plugin(tmp_path / "plugin", {"pyproject.toml": pyproject, "requirements.txt": "dify_plugin~=0.7.4\n"})
+    assert config_risks(root) == []
+    check_replay_config(root)
+    (root / "uv.toml").write_text('cache-dir = "~/.cache/uv"\n')
+    assert [risk.setting for risk in config_risks(root)] == ["cache-dir"]
+
+
 def test_inspect_lists_the_settings_verify_refuses(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, host: Path
 ) -> None:

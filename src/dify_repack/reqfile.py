@@ -31,6 +31,8 @@ _SHORT_INCLUDES = {"-r": "requirement", "-c": "constraint"}
 _LOCATIONS = ("--find-links", "--index-url", "--extra-index-url", "--editable")
 _SHORT_LOCATIONS = ("-f", "-i", "-e")
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+):")
+# A home folder as pip and uv expand it (``~``, ``~/x``, ``~user/x``); ``~=1.0`` is a version specifier.
+_HOME = re.compile(r"~[\w.-]*(/|$)")
 # Options that configure where pip looks or how it builds: the package replaces them with its own wheels.
 _IGNORED_OPTION = re.compile(
     r"^(-i|-f|--index-url|--extra-index-url|--find-links|--no-index|--trusted-host|--pre|"
@@ -210,7 +212,7 @@ def leads_outside(location: str, root: Path, *bases: Path) -> bool:
         if parts.netloc not in ("", "localhost"):
             return True
         location = unquote(parts.path)  # absolute, or relative as in file:./wheels
-    if location.startswith("~"):
+    if _HOME.match(location):
         return True
     return any(not _inside(base / location, root) for base in bases or (root,))
 
