@@ -425,10 +425,11 @@ def test_inspect_lists_the_settings_verify_refuses(
 ) -> None:
     root = make_plugin(
         tmp_path / "src",
-        {"requirements.txt": "dify_plugin==0.7.4\n", "uv.toml": f'[pip]\ntarget = "{host}/t"\n'},
+        {"requirements.txt": f"-f {host}\ndify_plugin==0.7.4\n", "uv.toml": f'[pip]\ntarget = "{host}/t"\n'},
     )
     package = write_package(root, tmp_path / "demo.difypkg").path
     outcome = run(capsys, "inspect", "--json", package)
     assert outcome.code == 0, outcome.err
     problems = json.loads(outcome.out)["problems"]
+    assert any(p.startswith("requirements.txt:1: ") and "is outside the package" in p for p in problems)
     assert any(problem.startswith("uv.toml:2: pip.target = ") for problem in problems)

@@ -23,7 +23,7 @@ from .packing import API_DEFAULT_LIMIT, DAEMON_DEFAULT_LIMIT, upload_settings
 from .reqfile import read_requirements_file
 from .signing import read_signature, verify_signature
 from .targets import DEFAULT_PYTHON, make_targets
-from .uvconfig import config_risks
+from .uvconfig import replay_refusals
 from .verdicts import Scan, Verdict, Wheel, judge
 
 SCHEMA = 1
@@ -179,7 +179,8 @@ def inspect_package(package: Path, *, public_key: Path | None = None) -> Inspect
             except DependencyError as error:
                 requirements_error = error.message
                 problems.append(error.message)
-        problems += [risk.message for risk in config_risks(root)]  # what verify refuses to replay
+        # What verify refuses to replay; an include leading outside was reported by the reading above.
+        problems += [refusal for refusal in replay_refusals(root) if refusal not in problems]
         per_target = tuple(
             TargetWheels(
                 str(target),

@@ -69,6 +69,16 @@ def check_replay_config(root: Path) -> None:
         )
 
 
+def replay_refusals(root: Path) -> list[str]:
+    """Why ``check_replay_config`` would refuse the package in ``root``, a line each (what ``inspect`` lists)."""
+    refusals: list[str] = []
+    try:
+        check_locations(root / "requirements.txt", root=root)
+    except DependencyError as error:
+        refusals.append(error.message)  # the first only, as verify reports it
+    return refusals + [risk.message for risk in config_risks(root)]
+
+
 def config_risks(root: Path) -> list[ConfigRisk]:
     """Every risky uv setting of the package in ``root``: pyproject.toml, uv.toml, uv.lock, .python-version."""
     root = root.resolve()
