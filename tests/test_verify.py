@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -482,6 +483,39 @@ def test_ram_is_chosen_only_when_it_can_run_programs_and_has_room(
     assert scratch_parent(needed) == chosen
     monkeypatch.setenv("TMPDIR", "/somewhere")
     assert scratch_parent(needed) is None  # the user's choice wins
+
+
+def test_a_work_folder_left_by_a_killed_run_is_removed_by_the_next_one_and_one_in_use_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In RAM a folder nobody removes holds memory until the next reboot. A run that is killed (or ended by the last
+    # resort after an interrupt) cannot remove its own; the lock it held goes with it, and the next run removes it.
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    script = (
+        "import os, signal, sys\nfrom dify_repack.files import scratch_folder\n"
+        "with scratch_folder('dify-repack-verify-', 1) as work:\n"
+        "    (work / 'live').mkdir()\n    print(work, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL) if sys.argv[1] == 'kill' else sys.stdin.read()\n"
+    )
+    running = subprocess.Popen(
+        [sys.executable, "-c", script, "wait"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert running.stdout is not None
+        in_use = Path(running.stdout.readline().strip())
+        killed = subprocess.run([sys.executable, "-c", script, "kill"], env=env, capture_output=True, text=True)
+        left = Path(killed.stdout.strip())
+        assert left.is_dir() and in_use.is_dir()  # the killed run did not remove a folder in use either
+        monkeypatch.setenv("TMPDIR", str(tmp_path))
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+        with files.scratch_folder("dify-repack-verify-", 1) as work:
+            assert not left.exists()
+            assert in_use.is_dir() and work.is_dir()
+        assert not work.exists()
+    finally:
+        running.communicate("")
+    assert not in_use.exists()
 
 
 def _silent_step(script: str, **limits: float) -> Step:

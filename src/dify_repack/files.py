@@ -1,9 +1,12 @@
-"""Files written whole or not at all, and hashed in chunks: what every writer and checker here shares."""
+"""Files written whole or not at all, hashed in chunks, and the folders short-lived work goes in: what every
+writer and checker here shares."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -95,3 +98,32 @@ def _memory_available() -> int:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     raise OSError("no MemAvailable in /proc/meminfo")
+
+
+# Held locked by the run using a work folder: a folder whose lock is free was left by a run that ended without
+# removing it (killed, or ended by the last resort after an interrupt).
+_IN_USE = ".in-use"
+
+
+@contextmanager
+def scratch_folder(prefix: str, needed: int) -> Iterator[Path]:
+    """A new temporary folder for short-lived work of about ``needed`` bytes, in RAM when ``scratch_parent`` says so.
+
+    Folders of the same ``prefix`` that earlier runs left behind are removed first: in RAM they would hold
+    memory until the next reboot.
+    """
+    parent = scratch_parent(needed)
+    _remove_abandoned(Path(parent or tempfile.gettempdir()), prefix)
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=parent) as name, (Path(name) / _IN_USE).open("wb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released by the kernel however this process ends
+        yield Path(name)
+
+
+def _remove_abandoned(parent: Path, prefix: str) -> None:
+    for folder in parent.glob(f"{prefix}*"):
+        try:
+            with (folder / _IN_USE).open("rb") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            continue  # in use, another user's, not yet locked by a run that is starting, or gone meanwhile

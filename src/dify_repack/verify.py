@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -36,7 +35,7 @@ from .daemon import (
     install_command,
 )
 from .errors import EnvironmentProblem, NetworkError, PackageError, UsageError, VerificationError
-from .files import file_sha256, scratch_parent, write_atomically
+from .files import file_sha256, scratch_folder, write_atomically
 from .manifest import Manifest, read_manifest
 from .mirror import missing_from_wheelhouse, slim_mirror_url
 from .mirror_serve import serve_in_namespace, wheelhouse_server
@@ -176,12 +175,10 @@ def verify_package(
         reporter.warn(notes[-1])
     directories, unpacked = _central_directory(package)
     # Each replay holds a copy of the files, an installed venv and a uv cache: about three times the package.
-    scratch = scratch_parent(unpacked * (2 + 3 * _most_replays(options)))
     with (
-        tempfile.TemporaryDirectory(prefix="dify-repack-verify-", dir=scratch) as temp,
+        scratch_folder("dify-repack-verify-", unpacked * (2 + 3 * _most_replays(options))) as work,
         contextlib.ExitStack() as serving,
     ):
-        work = Path(temp)
         tree = work / "package"
         extract_package(package, tree)
         manifest = read_manifest(tree, origin=str(package))
