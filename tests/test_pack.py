@@ -561,6 +561,47 @@ def test_sdk_only_in_a_dependency_group_is_made_a_runtime_dependency(
     assert any("requirements.txt asks fastmath~=1.0 but pyproject.toml asks fastmath~=2.0" in n for n in result.notes)
 
 
+def test_extras_a_plugin_asks_of_itself_become_runtime_dependencies(
+    tmp_path: Path, index: LocalIndex, cache_dir: Path, python312: Path
+) -> None:
+    # uv sync installs `demo[llm]` among demo's own dependencies; pack removes the extras (uv lock would resolve them
+    # all), so what they bring takes that line's place, under its marker, nested extras included.
+    from dify_repack.verify import VerifyOptions, verify_package
+
+    pyproject = (
+        '[project]\nname = "demo"\nversion = "0.1.0"\ndependencies = ["Demo[LLM]; sys_platform == \'linux\'"]\n\n'
+        '[project.optional-dependencies]\nllm = ["fastmath~=2.0", "demo[base]"]\nbase = ["dify_plugin==0.7.4"]\n'
+        'unused = ["oldpy"]\n'
+    )
+    plugin = make_plugin(tmp_path / "src", {"pyproject.toml": pyproject})
+    result = pack(plugin, _options(index, tmp_path / "out", cache_dir))
+    data = tomllib.loads(_read(result.output, "pyproject.toml"))
+    assert data["project"]["dependencies"] == [
+        'fastmath~=2.0; sys_platform == "linux"',
+        'dify_plugin==0.7.4; sys_platform == "linux"',
+    ]
+    assert "optional-dependencies" not in data["project"]
+    names = _names(result.output)
+    assert any(name.startswith("wheels/fastmath-2.0.0") for name in names)
+    assert not any(name.startswith("wheels/oldpy") for name in names)
+    assert any("(the plugin's own extras) is now" in note for note in result.notes)
+    options = VerifyOptions(["uv-sync-frozen"], [_own_uv_version()], cache_dir=cache_dir, start=False)
+    assert verify_package(result.output, options).ok
+
+
+def test_sdk_only_in_an_extra_is_made_a_runtime_dependency(tmp_path: Path, index: LocalIndex, cache_dir: Path) -> None:
+    pyproject = (
+        '[project]\nname = "demo"\nversion = "0.1.0"\ndependencies = ["fastmath~=2.0"]\n\n'
+        '[project.optional-dependencies]\ndify = ["dify_plugin~=0.7.1"]\n'
+    )
+    result = pack(
+        make_plugin(tmp_path / "src", {"pyproject.toml": pyproject}), _options(index, tmp_path / "out", cache_dir)
+    )
+    data = tomllib.loads(_read(result.output, "pyproject.toml"))
+    assert data["project"]["dependencies"] == ["fastmath~=2.0", "dify_plugin==0.7.4"]
+    assert any("only in extra 'dify'" in note for note in result.notes)
+
+
 def test_glibc_option_admits_wheels_for_a_newer_glibc(
     tmp_path: Path, index: LocalIndex, cache_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

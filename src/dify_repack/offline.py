@@ -6,8 +6,9 @@ requirements.txt for pip / ``uv pip install``, pyproject.toml + uv.lock for ``uv
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pathspec
 import tomlkit
@@ -20,7 +21,7 @@ from .errors import DependencyError, EnvironmentProblem
 from .files import file_sha256
 from .manifest import Manifest
 from .redaction import shown_line
-from .requirements import SDK, check_requires_python
+from .requirements import SDK, check_requires_python, own_extras
 from .runner import clean_env, run
 from .targets import Target
 from .uvbin import find_python, uv_bin
@@ -107,6 +108,8 @@ def edit_pyproject(
         notes.append("pyproject.toml declared no dependencies; copied requirements.txt's into it")
 
     dependencies = project.get("dependencies")
+    if isinstance(dependencies, Array):
+        notes += _inline_own_extras(dependencies, project)
     if sdk_version is not None and isinstance(dependencies, Array):
         notes += _pin_sdk(dependencies, sdk_version)
 
@@ -136,6 +139,23 @@ def edit_pyproject(
     tool["uv"] = _offline_uv_table(targets, package=False if "build-system" in document else None)
     path.write_text(tomlkit.dumps(document), encoding="utf-8")
     return notes
+
+
+def _inline_own_extras(dependencies: Array, project: Mapping[str, Any]) -> list[str]:
+    """Replace a requirement of the project itself (``demo[llm]``) with what its extras bring, as resolved: the
+    extras are removed below, and the daemon's ``uv sync`` installs [project].dependencies only."""
+    notes = []
+    for index in reversed(range(len(dependencies))):
+        text = str(dependencies[index])
+        own = own_extras(Requirement(text), project)
+        if own is None:
+            continue
+        del dependencies[index]
+        for offset, requirement in enumerate(own):
+            dependencies.insert(index + offset, str(requirement))
+        listed = shown_line(", ".join(str(requirement) for requirement in own) or "nothing")
+        notes.append(f"pyproject.toml: {shown_line(text)} (the plugin's own extras) is now {listed}")
+    return notes[::-1]
 
 
 def _pin_sdk(dependencies: Array, version: str) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,7 +200,41 @@ def _pyproject_dependencies(project: dict[str, Any]) -> list[Requirement]:
     for index, text in enumerate(dependencies):
         if not isinstance(text, str):
             raise DependencyError(f"{where}[{index}]: a {type(text).__name__}, not a requirement string")
-    return [parse_requirement(text, f"{where}[{index}]") for index, text in enumerate(dependencies)]
+    found = []
+    for index, text in enumerate(dependencies):
+        requirement = parse_requirement(text, f"{where}[{index}]")
+        own = own_extras(requirement, project)
+        found += [requirement] if own is None else own
+    return found
+
+
+def own_extras(
+    requirement: Requirement, project: Mapping[str, Any], seen: frozenset[str] = frozenset()
+) -> list[Requirement] | None:
+    """What ``requirement`` brings when it names the project itself (``demo[llm]`` among demo's dependencies):
+    its extras' requirements, nested ones too, under its marker, as uv installs them; None for another package.
+
+    The daemon installs no extras, and ``pack`` removes [project.optional-dependencies]: these take its place.
+    """
+    name = project.get("name")
+    if not isinstance(name, str) or canonicalize_name(requirement.name) != canonicalize_name(name):
+        return None
+    table = project.get("optional-dependencies")
+    extras = {canonicalize_name(str(key)): value for key, value in table.items()} if isinstance(table, Mapping) else {}
+    found: list[Requirement] = []
+    for extra in sorted({canonicalize_name(extra) for extra in requirement.extras} - seen):
+        entries = extras.get(extra)
+        for index, text in enumerate(entries if isinstance(entries, list) else []):
+            where = f"pyproject.toml [project.optional-dependencies].{extra}[{index}]"
+            if not isinstance(text, str):
+                raise DependencyError(f"{where}: a {type(text).__name__}, not a requirement string")
+            inner = parse_requirement(str(text), where)
+            if requirement.marker is not None:
+                both = f"({inner.marker}) and ({requirement.marker})" if inner.marker else str(requirement.marker)
+                inner.marker = Marker(both)
+            nested = own_extras(inner, project, seen | {extra})
+            found += [inner] if nested is None else nested
+    return found
 
 
 def _uv_constraints(pyproject: dict[str, Any]) -> list[Requirement]:
@@ -234,16 +269,23 @@ def _missing_sdk(requirements: list[Requirement]) -> list[str]:
 def _sdk_from_elsewhere(
     dependencies: list[Requirement], pyproject: dict[str, Any], requirements: list[Requirement]
 ) -> tuple[Requirement, str] | None:
-    """The SDK requirement when a plugin declares it in a dependency group or requirements.txt only."""
+    """The SDK requirement when a plugin declares it in a dependency group, an extra or requirements.txt only."""
     if any(canonicalize_name(requirement.name) == SDK for requirement in dependencies):
         return None
-    groups = pyproject.get("dependency-groups")
-    for group, entries in groups.items() if isinstance(groups, dict) else []:
-        for entry in entries if isinstance(entries, list) else []:
-            if isinstance(entry, str) and re.match(r"dify[-_.]plugin\b", entry, re.IGNORECASE):
-                return parse_requirement(
-                    entry, f"pyproject.toml [dependency-groups].{group}"
-                ), f"dependency group {group!r}"
+    project = pyproject.get("project")
+    elsewhere = (
+        ("dependency group", "[dependency-groups]", pyproject.get("dependency-groups")),
+        (
+            "extra",
+            "[project.optional-dependencies]",
+            project.get("optional-dependencies") if isinstance(project, dict) else None,
+        ),
+    )
+    for kind, table, groups in elsewhere:
+        for group, entries in groups.items() if isinstance(groups, dict) else []:
+            for entry in entries if isinstance(entries, list) else []:
+                if isinstance(entry, str) and re.match(r"dify[-_.]plugin\b", entry, re.IGNORECASE):
+                    return parse_requirement(entry, f"pyproject.toml {table}.{group}"), f"{kind} {group!r}"
     for requirement in requirements:
         if canonicalize_name(requirement.name) == SDK:
             return requirement, "requirements.txt"
