@@ -386,6 +386,42 @@ def test_verify_refuses_a_setting_leading_out_of_the_package_naming_file_line_an
     assert _touched(host) == []
 
 
+# A TOML key may hold any text, escapes included: the terminal must get it escaped and bounded.
+HOSTILE_KEY = "\\u001b[31mred" + "k" * 5_000
+
+
+def test_a_refusal_shows_a_hostile_setting_name_escaped_and_bounded(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pyproject = PYPROJECT + f'[tool.uv.sources."{HOSTILE_KEY}"]\npath = "/etc"\n'
+    contents = {"requirements.txt": "--no-index\ndify_plugin==0.7.4\n", "pyproject.toml": pyproject}
+    package = write_package(make_plugin(tmp_path / "src", contents), tmp_path / "demo.difypkg").path
+    with isolated_tmp(tmp_path / "tmpdir", monkeypatch):
+        outcome = run(capsys, "verify", package, "--cache-dir", tmp_path / "cache")
+    assert_refused(outcome, 4, "pyproject.toml:7: 'tool.uv.sources.\\x1b[31mred")
+    assert "\x1b" not in outcome.err and len(outcome.error_lines[0]) < 500
+
+
+def test_notes_show_hostile_extra_group_and_key_names_escaped_and_bounded(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, index: LocalIndex
+) -> None:
+    extras = "".join(f'x{number} = ["helper"]\n' for number in range(5_000))
+    pyproject = (
+        f'{PYPROJECT}[project.optional-dependencies]\n"{HOSTILE_KEY}" = ["helper"]\n{extras}'
+        f'[dependency-groups]\n"{HOSTILE_KEY}" = ["devtool"]\n[tool.uv]\n"{HOSTILE_KEY}" = 1\n'
+    )
+    outcome = _pack(capsys, tmp_path, index, make_plugin(tmp_path / "src", {"pyproject.toml": pyproject}))
+    assert outcome.code == 0, outcome.err
+    notes = [note for note in json.loads(outcome.out)["results"][0]["notes"] if "\\x1b[31mred" in note]
+    assert [note.split(" (")[0].split(" keys")[0] for note in notes] == [
+        "removed [project.optional-dependencies]",
+        "removed [dependency-groups]",
+        "replaced [tool.uv]",
+    ]
+    assert all(note.isprintable() and len(note) < 2_000 for note in notes), notes
+    assert "… (4991 more)" in notes[0]
+
+
 def test_settings_inside_the_package_or_remote_are_not_risks(tmp_path: Path) -> None:
     # What pack writes (slim packages name their mirror), and what points inside the package, stays allowed.
     pyproject = PYPROJECT + (

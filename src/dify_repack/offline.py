@@ -20,7 +20,7 @@ from tomlkit.items import Array, Table
 from .errors import DependencyError, EnvironmentProblem
 from .files import file_sha256
 from .manifest import Manifest
-from .redaction import shown_line
+from .redaction import shown_line, shown_names
 from .requirements import SDK, check_requires_python, own_extras
 from .runner import clean_env, run
 from .targets import Target
@@ -117,14 +117,14 @@ def edit_pyproject(
     if extras is not None:
         # Locked like groups (from paths of this machine too, while packing); the daemon installs no extra.
         del project["optional-dependencies"]
-        names = ", ".join(str(name) for name in extras) if isinstance(extras, dict) else "?"
+        names = shown_names(extras) if isinstance(extras, dict) else "?"
         notes.append(
             f"removed [project.optional-dependencies] ({names}): the daemon installs no extras, and uv lock "
             "resolves them"
         )
 
     if "dependency-groups" in document:
-        groups = ", ".join(str(name) for name in document["dependency-groups"])
+        groups = shown_names(document["dependency-groups"])
         del document["dependency-groups"]
         notes.append(f"removed [dependency-groups] ({groups}): not runtime dependencies, and uv sync resolves them")
 
@@ -135,7 +135,7 @@ def edit_pyproject(
     old = tool.get("uv")
     dropped = sorted(key for key in (old or {}) if key not in ("no-index", "find-links", "environments", "package"))
     if dropped:
-        notes.append(f"replaced [tool.uv] keys {', '.join(dropped)}: only keys every daemon's uv reads are shipped")
+        notes.append(f"replaced [tool.uv] keys {shown_names(dropped)}: only keys every daemon's uv reads are shipped")
     tool["uv"] = _offline_uv_table(targets, package=False if "build-system" in document else None)
     path.write_text(tomlkit.dumps(document), encoding="utf-8")
     return notes

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 
 MASK = "****"
 
@@ -31,6 +32,19 @@ def shown_line(value: object) -> str:
     """Untrusted text (or a YAML value) for a message: quoted, control characters escaped, bounded, no password."""
     text = repr(value if not isinstance(value, str) or len(value) <= _SHOWN_CHARS else value[:_SHOWN_CHARS] + "…")
     return redact(text if len(text) <= 2 * _SHOWN_CHARS else text[: 2 * _SHOWN_CHARS] + "…")
+
+
+def shown_name(name: str) -> str:
+    """A name from a package (a TOML key, an extra, a dotted setting) for a message: as it is when printable and
+    short, else quoted and bounded as ``shown_line`` shows it."""
+    return redact(name) if name.isprintable() and len(name) <= _SHOWN_CHARS else shown_line(name)
+
+
+def shown_names(names: Iterable[object], most: int = 10) -> str:
+    """Names from a package, comma-separated, each as ``shown_name`` shows it: the first ``most``, then a count."""
+    shown = [shown_name(str(name)) for name in names]
+    more = f", … ({len(shown) - most} more)" if len(shown) > most else ""
+    return ", ".join(shown[:most]) + more
 
 
 def redact(text: str) -> str:

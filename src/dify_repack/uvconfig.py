@@ -19,7 +19,7 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 
 from .errors import DependencyError
-from .redaction import shown_line
+from .redaction import shown_line, shown_name
 from .reqfile import check_locations, leads_outside
 from .requirements import tomllib
 
@@ -52,7 +52,7 @@ class ConfigRisk:
     @property
     def message(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        setting = f"{self.setting} = " if self.setting else ""
+        setting = f"{shown_name(self.setting)} = " if self.setting else ""
         return f"{where}: {setting}{shown_line(self.value)} {self.why}"
 
 
