@@ -485,6 +485,42 @@ def test_ram_is_chosen_only_when_it_can_run_programs_and_has_room(
     assert scratch_parent(needed) is None  # the user's choice wins
 
 
+CGROUPS = {
+    # cgroup v2: the limit is on the job's parent group; the job's own says "max".
+    "v2": (
+        "0::/ci/job\n",
+        {"ci/memory.max": "1073741824", "ci/memory.current": "629145600", "ci/job/memory.max": "max"},
+    ),
+    # cgroup v1 in a container: the path is the host's view, the container's group is the mounted root.
+    "v1": (
+        "4:memory:/docker/abc\n1:cpu,cpuacct:/\n",
+        {"memory/memory.limit_in_bytes": "1073741824", "memory/memory.usage_in_bytes": "629145600"},
+    ),
+}
+
+
+@pytest.mark.parametrize(("proc_cgroup", "tree"), CGROUPS.values(), ids=CGROUPS.keys())
+def test_ram_counts_only_the_memory_a_container_may_still_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proc_cgroup: str, tree: dict[str, str]
+) -> None:
+    # Files in RAM count against a control group's limit: past it the kernel kills the run, whatever the machine has.
+    (tmp_path / "proc" / "self").mkdir(parents=True)
+    (tmp_path / "proc" / "meminfo").write_text("MemTotal: 134217728 kB\nMemAvailable: 67108864 kB\n")
+    (tmp_path / "proc" / "self" / "cgroup").write_text(proc_cgroup)
+    for name, text in tree.items():
+        (tmp_path / "cgroup" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "cgroup" / name).write_text(text + "\n")
+    monkeypatch.setattr(files, "PROC", tmp_path / "proc")
+    monkeypatch.setattr(files, "CGROUP", tmp_path / "cgroup")
+    monkeypatch.delenv("TMPDIR", raising=False)
+    monkeypatch.setattr(os, "statvfs", lambda path: _Statvfs(0, 1 << 20))  # 4 GiB free in /dev/shm
+    monkeypatch.setattr(os, "access", lambda path, mode: True)
+
+    assert files._memory_available() == 424 << 20  # 1 GiB limit, 600 MiB used; not the machine's 64 GiB
+    assert scratch_parent(200 << 20) == Path("/dev/shm")
+    assert scratch_parent(300 << 20) is None  # more than half of what the container has left
+
+
 def test_a_work_folder_left_by_a_killed_run_is_removed_by_the_next_one_and_one_in_use_is_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -92,12 +92,47 @@ def scratch_parent(needed: int) -> Path | None:
     return RAM_FOLDER
 
 
+# Where the kernel says how much memory is left, for the machine and for this process's control group.
+PROC = Path("/proc")
+CGROUP = Path("/sys/fs/cgroup")
+
+
 def _memory_available() -> int:
-    with Path("/proc/meminfo").open(encoding="ascii") as meminfo:
-        for line in meminfo:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("no MemAvailable in /proc/meminfo")
+    """The memory still available to this process: the machine's, or less where its control group (a container,
+    a CI job) has a limit, which files in RAM count against: above it the kernel kills the run."""
+    with (PROC / "meminfo").open(encoding="ascii") as meminfo:
+        found = [int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:")]
+    if not found:
+        raise OSError("no MemAvailable in /proc/meminfo")
+    return min(found + list(_cgroup_headroom()))
+
+
+def _cgroup_headroom() -> Iterator[int]:
+    """Limit minus use of this process's memory control group and each one above it (cgroup v2, or v1's memory
+    controller); in a container the path may name the host's view, so the mounted root is read too."""
+    try:
+        lines = (PROC / "self" / "cgroup").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return  # no control groups: the machine's figure stands
+    for _, controllers, path in (line.split(":", 2) for line in lines if line.count(":") >= 2):
+        if controllers == "":
+            base, limit, used = CGROUP, "memory.max", "memory.current"
+        elif "memory" in controllers.split(","):
+            base, limit, used = CGROUP / "memory", "memory.limit_in_bytes", "memory.usage_in_bytes"
+        else:
+            continue
+        folder = base / path.lstrip("/")
+        for group in (folder, *folder.parents[: len(folder.parents) - len(base.parents)]):
+            headroom = _headroom(group / limit, group / used)
+            if headroom is not None:
+                yield headroom
+
+
+def _headroom(limit: Path, used: Path) -> int | None:
+    try:
+        return int(limit.read_text(encoding="ascii")) - int(used.read_text(encoding="ascii"))
+    except (OSError, ValueError):
+        return None  # no such group in this view, or no limit ("max")
 
 
 # Held locked by the run using a work folder: a folder whose lock is free was left by a run that ended without
