@@ -476,13 +476,16 @@ class _Statvfs(NamedTuple):
 def test_ram_is_chosen_only_when_it_can_run_programs_and_has_room(
     monkeypatch: pytest.MonkeyPatch, flags: int, free_blocks: int, needed: int, chosen: Path | None
 ) -> None:
-    monkeypatch.delenv("TMPDIR", raising=False)
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(os, "statvfs", lambda path: _Statvfs(flags, free_blocks))
     monkeypatch.setattr(os, "access", lambda path, mode: True)
     monkeypatch.setattr(files, "_memory_available", lambda: 64 << 30)
     assert scratch_parent(needed) == chosen
-    monkeypatch.setenv("TMPDIR", "/somewhere")
-    assert scratch_parent(needed) is None  # the user's choice wins
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        monkeypatch.setenv(name, "/somewhere")
+        assert scratch_parent(needed) is None  # the user's choice wins, however Python would read it
+        monkeypatch.delenv(name)
 
 
 CGROUPS = {

@@ -67,6 +67,7 @@ def file_sha256(path: Path) -> str:
 
 
 RAM_FOLDER = Path("/dev/shm")
+TEMP_VARIABLES = ("TMPDIR", "TEMP", "TMP")  # what tempfile reads: a user who set one chose the folder
 
 
 def scratch_parent(needed: int) -> Path | None:
@@ -74,11 +75,11 @@ def scratch_parent(needed: int) -> Path | None:
 
     Replays create and delete tens of thousands of small files (venvs, uv caches); in RAM that costs a fifth
     of the CPU time it costs on a journaling disk. None means the system's temporary folder: when ``TMPDIR``
-    chooses it, when there is no ``/dev/shm``, when it is mounted ``noexec`` (a venv runs its scripts and
+    (or ``TEMP``, ``TMP``, which Python reads too) chooses it, when there is no ``/dev/shm``, when it is mounted ``noexec`` (a venv runs its scripts and
     maps native libraries from there) or read-only, or when ``needed`` would take more than its free space
     or half of the memory still available.
     """
-    if os.environ.get("TMPDIR") or not hasattr(os, "ST_NOEXEC"):
+    if any(os.environ.get(name) for name in TEMP_VARIABLES) or not hasattr(os, "ST_NOEXEC"):
         return None
     try:
         stat = os.statvfs(RAM_FOLDER)
