@@ -14,6 +14,7 @@ need DNS fails at once), and the servers are on 127.0.0.1.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import resource
@@ -25,6 +26,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 import pytest
 
@@ -34,7 +36,7 @@ from dify_repack.http import download, make_client
 from dify_repack.signing import generate_keypair
 from dify_repack.wheelhouse import Incoming, add_wheels
 from fakeweb import FakeWeb, Reply, serve
-from hostile import DEFLATED, Entry, build_zip, plugin_entries
+from hostile import DEFLATED, MIB, Entry, build_zip, plugin_entries
 
 SECRET = "s3cr3t-sweep-token"
 CLOSED = "http://127.0.0.1:9"  # the discard port: nothing listens there
@@ -117,10 +119,13 @@ class Case:
 
 
 def _zip_bytes(files: dict[str, bytes]) -> bytes:
+    return _entries_bytes([Entry(name, data, method=DEFLATED) for name, data in files.items()])
+
+
+def _entries_bytes(entries: list[Entry]) -> bytes:
     path = Path(tempfile.mkstemp(suffix=".zip")[1])
     try:
-        build_zip(path, [Entry(name, data, method=DEFLATED) for name, data in files.items()])
-        return path.read_bytes()
+        return build_zip(path, entries).read_bytes()
     finally:
         path.unlink()
 
@@ -689,6 +694,175 @@ INDEX: dict[str, Case] = {
     "index-href-wrong-sha256": _evil_index("/files/helper-1.0.0-py3-none-any.whl#sha256=" + "0" * 64, 4),
 }
 
+# --- an index that serves hostile files ---------------------------------------------------------------------
+# The page gives each wheel's METADATA beside it (PEP 658, as large indexes do): uv resolves from that alone, so
+# the wheel itself is fetched, checked and read only by dify-repack.
+
+EVIL_WHEEL = "evilpkg-1.0-py3-none-any.whl"
+EVIL_METADATA = b"Metadata-Version: 2.1\nName: evilpkg\nVersion: 1.0\n"
+EVIL_DIST = "evilpkg-1.0.dist-info"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@functools.cache
+def _good_wheel() -> bytes:
+    with tempfile.TemporaryDirectory() as temp:
+        return make_wheel(Path(temp), "evilpkg", "1.0").read_bytes()
+
+
+def _wheel_with(*entries: Entry) -> bytes:
+    """A wheel of evilpkg 1.0 whose other entries are ``entries`` (a METADATA among them replaces the real one)."""
+    names = {entry.name for entry in entries}
+    base = [Entry("evilpkg/__init__.py", b"VERSION = '1.0'\n", method=DEFLATED)]
+    base += [Entry(f"{EVIL_DIST}/{name}", data, method=DEFLATED) for name, data in (
+        ("METADATA", EVIL_METADATA), ("WHEEL", b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"),
+    ) if f"{EVIL_DIST}/{name}" not in names]  # fmt: skip
+    return _entries_bytes([*base, *entries])
+
+
+def _served_wheel(
+    *replies: Reply | Callable[[], Reply],
+    vouch: bytes | Callable[[], bytes] | None = _good_wheel,
+    name: str = EVIL_WHEEL,
+    href: str | None = None,
+    json_api: bool = False,
+    junk_links: int = 0,
+) -> Argv:
+    """``pack`` of a plugin needing evilpkg, whose wheel the fake web's index serves as ``replies`` in turn (the
+    last one repeats). The link carries the sha256 of ``vouch`` (none when None) and leads to ``href`` (default
+    /w/NAME); the page is the JSON simple API with ``json_api``, and ``junk_links`` older versions precede it."""
+
+    def argv(w: World) -> list[str | Path]:
+        link = href or f"/w/{quote(name)}"
+        vouched = vouch() if callable(vouch) else vouch
+        hashes = {"sha256": _sha256(vouched)} if vouched is not None else {}
+        fragment = f"#sha256={hashes['sha256']}" if hashes else ""
+        if json_api:
+            meta = {"sha256": _sha256(EVIL_METADATA)}
+            files = [{"filename": name, "url": link, "hashes": hashes, "core-metadata": meta}]
+            body = json.dumps({"meta": {"api-version": "1.1"}, "name": "evilpkg", "files": files}).encode()
+            page = Reply(body=body, content_type="application/vnd.pypi.simple.v1+json")
+        else:
+            junk = "".join(f'<a href="/j/evilpkg-0.0.{n}-py3-none-any.whl">x</a>\n' for n in range(junk_links))
+            anchor = f'<a href="{link}{fragment}" data-core-metadata="sha256={_sha256(EVIL_METADATA)}">{name}</a>'
+            page = Reply(body=(junk + anchor).encode(), content_type="text/html")
+        w.web.route("/simple/evilpkg/", page)
+        w.web.route(urlsplit(link).path + ".metadata", Reply(body=EVIL_METADATA))
+        w.web.route(urlsplit(link).path, *(reply() if callable(reply) else reply for reply in replies))
+        plugin = w.plugin({"requirements.txt": "dify_plugin==0.7.4\nevilpkg\n"})
+        return [*w.pack(plugin, index=w.index.url), "--extra-index-url", f"{w.web.url}/simple"]
+
+    return argv
+
+
+def _wheel_reply(data: bytes | Callable[[], bytes], **kwargs: object) -> Callable[[], Reply]:
+    return lambda: Reply(body=data() if callable(data) else data, **kwargs)  # type: ignore[arg-type]
+
+
+def _corrupt_metadata() -> bytes:
+    return _wheel_with(Entry(f"{EVIL_DIST}/METADATA", b"Name: x\n", method=DEFLATED, payload=b"\xff" * 16))
+
+
+@functools.cache
+def _foreign_wheel() -> bytes:
+    """A wheel named evilpkg-1.0 whose only .dist-info is another project's."""
+    with tempfile.TemporaryDirectory() as temp:
+        return make_wheel(Path(temp), "requests", "2.0").read_bytes()
+
+
+def _odd_metadata() -> bytes:
+    return _wheel_with(Entry(f"{EVIL_DIST}/METADATA", EVIL_METADATA + b"License: MIT\x00\xff\xfe evil\n"))
+
+
+@functools.cache
+def _huge_metadata() -> bytes:
+    return _wheel_with(Entry(f"{EVIL_DIST}/METADATA", EVIL_METADATA + b"X" * (100 * MIB), method=DEFLATED))
+
+
+def _license_file_outside() -> bytes:
+    return _wheel_with(Entry(f"{EVIL_DIST}/METADATA", EVIL_METADATA + b"License-File: ../../../../etc/passwd\n"))
+
+
+@functools.cache
+def _many_entries() -> bytes:
+    return _wheel_with(*(Entry(f"evilpkg/m{n}.py", b"") for n in range(65_000)))
+
+
+SERVED: dict[str, Case] = {
+    "served-wheel-hash-mismatch": Case(
+        _served_wheel(_wheel_reply(lambda: _wheel_with(Entry("evilpkg/evil.py", b"import os\n")))), 6, EVIL_WHEEL
+    ),
+    "served-wheel-content-length-short": Case(
+        _served_wheel(lambda: Reply(body=_good_wheel(), length=len(_good_wheel()) - 100)), 6, EVIL_WHEEL
+    ),
+    "served-wheel-content-length-long": Case(
+        _served_wheel(lambda: Reply(body=_good_wheel(), length=len(_good_wheel()) + 100)), 6, EVIL_WHEEL
+    ),
+    "served-wheel-gzip-encoded": Case(
+        _served_wheel(lambda: Reply(body=zlib.compress(_good_wheel(), wbits=31), headers={"Content-Encoding": "gzip"})),
+        6,
+        EVIL_WHEEL,
+    ),
+    "served-wheel-html-page": Case(
+        _served_wheel(Reply(body=b"<html>please log in</html>", content_type="text/html")), 6, EVIL_WHEEL
+    ),
+    # Without a sha256 on the link uv fetches the wheel to learn it: uv refuses the page while resolving.
+    "served-wheel-html-page-no-hash": Case(
+        _served_wheel(Reply(body=b"<html>please log in</html>", content_type="text/html"), vouch=None), 4, "evilpkg"
+    ),
+    "served-wheel-json-error-no-hash": Case(
+        _served_wheel(Reply(body=b'{"error": "quota"}', content_type="application/json"), vouch=None), 4, "evilpkg"
+    ),
+    # A server that gives uv the wheel, then dify-repack an error page with status 200.
+    "served-wheel-turns-into-a-page-no-hash": Case(
+        _served_wheel(_wheel_reply(_good_wheel), Reply(body=b'{"error": "quota"}'), vouch=None), 6, EVIL_WHEEL
+    ),
+    "served-wheel-turns-into-another-no-hash": Case(
+        _served_wheel(_wheel_reply(_good_wheel), _wheel_reply(_foreign_wheel), vouch=None), 4, EVIL_WHEEL
+    ),
+    "served-json-api-hash-mismatch": Case(
+        _served_wheel(_wheel_reply(b"PK\x03\x04 another file"), json_api=True), 6, EVIL_WHEEL
+    ),
+    "served-page-with-100k-links": Case(_served_wheel(_wheel_reply(_good_wheel), junk_links=100_000), 0),
+    "served-wheel-dist-info-of-another-project": Case(
+        _served_wheel(_wheel_reply(_foreign_wheel), vouch=_foreign_wheel), 4, EVIL_WHEEL
+    ),
+    "served-wheel-metadata-nul-and-not-utf8": Case(_served_wheel(_wheel_reply(_odd_metadata), vouch=_odd_metadata), 0),
+    "served-wheel-metadata-100-mib": Case(_served_wheel(_wheel_reply(_huge_metadata), vouch=_huge_metadata), 0),
+    "served-wheel-license-file-outside": Case(
+        _served_wheel(_wheel_reply(_license_file_outside), vouch=_license_file_outside), 0
+    ),
+    "served-wheel-65k-entries": Case(_served_wheel(_wheel_reply(_many_entries), vouch=_many_entries), 0),
+    "served-wheel-redirect-to-file": Case(
+        _served_wheel(Reply(302, headers={"Location": "file:///etc/passwd"})), 6, EVIL_WHEEL
+    ),
+    "served-wheel-redirect-loop": Case(
+        _served_wheel(Reply(302, headers={"Location": f"/w/{EVIL_WHEEL}"})), 6, EVIL_WHEEL
+    ),
+    "served-wheel-of-another-project": Case(
+        _served_wheel(_wheel_reply(_good_wheel), name="evil-1.0-py3-none-any.whl"), 4, "evilpkg"
+    ),
+    "served-wheel-name-with-encoded-slash": Case(
+        _served_wheel(_wheel_reply(_good_wheel), href=f"/w/..%2F..%2F{EVIL_WHEEL}"), 4, "evilpkg"
+    ),
+    "served-wheel-name-very-long": Case(
+        _served_wheel(_wheel_reply(_good_wheel), name=f"evilpkg-1.0+{'a' * 300}-py3-none-any.whl"), 4, "evilpkg"
+    ),
+    "served-wheel-not-a-zip-but-vouched": Case(
+        _served_wheel(_wheel_reply(b"PK\x03\x04 but nothing after"), vouch=b"PK\x03\x04 but nothing after"),
+        4,
+        EVIL_WHEEL,
+    ),
+    "served-wheel-metadata-corrupt-deflate": Case(
+        _served_wheel(_wheel_reply(_corrupt_metadata), vouch=_corrupt_metadata),
+        4,
+        EVIL_WHEEL,
+    ),
+}
+
 # --- wheelhouses ----------------------------------------------------------------------------------------------
 
 
@@ -826,7 +1000,7 @@ FLEET: dict[str, Case] = {
 }
 
 CASES: dict[str, Case] = {
-    **SOURCES, **SERVERS, **LISTS, **PACKAGES, **FOLDERS, **DEPS, **CONFIG, **KEYS, **OPTIONS, **ENVIRONMENT, **INDEX, **WHEELHOUSES, **FLEET,
+    **SOURCES, **SERVERS, **LISTS, **PACKAGES, **FOLDERS, **DEPS, **CONFIG, **KEYS, **OPTIONS, **ENVIRONMENT, **INDEX, **SERVED, **WHEELHOUSES, **FLEET,
 }  # fmt: skip
 
 
@@ -988,7 +1162,7 @@ def test_bad_input(
 
     assert result.code == case.code, text
     assert result.code in DOCUMENTED, text
-    assert "Traceback" not in text and "unexpected" not in text, text
+    assert "Traceback" not in text and "error: unexpected" not in text, text
     assert SECRET not in text, text
     errors = [line for line in result.err.splitlines() if line.startswith("error:")]
     if case.code != 0:

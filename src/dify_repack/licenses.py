@@ -8,7 +8,6 @@ Order of trust (PEP 639 first): ``License-Expression``, then ``License ::`` trov
 from __future__ import annotations
 
 import re
-import zipfile
 from dataclasses import dataclass
 from email.message import Message
 from email.parser import HeaderParser
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import IO
 
 from cyclonedx import spdx
+
+from .wheelfile import NotAWheel, read_metadata
 
 # Trove classifiers that name one license exactly; broader ones ("BSD License", "GPL") keep their name.
 _CLASSIFIERS = {
@@ -61,8 +62,6 @@ _ALIASES = {
     "psf": "PSF-2.0",
     "isclicense": "ISC",
 }
-# METADATA is small; a wheel claiming more is not read for it (its license is then "unknown").
-_MAX_METADATA = 1024 * 1024
 _COPYLEFT = re.compile(r"\bA?GPL|\bGNU (Affero )?General Public License", re.IGNORECASE)
 _WEAK_COPYLEFT = re.compile(r"\bLGPL|\bGNU Lesser General Public License", re.IGNORECASE)
 
@@ -115,19 +114,8 @@ def _judged(text: str, is_spdx: bool) -> License:
 
 def wheel_license(wheel: Path | IO[bytes]) -> License:
     """The license in a wheel's ``*.dist-info/METADATA``, read without extracting the wheel."""
-    text = ""
     try:
-        with zipfile.ZipFile(wheel) as archive:
-            info = next(
-                (
-                    info
-                    for info in archive.infolist()
-                    if info.filename.count("/") == 1 and info.filename.endswith(".dist-info/METADATA")
-                ),
-                None,
-            )
-            if info is not None and info.file_size <= _MAX_METADATA:
-                text = archive.read(info).decode("utf-8", errors="replace")
-    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError):
-        pass  # a wheel that cannot be read declares nothing we can trust
+        text = (read_metadata(wheel) or b"").decode("utf-8", errors="replace")
+    except NotAWheel:
+        text = ""  # a wheel that cannot be read declares nothing we can trust
     return license_of(HeaderParser().parsestr(text))

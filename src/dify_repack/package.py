@@ -35,7 +35,8 @@ MAX_ENTRIES = 200_000
 # The compression methods Go's archive/zip (the daemon) reads.
 _DAEMON_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
 # What a zip read can raise on hostile bytes besides OSError: all of it means "corrupt package".
-_ZIP_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, ValueError)
+ZIP_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, ValueError)
+ZIP_MAGIC = b"PK\x03\x04"  # how a zip file (a package, a wheel) starts
 # A fixed timestamp makes the same input give a byte-identical zip (zip's epoch is 1980).
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 # Linux's NAME_MAX, and a path length far above real plugins' (<300) and below PATH_MAX with any temp prefix.
@@ -133,7 +134,7 @@ def open_package(package: Path, *, shown_as: object = None) -> Iterator[zipfile.
         raise PackageError(f"{where}: no such file") from None
     except UnicodeDecodeError:
         raise PackageError(f"{where}: an entry name is flagged UTF-8 but is not valid UTF-8") from None
-    except (*_ZIP_READ_ERRORS, OSError) as exc:
+    except (*ZIP_READ_ERRORS, OSError) as exc:
         raise PackageError(
             f"{where}: not a readable .difypkg (zip) file: {_first_line(exc)}",
             tip="a .difypkg is a zip archive; a truncated download is the usual cause",
@@ -142,7 +143,7 @@ def open_package(package: Path, *, shown_as: object = None) -> Iterator[zipfile.
         check_entries(archive, where)
         try:
             yield archive
-        except _ZIP_READ_ERRORS as exc:
+        except ZIP_READ_ERRORS as exc:
             raise PackageError(f"{where}: corrupt entry: {_first_line(exc)}") from None
 
 

@@ -34,6 +34,11 @@ from .runner import clean_env, run
 from .targets import Target
 from .uvbin import find_python, uv_bin
 
+# A file name becomes a cache entry with a temporary name around it: past 200 bytes it would exceed the 255 bytes
+# file systems allow. Real wheel names, platform tags and all, stay well under 150.
+MAX_FILENAME = 200
+BROKEN_FILE_TIP = "the index serves a broken file for this version: pin another version, or ask the index's keepers"
+
 
 @dataclass(frozen=True)
 class Artifact:
@@ -211,6 +216,11 @@ def _explain_failure(output: str, target: Target, indexes: Indexes) -> Exception
             tip="check the network/proxy, or point --index-url at a reachable mirror",
         )
     summary = "; ".join(line.lstrip("╰─▶ ").rstrip(".") for line in lines if not line.startswith(("hint", "help")))
+    if broken := re.search(r"Failed to (?:download|extract archive|read metadata)[^;]*`([^`]+)`", text):
+        return DependencyError(
+            f"the package index {where} serves a broken file for {broken.group(1)}: {summary}",
+            tip=BROKEN_FILE_TIP,
+        )
     return DependencyError(
         f"dependencies cannot be resolved for {target}: {summary}",
         tip="loosen the pins named above, or check that every package publishes wheels or an sdist for Linux",
@@ -222,10 +232,14 @@ def _artifact(entry: dict[str, Any], name: str) -> Artifact:
     # Indexes may add a query (signed links) and percent-encode the name ("torch-2.5.1%2Bcpu-..."): the
     # file name is the last path segment, decoded. It becomes a path in the cache and the package.
     filename = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
-    if filename in ("", ".", "..") or any(char in filename for char in "/\\\0"):
+    if (
+        filename in ("", ".", "..")
+        or any(char in filename for char in "/\\\0")
+        or len(filename.encode()) > MAX_FILENAME
+    ):
         raise DependencyError(
             f"{name}: the index links a file with an unusable name ({shown_line(filename)})",
-            tip="check the index; a file name must be one path segment",
+            tip=f"check the index; a file name must be one path segment of at most {MAX_FILENAME} bytes",
         )
     hashes = entry.get("hashes") or {}
     size = entry.get("size")

@@ -27,14 +27,13 @@ import httpx
 
 from .errors import NetworkError, PackageError, StatusError, UsageError
 from .http import ProgressCallback, download, make_client, open_stream, paced
-from .package import zip_checksum
+from .package import ZIP_MAGIC, zip_checksum
 from .redaction import redact
 
 SourceKind = Literal["file", "directory", "marketplace", "github", "url"]
 
 DEFAULT_MARKETPLACE_URL = "https://marketplace.dify.ai"
 DEFAULT_GITHUB_URL = "https://github.com"
-ZIP_MAGIC = b"PK\x03\x04"
 
 # Author and name as manifest.yaml allows them; the checksum is the daemon's sha256 (DAEMON-FACTS §1).
 _PLUGIN_ID = re.compile(

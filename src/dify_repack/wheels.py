@@ -24,14 +24,16 @@ import httpx
 import platformdirs
 
 from . import cancel
-from .errors import BuildError, DifyRepackError, EnvironmentProblem, UsageError
+from .errors import BuildError, DependencyError, DifyRepackError, EnvironmentProblem, UsageError
 from .files import file_sha256, write_atomically
 from .http import ProgressCallback, download, make_client
+from .package import ZIP_MAGIC
 from .report import NullReporter, Reporter, plural
-from .resolve import Artifact, Indexes, Pin
+from .resolve import BROKEN_FILE_TIP, Artifact, Indexes, Pin
 from .runner import clean_env, run
 from .targets import MACHINES, Target, host_runs, is_pure_wheel
 from .uvbin import find_python, uv_bin
+from .wheelfile import NotAWheel, check_wheel
 
 PARALLEL_DOWNLOADS = 8
 SHA256_SUFFIX = ".sha256"  # beside a built wheel: its hash, checked before it is used again
@@ -146,16 +148,20 @@ class WheelCache:
         cached = self.lookup(artifact)
         if cached is not None:
             return cached
+        # A wheel is a zip: an error or login page served with status 200 is refused before its hash is checked.
+        magic = ZIP_MAGIC if artifact.filename.endswith(".whl") else None
         if artifact.sha256 is None:
             # No hash from the index: download to learn it, then file it under the real one.
             with tempfile.TemporaryDirectory(dir=self.scratch()) as temp:
                 loose = Path(temp) / artifact.filename
-                digest = download(client, artifact.url, loose, size=artifact.size, progress=advance)
+                digest = download(client, artifact.url, loose, size=artifact.size, progress=advance, magic=magic)
                 stored = self.store(loose, digest)
                 self.fetched.add(stored)
                 return stored
         path = self.path_for(artifact.sha256, artifact.filename)
-        digest = download(client, artifact.url, path, sha256=artifact.sha256, size=artifact.size, progress=advance)
+        digest = download(
+            client, artifact.url, path, sha256=artifact.sha256, size=artifact.size, progress=advance, magic=magic
+        )
         self._remember(path, digest)
         self.fetched.add(path)
         return path
@@ -302,6 +308,8 @@ def fetch_all(
                 built[key] = future.result()
             except BuildError as error:
                 failures.append(error)  # go on, so that one run names every package that needs attention
+    for url, path in downloaded.items():
+        _check_downloaded(wanted[url], path)
     if len(failures) == 1:
         raise failures[0]
     if failures:
@@ -317,6 +325,17 @@ def fetch_all(
             origin = wheel or pin.sdist
             entry.origins[target] = origin.url if origin else ""
     return sorted(selected.values(), key=lambda item: (item.pin.name, item.pin.version))
+
+
+def _check_downloaded(artifact: Artifact, path: Path) -> None:
+    """A downloaded wheel must be the wheel its name promises; its sha256 alone may vouch for a broken file."""
+    try:
+        check_wheel(path, artifact.filename)
+    except NotAWheel as exc:
+        raise DependencyError(
+            f"{artifact.filename} (from {artifact.url}) is not a usable wheel: {exc}",
+            tip=BROKEN_FILE_TIP,
+        ) from None
 
 
 def prefetch(
