@@ -246,6 +246,49 @@ SOURCES: dict[str, Case] = {
         6,
         named="org/name",
     ),
+    "marketplace-latest-deeply-nested-json": Case(
+        lambda w: w.pack("org/name", "--marketplace-url", _market(w, b"[" * 1_000_000)), 6, named="org/name"
+    ),
+    "marketplace-latest-over-4-mib": Case(
+        lambda w: w.pack("org/name", "--marketplace-url", _market(w, b'{"data": "' + b"x" * (10 * MIB) + b'"}')),
+        6,
+        named="org/name",
+    ),
+    "marketplace-latest-version-control-characters": Case(
+        lambda w: w.pack(
+            "org/name", "--marketplace-url", _market(w, b'{"data":{"plugin":{"latest_version":"1.0.0\\u001b[2J\\r"}}}')
+        ),
+        6,
+        named="\\x1b[2J\\r",
+    ),
+    "marketplace-latest-version-huge": Case(
+        lambda w: w.pack(
+            "org/name", "--marketplace-url", _market(w, b'{"data":{"plugin":{"latest_version":"' + b"9" * MIB + b'"}}}')
+        ),
+        6,
+        named="org/name",
+    ),
+    "marketplace-download-redirect-loop": Case(
+        lambda w: w.pack(
+            "org/name:1.0.0",
+            "--marketplace-url",
+            _served(
+                w, "/api/v1/plugins/org/name/1.0.0/download", Reply(302, headers={"Location": "download"})
+            ).removesuffix("/api/v1/plugins/org/name/1.0.0/download"),
+        ),
+        6,
+        named="too many redirects",
+    ),
+    "github-asset-redirect-to-file": Case(
+        lambda w: w.pack("github:o/r@v1/a.difypkg"),
+        6,
+        named="a.difypkg",
+        env=lambda w: {
+            "GITHUB_URL": _served(
+                w, "/o/r/releases/download/v1/a.difypkg", Reply(302, headers={"Location": "file:///etc/passwd"})
+            ).removesuffix("/o/r/releases/download/v1/a.difypkg")
+        },
+    ),
     "marketplace-latest-gzip-bomb": Case(
         lambda w: w.pack("org/name", "--marketplace-url", _market(w, _gzip_bomb(), {"Content-Encoding": "gzip"})),
         6,
@@ -349,6 +392,28 @@ PACKAGES: dict[str, Case] = {
     "signature-time-huge": Case(
         lambda w: ["verify-signature", w.package(comment=b'{"signature": "AAAA", "time": 1e308}'), "--key", w.keys[1]],
         8,
+    ),
+    "signature-comment-deeply-nested": Case(
+        lambda w: ["verify-signature", w.package(comment=b"[" * 60_000), "--key", w.keys[1]], 8
+    ),
+    # The licenses of the wheels a package ships are read for the SBOM; a broken one declares none.
+    "inspect-wheel-metadata-corrupt-deflate": Case(
+        lambda w: [
+            "inspect",
+            w.package(entries=[*plugin_entries(), Entry(f"wheels/{EVIL_WHEEL}", _corrupt_metadata())]),
+            "--sbom",
+            w.out / "sbom.json",
+        ],
+        0,
+    ),
+    "inspect-wheel-not-a-zip": Case(
+        lambda w: [
+            "inspect",
+            w.package(entries=[*plugin_entries(), Entry(f"wheels/{EVIL_WHEEL}", b"PK\x03\x04 then nothing")]),
+            "--report",
+            w.out / "report.html",
+        ],
+        0,
     ),
     "verification-json-garbage": Case(
         lambda w: [
@@ -1170,6 +1235,7 @@ def test_bad_input(
         named = case.named(world) if callable(case.named) else case.named
         shown = str(argv[1]) if named is None else named
         assert shown in errors[0], result.err
+        assert len(errors[0]) < 2000, "an error line that long repeats untrusted input unbounded"
         assert str(world.tmp) not in errors[0] and "dify-repack-" not in errors[0], errors[0]
         assert not [p for p in world.out.rglob("*") if p.is_file()] if world.out.exists() else True, "a package in -o"
     assert sorted(p.name for p in world.tmp.iterdir()) == [], "left in TMPDIR"

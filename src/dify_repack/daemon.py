@@ -66,6 +66,6 @@ def is_heartbeat(text: str) -> bool:
     """The plugin's first heartbeat line on stdout is what the daemon waits for."""
     try:
         message = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return isinstance(message, dict) and message.get("event") == "heartbeat"

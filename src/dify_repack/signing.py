@@ -324,7 +324,7 @@ def _read_claim(archive: zipfile.ZipFile, package: Path) -> _Claim | None:
         comment = json.loads(archive.comment)
         signature = base64.b64decode(comment["signature"], validate=True)
         signed_at = comment["time"]
-    except (ValueError, TypeError, KeyError, binascii.Error):
+    except (ValueError, TypeError, KeyError, binascii.Error, RecursionError):  # RecursionError: "[[[…" nesting
         raise SignatureError(
             f"{package}: the zip comment is not a Dify signature: {archive.comment[:80]!r}",
             tip="sign it again: dify-repack sign PACKAGE --key NAME.private.pem",
@@ -345,7 +345,7 @@ def _read_category(archive: zipfile.ZipFile, package: Path) -> str | None:
     raw = archive.read(info)
     try:
         category = json.loads(raw)["authorized_category"]
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, RecursionError):
         category = None
     if not isinstance(category, str):
         # The daemon fails to decode it and then treats the package as unverified, whatever the signature.

@@ -28,7 +28,7 @@ import httpx
 from .errors import NetworkError, PackageError, StatusError, UsageError
 from .http import ProgressCallback, download, make_client, open_stream, paced
 from .package import ZIP_MAGIC, zip_checksum
-from .redaction import redact
+from .redaction import redact, shown_line
 
 SourceKind = Literal["file", "directory", "marketplace", "github", "url"]
 
@@ -313,10 +313,12 @@ def _latest(
     try:
         found = json.loads(body)["data"]["plugin"]
         version, identifier = found["latest_version"], found.get("latest_package_identifier") or ""
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, RecursionError):  # nesting past Python's limit: RecursionError
         raise NetworkError(f"{url}: the answer does not name {wanted}'s latest version", tip=tip) from None
     if not isinstance(version, str) or not _PLUGIN_ID.fullmatch(f"{wanted}:{version}"):
-        raise NetworkError(f"{url}: the latest version of {wanted} is given as {version!r}, not x.y.z", tip=tip)
+        raise NetworkError(
+            f"{url}: the latest version of {wanted} is given as {shown_line(version)}, not x.y.z", tip=tip
+        )
     # That release's identifier carries the daemon's checksum: kept only when it names the same release.
     checksum = None
     match = _PLUGIN_ID.fullmatch(str(identifier))

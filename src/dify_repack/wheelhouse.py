@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import shutil
-import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from .credentials import ca_bundle, index_credentials
 from .errors import EnvironmentProblem, NetworkError, PackageError, UsageError, VerificationError
 from .files import atomic_output, file_sha256, write_atomically
 from .redaction import redact
+from .wheelfile import NotAWheel, check_wheel, read_metadata
 
 FILES_DIR = "files"
 SIMPLE_DIR = "simple"
@@ -121,7 +121,7 @@ def read_wheelhouse(root: Path) -> Wheelhouse:
             if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
                 raise ValueError(f"{name!r} is not a file name")
             parse_wheel_filename(name)
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as error:
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, RecursionError) as error:
         raise PackageError(
             f"{path}: unreadable wheelhouse manifest ({error})",
             tip="restore it from a copy, or start a new wheelhouse in an empty folder",
@@ -308,15 +308,11 @@ def _page(title: str, body: str) -> str:
 def _describe(path: Path, digest: str) -> HouseFile:
     try:
         name, version, _, _ = parse_wheel_filename(path.name)
-        with zipfile.ZipFile(path) as archive:
-            metadata_name = next(
-                member
-                for member in archive.namelist()
-                if member.count("/") == 1 and member.endswith(".dist-info/METADATA")
-            )
-            metadata = email.parser.BytesHeaderParser().parsebytes(archive.read(metadata_name))
-    except (ValueError, StopIteration, zipfile.BadZipFile, OSError) as error:
-        raise PackageError(f"{path.name}: not a readable wheel ({error or 'no METADATA'})") from None
+        check_wheel(path, path.name)
+        raw = read_metadata(path) or b""  # past MAX_METADATA it is not read: no Requires-Python is recorded
+    except (ValueError, NotAWheel) as error:
+        raise PackageError(f"{path.name}: not a readable wheel ({error})") from None
+    metadata = email.parser.BytesHeaderParser().parsebytes(raw)
     requires = metadata.get("Requires-Python")
     return HouseFile(
         filename=path.name,
