@@ -28,7 +28,7 @@ import httpx
 from .errors import NetworkError, PackageError, StatusError, UsageError
 from .http import ProgressCallback, download, make_client, open_stream, paced
 from .package import ZIP_MAGIC, zip_checksum
-from .redaction import redact, shown_line
+from .redaction import redact, shown_line, shown_name
 
 SourceKind = Literal["file", "directory", "marketplace", "github", "url"]
 
@@ -135,7 +135,8 @@ def parse_source(text: str, *, base: Path | None = None) -> Source:
     # A URL typed without its scheme may carry a login: masked as redact() masks one with a scheme.
     shown = redact(f"https://{text}").removeprefix("https://") if "@" in text else text
     raise UsageError(
-        f"{shown}: no such file or directory, and not a Marketplace id, github: asset or URL", tip=_FORMS_TIP
+        f"{shown_name(shown)}: no such file or directory, and not a Marketplace id, github: asset or URL",
+        tip=_FORMS_TIP,
     )
 
 
