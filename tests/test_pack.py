@@ -407,7 +407,9 @@ def test_batch_goes_on_after_a_bad_plugin_and_reports_each(
     assert payload["schema"] == 1 and payload["command"] == "pack" and payload["status"] == "partial"
     assert payload["error"]["exit_code"] == 10 and "1 of 2 plugins failed" in payload["error"]["message"]
     assert [result["status"] for result in payload["results"]] == ["error", "success"]
-    assert "dify_plugin==b65" in payload["results"][0]["error"]
+    failed = payload["results"][0]
+    assert "dify_plugin==b65" in failed["error"] and failed["exit_code"] == 4
+    assert "a version looks like 1.2.3" in failed["tip"]  # what the one-plugin error line's tip says
     assert [path.name for path in out.iterdir()] == ["tester-demo_0.1.0-offline.difypkg"]
 
 

@@ -33,6 +33,7 @@ def pack_json(text: str, outcome: PackResult | DifyRepackError, seconds: float) 
             "source": text,
             "status": "error",
             "error": outcome.message,
+            "tip": outcome.tip,
             "exit_code": int(outcome.exit_code),
         }
     return {
