@@ -108,6 +108,7 @@ BAD_ZIPS: dict[str, Callable[[], list[Entry]]] = {
     ],
     "symlink-entry": lambda: [*plugin_entries(), Entry("key.txt", b"/root/.ssh/id_rsa", mode=stat.S_IFLNK | 0o777)],
     "absolute-name": lambda: [*plugin_entries(), Entry("/tmp/evil.py", b"x = 1\n")],
+    "absolute-name-huge": lambda: [*plugin_entries(), Entry("/" + "\x01" * 60_000, b"x = 1\n")],
     "dotdot-name": lambda: [*plugin_entries(), Entry("../evil.py", b"x = 1\n")],
     "backslash-name": lambda: [*plugin_entries(), Entry("..\\evil.py", b"x = 1\n")],
     "name-too-long": lambda: [*plugin_entries(), Entry("a" * 300 + ".py", b"x = 1\n")],
@@ -164,6 +165,7 @@ def assert_refused(outcome: Outcome, code: int, *named: str | Path) -> None:
     """The documented exit code, exactly one ``error:`` line naming the input, no traceback."""
     assert outcome.code == code, outcome.err
     assert len(outcome.error_lines) == 1, outcome.err
+    assert len(outcome.error_lines[0]) < 2000, "a name from the input is shown bounded"
     assert "Traceback" not in outcome.err + outcome.out
     assert "unexpected" not in outcome.err
     for name in named:

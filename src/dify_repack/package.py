@@ -23,6 +23,7 @@ import pathspec
 from . import cancel
 from .errors import EnvironmentProblem, PackageError
 from .files import CHUNK, atomic_output
+from .redaction import shown_line
 
 SIGNATURE_FILE = ".verification.dify.json"
 # Far above any real plugin (torch-sized packages are ~3 GiB) and far below what would fill a disk.
@@ -59,13 +60,17 @@ class ZipStats:
 def _check_member_name(name: str, source: object) -> PurePosixPath:
     posix = PurePosixPath(name)
     if "\\" in name or posix.is_absolute() or (len(name) > 1 and name[1] == ":"):
-        raise PackageError(f"{source}: entry {name!r} has an absolute or non-POSIX path; refusing to extract it")
+        raise PackageError(
+            f"{source}: entry {shown_line(name)} has an absolute or non-POSIX path; refusing to extract it"
+        )
     if ".." in posix.parts:
-        raise PackageError(f"{source}: entry {name!r} points outside the package ('..'); refusing to extract it")
+        raise PackageError(
+            f"{source}: entry {shown_line(name)} points outside the package ('..'); refusing to extract it"
+        )
     if not posix.parts or posix.parts == (".",):
-        raise PackageError(f"{source}: entry {name!r} has an empty path")
+        raise PackageError(f"{source}: entry {shown_line(name)} has an empty path")
     if len(name.encode()) > _MAX_NAME_BYTES or any(len(part.encode()) > _MAX_PART_BYTES for part in posix.parts):
-        raise PackageError(f"{source}: entry {name[:60]!r}… has a name too long for a file system")
+        raise PackageError(f"{source}: entry {shown_line(name)} has a name too long for a file system")
     return posix
 
 
@@ -83,27 +88,27 @@ def check_entries(archive: zipfile.ZipFile, source: object) -> None:
     for info in infos:
         # ZipInfo cuts a name at NUL; the daemon (Go) does not, so the two would read different names.
         if "\x00" in info.orig_filename:
-            raise PackageError(f"{source}: entry {info.orig_filename!r} has a NUL byte in its name")
+            raise PackageError(f"{source}: entry {shown_line(info.orig_filename)} has a NUL byte in its name")
         name = info.filename
         posix = _check_member_name(name, source)
         if info.is_dir():
             continue
         if stat.S_ISLNK(info.external_attr >> 16):
-            raise PackageError(f"{source}: entry {name!r} is a symbolic link; Dify packages hold files only")
+            raise PackageError(f"{source}: entry {shown_line(name)} is a symbolic link; Dify packages hold files only")
         if info.flag_bits & 0x1:
-            raise PackageError(f"{source}: entry {name!r} is encrypted; the daemon cannot read it")
+            raise PackageError(f"{source}: entry {shown_line(name)} is encrypted; the daemon cannot read it")
         if info.compress_type not in _DAEMON_METHODS:
             raise PackageError(
-                f"{source}: entry {name!r} uses compression method {info.compress_type}; "
+                f"{source}: entry {shown_line(name)} uses compression method {info.compress_type}; "
                 "the daemon reads only stored and deflated entries"
             )
         if posix in files:
             # The daemon opens entries by name, so it may read either copy: the outcome is not predictable.
-            raise PackageError(f"{source}: entry {name!r} appears twice; the daemon may read either copy")
+            raise PackageError(f"{source}: entry {shown_line(name)} appears twice; the daemon may read either copy")
         files[posix] = name
         if info.file_size > RATIO_FLOOR and info.file_size > MAX_RATIO * max(info.compress_size, 1):
             raise PackageError(
-                f"{source}: entry {name!r} declares {info.file_size} bytes from {info.compress_size} "
+                f"{source}: entry {shown_line(name)} declares {info.file_size} bytes from {info.compress_size} "
                 f"compressed (ratio above {MAX_RATIO}: zip bomb?)"
             )
         total += info.file_size
@@ -115,7 +120,9 @@ def check_entries(archive: zipfile.ZipFile, source: object) -> None:
     for posix, name in files.items():
         for parent in posix.parents:
             if parent in files:
-                raise PackageError(f"{source}: entry {name!r} needs a folder where the file {files[parent]!r} is")
+                raise PackageError(
+                    f"{source}: entry {shown_line(name)} needs a folder where the file {shown_line(files[parent])} is"
+                )
 
 
 @contextmanager
@@ -164,7 +171,9 @@ def extract_package(source: Path, dest: Path, *, shown_as: object = None) -> Non
             target = dest.joinpath(*PurePosixPath(info.filename).parts)
             # Names were checked; this guards against a folder of dest being a link planted earlier.
             if not target.parent.resolve().is_relative_to(root):
-                raise PackageError(f"{where}: entry {info.filename!r} would be written outside the package folder")
+                raise PackageError(
+                    f"{where}: entry {shown_line(info.filename)} would be written outside the package folder"
+                )
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with archive.open(info) as src, target.open("wb") as out:
@@ -180,7 +189,7 @@ def _copy_limited(src: IO[bytes], out: IO[bytes], declared: int, name: str, sour
     while chunk := src.read(CHUNK):
         written += len(chunk)
         if written > declared:
-            raise PackageError(f"{source}: entry {name!r} is larger than its header says (zip bomb?)")
+            raise PackageError(f"{source}: entry {shown_line(name)} is larger than its header says (zip bomb?)")
         out.write(chunk)
 
 
