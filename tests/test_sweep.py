@@ -502,6 +502,11 @@ DEPS: dict[str, Case] = {
         4,
         "evil",
     ),
+    "requirements-url-huge-with-login": _deps(
+        {"requirements.txt": f"dify_plugin==0.7.4\nevil @ https://u:{SECRET}@evil.invalid/{'a' * 5000}.whl\n"},
+        4,
+        "u:****@evil.invalid",
+    ),
     "requirements-editable": _deps({"requirements.txt": "-e .\n"}, 4, "requirements.txt"),
     "requirements-is-a-folder": _deps({"requirements.txt/x": "a\n", "requirements.txt": None}, 4, "requirements.txt"),
     "requirements-empty-pin": _deps({"requirements.txt": "dify_plugin==\n"}, 4, "requirements.txt"),

@@ -21,7 +21,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from .errors import DependencyError
-from .redaction import redact, shown_line
+from .redaction import shown_line, shown_name
 
 # Long options pip accepts in requirement files that pull in another file; optparse also takes any unique
 # prefix (``--constr``), so a prefix counts as the option: it is then confined like the full spelling.
@@ -43,7 +43,6 @@ _INDEX_OPTION = re.compile(r"^(-i|--index-url|--extra-index-url)\b")
 _BUILD_OPTIONS = ("--config-settings", "--global-option", "--install-option")
 # pip's --hash algorithms, with the hex length of their digests.
 HASH_ALGORITHMS = {"sha256": 64, "sha384": 96, "sha512": 128}
-# A line from a plugin is shown at most this long: enough to recognise it, never a whole file.
 
 
 @dataclass(frozen=True)
@@ -293,7 +292,7 @@ def _option(result: RequirementsFile, line: str, where: str, notes: list[str] | 
         return
     if _IGNORED_OPTION.match(line):
         if notes is not None and _INDEX_OPTION.match(line):
-            notes.append(f"{where}: {redact(line)} is not used to resolve; give it to dify-repack as --index-url")
+            notes.append(f"{where}: {shown_name(line)} is not used to resolve; give it to dify-repack as --index-url")
         return
     if line.startswith(("-e", "--editable")):
         raise DependencyError(
@@ -389,7 +388,7 @@ def parse_requirement(text: str, where: str) -> Requirement:
         ) from None
     if requirement.url:
         raise DependencyError(
-            f"{where}: {requirement.name} is a direct URL requirement ({requirement.url}); it cannot be resolved from an index",
+            f"{where}: {requirement.name} is a direct URL requirement ({shown_name(requirement.url)}); it cannot be resolved from an index",
             tip="publish the package to an index (a private one works with --index-url) and require it by version",
         )
     return requirement
