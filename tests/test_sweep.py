@@ -525,6 +525,14 @@ DEPS: dict[str, Case] = {
         4,
         "pyproject.toml",
     ),
+    "pyproject-huge-group-name": _deps(
+        {
+            "pyproject.toml": '[project]\nname = "x"\nversion = "1"\ndependencies = ["helper"]\n'
+            f'[dependency-groups]\n"{"g" * 5000}" = ["dify_plugin==banana"]\n'
+        },
+        4,
+        "[dependency-groups]",
+    ),
     "pyproject-dependencies-not-strings": _deps(
         {"pyproject.toml": '[project]\nname = "x"\nversion = "1"\ndependencies = [1, {a = 2}]\n'}, 4, "pyproject.toml"
     ),

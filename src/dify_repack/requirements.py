@@ -16,7 +16,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from .errors import DependencyError
-from .redaction import shown_line
+from .redaction import shown_line, shown_name
 from .reqfile import DeclaredPin, HashPin, RequirementsFile, parse_requirement, parse_requirements_file
 
 if sys.version_info >= (3, 11):
@@ -285,7 +285,8 @@ def _sdk_from_elsewhere(
         for group, entries in groups.items() if isinstance(groups, dict) else []:
             for entry in entries if isinstance(entries, list) else []:
                 if isinstance(entry, str) and re.match(r"dify[-_.]plugin\b", entry, re.IGNORECASE):
-                    return parse_requirement(entry, f"pyproject.toml {table}.{group}"), f"{kind} {group!r}"
+                    where = f"pyproject.toml {table}.{shown_name(str(group))}"
+                    return parse_requirement(entry, where), f"{kind} {shown_line(group)}"
     for requirement in requirements:
         if canonicalize_name(requirement.name) == SDK:
             return requirement, "requirements.txt"
