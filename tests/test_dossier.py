@@ -251,13 +251,14 @@ def test_a_bundle_is_the_root_of_its_documents_with_every_plugin_inside(
     assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
     document = json.loads(text)
     root = document["metadata"]["component"]
-    assert root["hashes"][0]["content"] == hashlib.sha256(bundle.read_bytes()).hexdigest()
+    bundle_sha256 = hashlib.sha256(bundle.read_bytes()).hexdigest()
+    assert root["hashes"][0]["content"] == bundle_sha256
     identifiers = {f"tester/demo:0.1.0@{zip_checksum(first)}", f"tester/other:0.1.0@{zip_checksum(second)}"}
     assert {plugin["bom-ref"] for plugin in document["components"]} == identifiers
     for package, plugin in zip((first, second), sorted(document["components"], key=lambda c: c["name"]), strict=True):
         assert _listed(plugin["components"]) == _entries(package)
     html = report.read_text()
-    assert all(identifier in html for identifier in identifiers) and bundle.name in html
+    assert all(identifier in html for identifier in identifiers) and bundle.name in html and bundle_sha256 in html
 
     # inspect of the bundle writes the same documents.
     again = tmp_path / "again.cdx.json"

@@ -15,7 +15,7 @@ from pathlib import Path
 from . import __version__
 from .bundle import Bundle
 from .dossier import PluginDossier, WheelEntry
-from .files import atomic_output, file_sha256
+from .files import atomic_output
 from .redaction import redact
 
 _CSS = """
@@ -33,8 +33,9 @@ svg text{font:12px system-ui,sans-serif}
 _CHART_BARS = 15
 
 
-def report_html(dossiers: Sequence[PluginDossier], *, bundle: Bundle | None = None) -> str:
-    """The report for one plugin, for every plugin of one transfer, or for a bundle and its plugins."""
+def report_html(dossiers: Sequence[PluginDossier], *, bundle: Bundle | None = None, bundle_sha256: str = "") -> str:
+    """The report for one plugin, for every plugin of one transfer, or for a bundle (whose file hashes to
+    ``bundle_sha256``) and its plugins."""
     if bundle is not None:
         title = f"Transfer dossier: bundle {bundle.path.name} ({len(dossiers)} plugins)"
     elif len(dossiers) == 1:
@@ -53,7 +54,7 @@ def report_html(dossiers: Sequence[PluginDossier], *, bundle: Bundle | None = No
         "every hash and size below is of the bytes that are shipped.</p>",
     ]
     if bundle is not None:
-        parts.append(_bundle_header(bundle))
+        parts.append(_bundle_header(bundle, bundle_sha256))
     if len(dossiers) > 1 or bundle is not None:
         parts.append(_summary_table(dossiers))
     for dossier in dossiers:
@@ -62,16 +63,18 @@ def report_html(dossiers: Sequence[PluginDossier], *, bundle: Bundle | None = No
     return "\n".join(parts)
 
 
-def write_report(path: Path, dossiers: Sequence[PluginDossier], *, bundle: Bundle | None = None) -> Path:
+def write_report(
+    path: Path, dossiers: Sequence[PluginDossier], *, bundle: Bundle | None = None, bundle_sha256: str = ""
+) -> Path:
     with atomic_output(path) as staged:
-        staged.write_text(report_html(dossiers, bundle=bundle), encoding="utf-8")
+        staged.write_text(report_html(dossiers, bundle=bundle, bundle_sha256=bundle_sha256), encoding="utf-8")
     return path
 
 
-def _bundle_header(bundle: Bundle) -> str:
+def _bundle_header(bundle: Bundle, sha256: str) -> str:
     rows = [
         ("bundle file", bundle.path.name),
-        ("bundle sha256", file_sha256(bundle.path)),
+        ("bundle sha256", sha256),
         ("size", _mib(bundle.size)),
         ("packages", ", ".join(entry.identifier for entry in bundle.entries)),
     ]

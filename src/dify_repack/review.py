@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .bundle import Bundle, read_bundle
 from .dossier import PluginDossier, read_dossier
+from .files import file_sha256
 from .packing import PackResult
 
 
@@ -39,11 +40,12 @@ def write_documents(
     from .htmlreport import write_report
     from .sbom import write_sbom
 
+    sha256 = file_sha256(bundle.path) if bundle is not None else ""  # hashed once for both documents
     written = []
     if paths.sbom is not None:
-        written.append(write_sbom(paths.sbom, dossiers, bundle=bundle))
+        written.append(write_sbom(paths.sbom, dossiers, bundle=bundle, bundle_sha256=sha256))
     if paths.report is not None:
-        written.append(write_report(paths.report, dossiers, bundle=bundle))
+        written.append(write_report(paths.report, dossiers, bundle=bundle, bundle_sha256=sha256))
     return written
 
 

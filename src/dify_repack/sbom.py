@@ -23,15 +23,16 @@ from packageurl import PackageURL
 from . import __version__
 from .bundle import Bundle
 from .dossier import FileEntry, PluginDossier, WheelEntry
-from .files import atomic_output, file_sha256
+from .files import atomic_output
 from .licenses import License
 from .redaction import redact
 
 PREFIX = "dify-repack"
 
 
-def sbom_json(dossiers: Sequence[PluginDossier], *, bundle: Bundle | None = None) -> str:
-    """The CycloneDX document for ``dossiers`` (one plugin, every plugin of one transfer, or of ``bundle``)."""
+def sbom_json(dossiers: Sequence[PluginDossier], *, bundle: Bundle | None = None, bundle_sha256: str = "") -> str:
+    """The CycloneDX document for ``dossiers`` (one plugin, every plugin of one transfer, or of ``bundle``, whose
+    file hashes to ``bundle_sha256``)."""
     identifiers = sorted(dossier.inspection.identifier for dossier in dossiers)
     bom = Bom(serial_number=uuid.uuid5(uuid.NAMESPACE_URL, "dify-repack:" + " ".join(identifiers)))
     bom.metadata.timestamp = None  # type: ignore[assignment]  # reproducible output; the lib allows None
@@ -43,7 +44,11 @@ def sbom_json(dossiers: Sequence[PluginDossier], *, bundle: Bundle | None = None
         members = _contents(dossiers[0])
         depends = [component for component in members if component.type is ComponentType.LIBRARY]
     else:
-        root = _bundle_component(bundle, len(dossiers)) if bundle is not None else _transfer_component(len(dossiers))
+        root = (
+            _bundle_component(bundle, bundle_sha256, len(dossiers))
+            if bundle is not None
+            else _transfer_component(len(dossiers))
+        )
         members = depends = [_plugin_component(dossier, nested=True) for dossier in dossiers]
     bom.metadata.component = root
     for component in members:
@@ -52,20 +57,22 @@ def sbom_json(dossiers: Sequence[PluginDossier], *, bundle: Bundle | None = None
     return JsonV1Dot6(bom).output_as_string(indent=2) + "\n"
 
 
-def write_sbom(path: Path, dossiers: Sequence[PluginDossier], *, bundle: Bundle | None = None) -> Path:
+def write_sbom(
+    path: Path, dossiers: Sequence[PluginDossier], *, bundle: Bundle | None = None, bundle_sha256: str = ""
+) -> Path:
     """Write the SBOM atomically; returns ``path``."""
     with atomic_output(path) as staged:
-        staged.write_text(sbom_json(dossiers, bundle=bundle), encoding="utf-8")
+        staged.write_text(sbom_json(dossiers, bundle=bundle, bundle_sha256=bundle_sha256), encoding="utf-8")
     return path
 
 
-def _bundle_component(bundle: Bundle, plugins: int) -> Component:
+def _bundle_component(bundle: Bundle, sha256: str, plugins: int) -> Component:
     return Component(
         name=bundle.name,
         type=ComponentType.APPLICATION,
         bom_ref=f"bundle:{bundle.path.name}",
         description=f"Dify bundle {bundle.path.name}: {plugins} plugins installed in one upload",
-        hashes=[HashType(alg=HashAlgorithm.SHA_256, content=file_sha256(bundle.path))],
+        hashes=[HashType(alg=HashAlgorithm.SHA_256, content=sha256)],
         properties=[Property(name=f"{PREFIX}:setting", value=line) for line in bundle.settings],
     )
 
