@@ -9,8 +9,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import TARGETS, Section, dir_bytes, median_run, mib, samples, secs, stopwatch
+from common import TARGETS, Section, dir_bytes, median_run, samples, secs, stopwatch
 from dify_repack.package import copy_plugin_dir
+from dify_repack.render import mib
 from dify_repack.runner import clean_env, run
 from dify_repack.targets import DEFAULT_PYTHON
 from dify_repack.uvbin import find_python

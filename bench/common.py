@@ -48,10 +48,6 @@ def secs(value: float) -> str:
     return f"{value:.2f} s"
 
 
-def mib(size: int) -> str:
-    return f"{size / MIB:.1f} MiB"
-
-
 def print_table(sections: list[Section], console: Console) -> None:
     """Plain fixed-width text: it pastes into issues and logs unwrapped, whatever the terminal width."""
     rows = [("section", "measure", "value", "note")]

@@ -15,10 +15,11 @@ from unittest import mock
 import httpx
 import yaml
 
-from common import Section, dir_bytes, mib, pack_module, secs, stopwatch
+from common import Section, dir_bytes, pack_module, secs, stopwatch
 from dify_repack.errors import DifyRepackError
 from dify_repack.http import ProgressCallback
 from dify_repack.packing import PackOptions, PackResult, pack
+from dify_repack.render import mib
 from dify_repack.resolve import Artifact
 from dify_repack.wheels import WheelCache
 

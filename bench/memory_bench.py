@@ -11,8 +11,9 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from common import MIB, Section, max_rss_bytes, mib, secs, stopwatch
+from common import MIB, Section, max_rss_bytes, secs, stopwatch
 from dify_repack.package import extract_package, write_package
+from dify_repack.render import mib
 
 # "Far below the file size": the streaming check fails if writing + extracting grows RSS by a quarter of it.
 STREAM_RSS_LIMIT = 0.25

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import TARGETS, PhaseTimer, Section, dir_bytes, median_run, mib, samples, secs, stopwatch
+from common import TARGETS, PhaseTimer, Section, dir_bytes, median_run, samples, secs, stopwatch
 from dify_repack.packing import PackOptions, PackResult, pack
+from dify_repack.render import mib
 
 # --------------------------------------------------------------------------------------------- 1 + 3: pack
 
