@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -225,17 +226,10 @@ def _location(line: str) -> str | None:
     """What a requirements-file line makes pip or uv open: an option's location, a path, a URL; None for a name."""
     if line.startswith("-"):
         try:
-            tokens = shlex.split(line)
+            found = _option_value(shlex.split(line), _LOCATIONS, _SHORT_LOCATIONS)
         except ValueError:
             return None
-        first = tokens[0]
-        name, equals, attached = first.partition("=")
-        value = attached if equals else (tokens[1] if len(tokens) > 1 else "")
-        if first[:2] in _SHORT_LOCATIONS and not first.startswith("--"):
-            value = first[2:].removeprefix("=") or value
-        elif not (len(name) > 3 and any(option.startswith(name) for option in _LOCATIONS)):
-            return None
-        return value or None
+        return (found[1] or None) if found is not None else None
     requirement, _ = _split_options(line)
     try:
         return Requirement(requirement).url
@@ -268,22 +262,28 @@ def _include(line: str, where: str) -> tuple[str, str] | None:
         tokens = shlex.split(line)
     except ValueError:
         raise DependencyError(f"{where}: unbalanced quotes in an option line") from None
+    found = _option_value(tokens, _INCLUDES, _SHORT_INCLUDES)
+    if found is None:
+        return None
+    option, value = found
+    if not value:
+        raise DependencyError(f"{where}: {tokens[0]} names no file")
+    return (_INCLUDES | _SHORT_INCLUDES)[option], value
+
+
+def _option_value(tokens: list[str], long: Iterable[str], short: Iterable[str]) -> tuple[str, str] | None:
+    """``(option, value)`` when the first token is one of ``long`` (or a prefix of one, as optparse takes it), with
+    ``=`` or a space before its value, or one of ``short``, its value attached too; the value may be empty."""
     if not tokens:
         return None
-    first, value = tokens[0], tokens[1] if len(tokens) > 1 else None
-    kind = None
+    first, following = tokens[0], tokens[1] if len(tokens) > 1 else ""
     if first.startswith("--"):
         name, equals, attached = first.partition("=")
-        kind = next((k for option, k in _INCLUDES.items() if len(name) > 3 and option.startswith(name)), None)
-        value = attached if equals else value
-    elif first[:2] in _SHORT_INCLUDES:
-        kind = _SHORT_INCLUDES[first[:2]]
-        value = first[2:].removeprefix("=") or value
-    if kind is None:
-        return None
-    if not value:
-        raise DependencyError(f"{where}: {first} names no file")
-    return kind, value
+        option = next((option for option in long if len(name) > 3 and option.startswith(name)), None)
+        return None if option is None else (option, attached if equals else following)
+    if first[:2] in short:
+        return first[:2], first[2:].removeprefix("=") or following
+    return None
 
 
 def _option(result: RequirementsFile, line: str, where: str, notes: list[str] | None) -> None:
