@@ -73,6 +73,7 @@ def _check_both_commands(root: Path, source: Path, index: LocalIndex) -> None:
         code, output = _run(*argv)
         assert code in DOCUMENTED, output
         assert "Traceback" not in output and "unexpected" not in output, output
+        assert all(len(line) < 2000 for line in output.splitlines() if line.startswith("error:")), output
         assert list((root / "tmp").iterdir()) == [], f"{argv[0]} left temporary files"
         out = list((root / "out").iterdir()) if (root / "out").exists() else []
         assert out == [] or (argv[0] == "pack" and code == 0 and len(out) == 1), out
