@@ -42,6 +42,8 @@ BAD_MANIFESTS: dict[str, tuple[str, str]] = {
     "author-traversal": (_with("author: tester", "author: ../../x"), "author"),
     "author-upper": (_with("author: tester", "author: Tester"), "author"),
     "author-too-long": (_with("author: tester", "author: " + "a" * 65), "author"),
+    "author-huge": (_with("author: tester", "author: " + "a" * 100_000), "author"),
+    "version-huge": (_with("version: 0.1.0", "version: 1.0.0-" + "x" * 100_000), "version"),
     "author-uuid": (_with("author: tester", "author: 0f0e2b5c-1b2a-4c3d-9e8f-7a6b5c4d3e2f"), "author"),
     "author-list": (_with("author: tester", "author: [tester]"), "author"),
     "name-slash": (_with("name: demo", "name: a/b"), "name"),

@@ -14,6 +14,7 @@ from typing import Any
 
 from .errors import PackageError
 from .package import read_bounded
+from .redaction import shown_line
 from .yamlsafe import MAX_YAML_CHARS, load_yaml
 
 # The daemon's regular expressions (Go: \d and \w are ASCII there, hence re.ASCII), matched whole.
@@ -62,18 +63,20 @@ def read_manifest(root: Path, *, origin: str | None = None) -> Manifest:
     if not isinstance(data, dict):
         raise PackageError(f"{where}: manifest.yaml must be a mapping")
     if data.get("type", "plugin") != "plugin":
-        raise PackageError(f"{where}: manifest.yaml type is {data.get('type')!r}, not 'plugin'")
+        raise PackageError(f"{where}: manifest.yaml type is {shown_line(data.get('type'))}, not 'plugin'")
 
     author = _text(data, "author", where)
     name = _text(data, "name", where)
     version = _text(data, "version", where)
     if not _AUTHOR.fullmatch(author) or _UUID.fullmatch(author):
-        raise PackageError(f"{where}: manifest author {author!r} must match [a-z0-9_-]{{1,64}} and not be a UUID")
+        raise PackageError(
+            f"{where}: manifest author {shown_line(author)} must match [a-z0-9_-]{{1,64}} and not be a UUID"
+        )
     if not _NAME.fullmatch(name):
-        raise PackageError(f"{where}: manifest name {name!r} must match [a-z0-9_-]{{1,128}}")
+        raise PackageError(f"{where}: manifest name {shown_line(name)} must match [a-z0-9_-]{{1,128}}")
     if not _VERSION.fullmatch(version):
         raise PackageError(
-            f"{where}: manifest version {version!r} is not x.y.z (each 1-4 digits, optional -suffix of letters, "
+            f"{where}: manifest version {shown_line(version)} is not x.y.z (each 1-4 digits, optional -suffix of letters, "
             "digits or _), as the daemon requires"
         )
     for key in ("icon", "icon_dark"):
@@ -84,19 +87,19 @@ def read_manifest(root: Path, *, origin: str | None = None) -> Manifest:
     language = str(runner.get("language", "")).lower()
     if language != "python":
         raise PackageError(
-            f"{where}: meta.runner.language is {runner.get('language')!r}; only Python plugins install dependencies"
+            f"{where}: meta.runner.language is {shown_line(runner.get('language'))}; only Python plugins install dependencies"
         )
     if meta.get("version") is not None and not _VERSION.fullmatch(str(meta["version"])):
-        raise PackageError(f"{where}: manifest meta.version {meta['version']!r} is not x.y.z")
+        raise PackageError(f"{where}: manifest meta.version {shown_line(meta['version'])} is not x.y.z")
     entrypoint = str(runner.get("entrypoint") or "main")
     if len(entrypoint) > _MAX_ENTRYPOINT or not _ENTRYPOINT.fullmatch(entrypoint):
         raise PackageError(
-            f"{where}: meta.runner.entrypoint {entrypoint[:80]!r} is not a Python module name "
+            f"{where}: meta.runner.entrypoint {shown_line(entrypoint)} is not a Python module name "
             "(the daemon runs `python -m ENTRYPOINT`; e.g. main)"
         )
     runner_version = str(runner.get("version") or "3.12")
     if len(runner_version) > _MAX_RUNNER_VERSION or not runner_version.isprintable():
-        raise PackageError(f"{where}: meta.runner.version {runner_version[:80]!r} is not a Python version")
+        raise PackageError(f"{where}: meta.runner.version {shown_line(runner_version)} is not a Python version")
     raw_arch = meta.get("arch") or list(KNOWN_ARCHES)
     arches = tuple(str(arch) for arch in (raw_arch if isinstance(raw_arch, list) else [raw_arch]))
     unknown = [arch for arch in arches if arch not in KNOWN_ARCHES]
@@ -128,4 +131,4 @@ def _check_asset(value: object, key: str, where: str) -> None:
         or text.startswith("/")
         or any(part in ("", ".", "..") for part in parts)
     ):
-        raise PackageError(f"{where}: manifest {key} {text[:80]!r} must be a file name under _assets/")
+        raise PackageError(f"{where}: manifest {key} {shown_line(text)} must be a file name under _assets/")
