@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from .errors import EnvironmentProblem, SignatureError, UsageError
 from .files import atomic_output, file_sha256, write_atomically
 from .package import SIGNATURE_FILE, entry_digests, extract_package, iter_files, open_package, write_package
+from .redaction import shown_line
 
 # The daemon's ``authorized_category`` values; Dify's installation scopes (enterprise) filter on them.
 CATEGORIES = ("community", "partner", "langgenius")
@@ -260,7 +261,7 @@ def sign_tree(
         digest = file_sha256(root / name)
         if digest == key_digest:
             raise SignatureError(
-                f"{origin}: entry {name!r} is the private key {key}; refusing to sign a package that would publish it",
+                f"{origin}: entry {shown_line(name)} is the private key {key}; refusing to sign a package that would publish it",
                 tip="remove the key from the plugin (or list it in .difyignore)",
             )
         digests.append(bytes.fromhex(digest))
