@@ -12,7 +12,7 @@ import os
 import stat
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -407,10 +407,17 @@ def _compression(name: str, path: Path) -> int:
     return zipfile.ZIP_DEFLATED
 
 
-def write_package(root: Path, output: Path, *, names: Iterable[str] | None = None, comment: bytes = b"") -> ZipStats:
+def write_package(
+    root: Path,
+    output: Path,
+    *,
+    names: Iterable[str] | None = None,
+    comment: bytes | Callable[[Sequence[tuple[str, str]]], bytes] = b"",
+) -> ZipStats:
     """Write the files below ``root`` (or ``names`` in that order) as a deterministic, daemon-valid zip.
 
     The daemon's checksum is computed on the way (one read of each file), so the identifier costs nothing.
+    ``comment`` may be made from the ``(name, sha256-hex)`` of every entry, in zip order: a signature is.
     """
     ordered = list(names) if names is not None else iter_files(root)
     uncompressed = 0
@@ -435,7 +442,7 @@ def write_package(root: Path, output: Path, *, names: Iterable[str] | None = Non
                         digest.update(chunk)
                         dst.write(chunk)
                 digests.append((name, digest.hexdigest()))
-            archive.comment = comment
+            archive.comment = comment(digests) if callable(comment) else comment
         size = temp.stat().st_size
     return ZipStats(output, len(ordered), size, uncompressed, plugin_checksum(digests))
 

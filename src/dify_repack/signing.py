@@ -16,6 +16,7 @@ import stat
 import tempfile
 import time
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,27 +253,28 @@ def sign_tree(
     if category not in CATEGORIES:
         raise UsageError(f"unknown category {category!r}", tip=f"use one of: {', '.join(CATEGORIES)}")
     private_key = load_private_key(key)
-    key_digest = file_sha256(key)
+    key_size, key_digest = key.stat().st_size, file_sha256(key)
     signed_at = int(time.time()) if now is None else now
     (root / SIGNATURE_FILE).write_bytes(_verification_json(category))
     names = iter_files(root)
-    digests = []
     for name in names:
-        digest = file_sha256(root / name)
-        if digest == key_digest:
+        # Only a file of the key's size can be the key: the others are hashed once, by write_package.
+        if (root / name).stat().st_size == key_size and file_sha256(root / name) == key_digest:
             raise SignatureError(
                 f"{origin}: entry {shown_line(name)} is the private key {key}; refusing to sign a package that would publish it",
                 tip="remove the key from the plugin (or list it in .difyignore)",
             )
-        digests.append(bytes.fromhex(digest))
-    payload = b"".join(digests) + str(signed_at).encode()
-    signature = private_key.sign(payload, padding.PKCS1v15(), hashes.SHA256())
-    comment = json.dumps(
-        {"signature": base64.b64encode(signature).decode("ascii"), "time": signed_at},
-        separators=(",", ":"),
-    ).encode()
+
+    def signed(digests: Sequence[tuple[str, str]]) -> bytes:
+        payload = b"".join(bytes.fromhex(digest) for _, digest in digests) + str(signed_at).encode()
+        signature = private_key.sign(payload, padding.PKCS1v15(), hashes.SHA256())
+        return json.dumps(
+            {"signature": base64.b64encode(signature).decode("ascii"), "time": signed_at},
+            separators=(",", ":"),
+        ).encode()
+
     with atomic_output(output) as staged:
-        write_package(root, staged, names=names, comment=comment)
+        write_package(root, staged, names=names, comment=signed)
         # Re-read what was written, as the daemon will: a signature that fails never leaves here.
         return _verify(staged, private_key.public_key(), shown_as=output)
 
