@@ -10,12 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from html import escape
-from pathlib import Path
 
 from . import __version__
 from .bundle import Bundle
 from .dossier import PluginDossier, WheelEntry
-from .files import atomic_output
 from .redaction import redact
 
 _CSS = """
@@ -61,14 +59,6 @@ def report_html(dossiers: Sequence[PluginDossier], *, bundle: Bundle | None = No
         parts.append(_plugin_section(dossier, heading="h2"))
     parts.append("</body></html>\n")
     return "\n".join(parts)
-
-
-def write_report(
-    path: Path, dossiers: Sequence[PluginDossier], *, bundle: Bundle | None = None, bundle_sha256: str = ""
-) -> Path:
-    with atomic_output(path) as staged:
-        staged.write_text(report_html(dossiers, bundle=bundle, bundle_sha256=bundle_sha256), encoding="utf-8")
-    return path
 
 
 def _bundle_header(bundle: Bundle, sha256: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .bundle import Bundle, read_bundle
 from .dossier import PluginDossier, read_dossier
-from .files import file_sha256
+from .files import atomic_output, file_sha256
 from .packing import PackResult
 
 
@@ -37,16 +37,22 @@ def write_documents(
     With ``bundle``, the documents describe the bundle, with each plugin inside it.
     """
     # Imported when asked for: the CycloneDX library alone would add a tenth of a second to every command.
-    from .htmlreport import write_report
-    from .sbom import write_sbom
+    from .htmlreport import report_html
+    from .sbom import sbom_json
 
     sha256 = file_sha256(bundle.path) if bundle is not None else ""  # hashed once for both documents
     written = []
     if paths.sbom is not None:
-        written.append(write_sbom(paths.sbom, dossiers, bundle=bundle, bundle_sha256=sha256))
+        written.append(_write(paths.sbom, sbom_json(dossiers, bundle=bundle, bundle_sha256=sha256)))
     if paths.report is not None:
-        written.append(write_report(paths.report, dossiers, bundle=bundle, bundle_sha256=sha256))
+        written.append(_write(paths.report, report_html(dossiers, bundle=bundle, bundle_sha256=sha256)))
     return written
+
+
+def _write(path: Path, text: str) -> Path:
+    with atomic_output(path) as staged:
+        staged.write_text(text, encoding="utf-8")
+    return path
 
 
 def write_bundle_documents(path: Path, paths: ReviewPaths, *, public_key: Path | None = None) -> list[Path]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from pathlib import Path
 
 from cyclonedx.model import ExternalReference, ExternalReferenceType, HashAlgorithm, HashType, Property, XsUri
 from cyclonedx.model.bom import Bom
@@ -23,7 +22,6 @@ from packageurl import PackageURL
 from . import __version__
 from .bundle import Bundle
 from .dossier import FileEntry, PluginDossier, WheelEntry
-from .files import atomic_output
 from .licenses import License
 from .redaction import redact
 
@@ -55,15 +53,6 @@ def sbom_json(dossiers: Sequence[PluginDossier], *, bundle: Bundle | None = None
         bom.components.add(component)
     bom.register_dependency(root, depends)
     return JsonV1Dot6(bom).output_as_string(indent=2) + "\n"
-
-
-def write_sbom(
-    path: Path, dossiers: Sequence[PluginDossier], *, bundle: Bundle | None = None, bundle_sha256: str = ""
-) -> Path:
-    """Write the SBOM atomically; returns ``path``."""
-    with atomic_output(path) as staged:
-        staged.write_text(sbom_json(dossiers, bundle=bundle, bundle_sha256=bundle_sha256), encoding="utf-8")
-    return path
 
 
 def _bundle_component(bundle: Bundle, sha256: str, plugins: int) -> Component:
