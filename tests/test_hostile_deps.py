@@ -515,6 +515,8 @@ ODD_LINES = {
     "escape-sequence": b"helper \x1b[31mred",
     "very-long": b"helper==1.0 ; " + b"x" * 5000,
     "lone-continuation": b"helper \\",
+    "nul-byte-in-an-include": b"-r a\x00b.txt",
+    "nul-byte-in-a-constraint": b"--constraint=a\x00b.txt",
 }
 
 

@@ -268,6 +268,8 @@ def _include(line: str, where: str) -> tuple[str, str] | None:
     option, value = found
     if not value:
         raise DependencyError(f"{where}: {tokens[0]} names no file")
+    if "\x00" in value:  # no file name holds one, and a path with one cannot even be looked up
+        raise DependencyError(f"{where}: {shown_line(value)} is not a file name (a NUL byte)")
     return (_INCLUDES | _SHORT_INCLUDES)[option], value
 
 
