@@ -13,6 +13,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -187,16 +188,16 @@ def test_a_symbolic_link_leading_out_is_refused_without_opening_it(
     (root / "requirements.txt").write_text("dify_plugin==0.7.4\n-r extra.txt\n")
     (root / "extra.txt").symlink_to(secret)
     opened: list[Path] = []
-    real_read_text = Path.read_text
+    real_open = Path.open
 
-    def spy(self: Path, *args: object, **kwargs: object) -> str:
+    def spy(self: Path, *args: Any, **kwargs: Any) -> Any:
         opened.append(self.resolve())
-        return real_read_text(self, *args, **kwargs)  # type: ignore[arg-type]
+        return real_open(self, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_text", spy)
+    monkeypatch.setattr(Path, "open", spy)
     with pytest.raises(DependencyError, match=r"requirements\.txt:2: -r 'extra\.txt' is outside the plugin folder"):
         declared_dependencies(root)
-    assert secret.resolve() not in opened
+    assert secret.resolve() not in opened and root / "requirements.txt" in opened, "the spy sees what is read"
 
     (root / "requirements.txt").unlink()
     (root / "requirements.txt").symlink_to(secret)

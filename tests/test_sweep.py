@@ -507,6 +507,9 @@ DEPS: dict[str, Case] = {
         4,
         "u:****@evil.invalid",
     ),
+    "requirements-huge": _deps(
+        {"requirements.txt": "dify_plugin==0.7.4\n" + "# x\n" * 1_500_000}, 4, "requirements.txt"
+    ),
     "requirements-editable": _deps({"requirements.txt": "-e .\n"}, 4, "requirements.txt"),
     "requirements-is-a-folder": _deps({"requirements.txt/x": "a\n", "requirements.txt": None}, 4, "requirements.txt"),
     "requirements-empty-pin": _deps({"requirements.txt": "dify_plugin==\n"}, 4, "requirements.txt"),

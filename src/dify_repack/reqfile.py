@@ -21,7 +21,8 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from .errors import DependencyError
+from .errors import DependencyError, PackageError
+from .package import read_bounded
 from .redaction import shown_line, shown_name
 
 # Long options pip accepts in requirement files that pull in another file; optparse also takes any unique
@@ -44,6 +45,9 @@ _INDEX_OPTION = re.compile(r"^(-i|--index-url|--extra-index-url)\b")
 _BUILD_OPTIONS = ("--config-settings", "--global-option", "--install-option")
 # pip's --hash algorithms, with the hex length of their digests.
 HASH_ALGORITHMS = {"sha256": 64, "sha384": 96, "sha512": 128}
+# A real plugin's requirements file is a few kilobytes, a hash-pinned export a few hundred; one of 80 MB took two
+# minutes and 1.5 GB to read line by line.
+MAX_REQUIREMENTS_BYTES = 4 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -116,8 +120,7 @@ def _read_into(
         raise DependencyError(f"{shown}: includes itself (-r loop)")
     if not real.is_file():
         raise DependencyError(f"{shown}: no such requirements file")
-    # utf-8-sig: pip drops a byte order mark, and so must the first requirement's name.
-    for lineno, line in logical_lines(real.read_text(encoding="utf-8-sig", errors="replace")):
+    for lineno, line in logical_lines(_read(real, shown)):
         where = f"{shown}:{lineno}"
         if line.startswith("-"):
             include = _include(line, where)
@@ -156,6 +159,15 @@ def _read_into(
             )
 
 
+def _read(path: Path, shown: str) -> str:
+    try:
+        data = read_bounded(path, MAX_REQUIREMENTS_BYTES, shown)
+    except PackageError as error:
+        raise DependencyError(error.message) from None
+    # utf-8-sig: pip drops a byte order mark, and so must the first requirement's name.
+    return data.decode("utf-8-sig", errors="replace")
+
+
 def check_locations(path: Path, *, root: Path) -> None:
     """Refuse a requirements file that makes pip or uv read outside ``root``, at any include depth: an include, a
     ``--find-links``/``--index-url``/``--extra-index-url`` or ``-e`` location, a path or ``name @ URL``
@@ -173,7 +185,7 @@ def check_locations(path: Path, *, root: Path) -> None:
         if real in seen or not real.is_file():
             continue  # loops and missing files are the installer's to report
         seen.add(real)
-        for lineno, line in logical_lines(real.read_text(encoding="utf-8-sig", errors="replace")):
+        for lineno, line in logical_lines(_read(real, shown)):
             where = f"{shown}:{lineno}"
             try:
                 include = _include(line, where) if line.startswith("-") else None
