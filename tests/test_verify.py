@@ -22,7 +22,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 import tomlkit
@@ -668,3 +668,38 @@ def test_a_relative_cache_dir_works_from_the_replays_own_folder(
     options = VerifyOptions(profiles=["uv-pip"], uv_versions=["0.0.1"], arches=["amd64"], cache_dir=Path("cache"))
     report = verify_package(good, options)
     assert [(check.uv, check.ok) for check in report.checks] == [("0.0.1", True)]
+
+
+@pytest.mark.parametrize("outcome", ["installed", "failed", "interrupted"])
+def test_fetching_a_uv_leaves_only_the_installed_version_in_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outcome: str
+) -> None:
+    from dify_repack import uvbin
+    from dify_repack.errors import Interrupted, NetworkError
+    from dify_repack.runner import Completed
+
+    def install(argv: Sequence[str], **kwargs: Any) -> Completed:
+        if "--target" not in argv:
+            return run(argv, **kwargs)  # our own uv, asked its version
+        staging = Path(argv[argv.index("--target") + 1])
+        (staging / "bin").mkdir()
+        (staging / "bin" / "uv").write_text("")
+        return Completed(tuple(map(str, argv)), 0 if outcome != "failed" else 2, "", "no such version")
+
+    def version_of(binary: str) -> object:
+        if not binary.startswith(str(tmp_path)):
+            return asked(binary)  # our own uv
+        if outcome == "interrupted":
+            raise Interrupted()  # a stop request while the new uv says its version
+        return uvbin.Version("0.0.2")
+
+    asked = uvbin._version_of
+
+    monkeypatch.setattr(uvbin, "run", install)
+    monkeypatch.setattr(uvbin, "_version_of", version_of)
+    if outcome == "installed":
+        assert uvbin.fetch_uv("0.0.2", tmp_path) == tmp_path / "uv" / "0.0.2" / "bin" / "uv"
+    else:
+        with pytest.raises(NetworkError if outcome == "failed" else Interrupted):
+            uvbin.fetch_uv("0.0.2", tmp_path)
+    assert sorted(path.name for path in (tmp_path / "uv").iterdir()) == (["0.0.2"] if outcome == "installed" else [])
