@@ -62,9 +62,9 @@ wheels = [
     { path = "numpy-2.4.1-cp312-cp312-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl" },
 ]
 """
-REMOTE_LOCK = LOCK.replace('{ registry = "wheels" }', '{ registry = "https://index.invalid/simple" }').replace(
-    '{ path = "numpy', '{ url = "https://files.invalid/packages/numpy'
-)
+REMOTE_LOCK = LOCK.replace(
+    '{ registry = "wheels" }', '{ registry = "https://ci:secret@index.invalid/simple" }'
+).replace('{ path = "numpy', '{ url = "https://files.invalid/packages/numpy')
 
 
 def fake_wheel() -> bytes:
@@ -144,6 +144,7 @@ def test_remote_lock_fails_only_the_frozen_profile(tmp_path: Path) -> None:
     frozen = verdict(result, "uv-sync-frozen")
     assert not frozen.ok
     assert "remote index" in frozen.reason and "index.invalid" in frozen.reason
+    assert "secret" not in frozen.reason  # a login in the package's lock is not shown
     assert verdict(result, "uv-sync").ok and verdict(result, "uv-pip").ok
 
 
