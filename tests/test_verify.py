@@ -401,7 +401,7 @@ def test_replays_running_the_same_commands_on_the_same_files_run_once(
     assert all(step.same_as == "" for step in report.checks[3].steps if step.name != "import")
 
 
-def test_a_passed_verification_of_the_same_bytes_and_settings_is_remembered(
+def test_a_passed_verification_of_the_same_files_and_settings_is_remembered(
     good: Path, tmp_path: Path, cache_dir: Path, own_uv: str
 ) -> None:
     options = VerifyOptions(profiles=["uv-pip"], uv_versions=[own_uv], arches=["amd64"], cache_dir=cache_dir)
@@ -414,6 +414,12 @@ def test_a_passed_verification_of_the_same_bytes_and_settings_is_remembered(
     assert not verify_package(good, replace(options, start=True, start_timeout=60, reuse=True)).remembered
     other = derive(good, tmp_path / "other.difypkg", lambda root: (root / "README.md").write_text("changed\n"))
     assert not verify_package(other, replace(options, start=False, reuse=True)).remembered
+    # The same files (the daemon's checksum) with a directory entry added: the daemon rejects that upload.
+    with_dir = tmp_path / "with-dir.difypkg"
+    shutil.copy(good, with_dir)
+    with zipfile.ZipFile(with_dir, "a") as archive:
+        archive.writestr(zipfile.ZipInfo("wheels/"), b"")
+    assert not verify_package(with_dir, replace(options, start=False, reuse=True)).ok
 
 
 def test_pack_remembers_its_verification_and_reverify_replays(
