@@ -401,6 +401,19 @@ def test_replays_running_the_same_commands_on_the_same_files_run_once(
     assert all(step.same_as == "" for step in report.checks[3].steps if step.name != "import")
 
 
+def test_a_lone_uv_replay_does_not_fingerprint_its_environment(
+    good: Path, cache_dir: Path, own_uv: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Hashing every installed file only pays when another replay may share import and start.
+    import dify_repack.replay as replay_module
+
+    def fingerprint(venv: Path) -> str:
+        raise AssertionError("no other uv replay to share with")
+
+    monkeypatch.setattr(replay_module, "environment_fingerprint", fingerprint)
+    assert verify(good, cache_dir, own_uv, ["pip", "uv-pip"]).ok
+
+
 def test_a_passed_verification_of_the_same_files_and_settings_is_remembered(
     good: Path, tmp_path: Path, cache_dir: Path, own_uv: str
 ) -> None:

@@ -43,6 +43,7 @@ from .mirror_serve import serve_in_namespace, wheelhouse_server
 from .package import extract_package, open_package, zip_checksum
 from .replay import (
     Check,
+    Environments,
     Limits,
     Replay,
     Step,
@@ -203,15 +204,20 @@ def verify_package(
             WheelCache(cache_dir).mark()  # uv versions are kept there; tagged so `cache clean` knows it
         uv_binaries = _fetch_uv_versions(options, cache_dir, reporter) if live else {}
         runs = _plan(tree, options, live, static, uv_binaries, mirror or UNREACHABLE_MIRROR)
-        context = None
-        if interpreter is not None:
-            limits = Limits(options.install_timeout, options.install_idle_timeout, options.start_timeout, options.start)
-            context = Replay(tree, manifest, interpreter, work, prefix, limits, mirror or UNREACHABLE_MIRROR)
         first: dict[tuple[object, ...], _Run] = {}
         for item in runs:
             first.setdefault(item.key, item)
         # The slowest first (pip builds its venv with ensurepip and compiles every file), static checks last.
         order = sorted(first.values(), key=lambda item: (item.mode != "live", item.version != "pip"))
+        context = None
+        if interpreter is not None:
+            limits = Limits(options.install_timeout, options.install_idle_timeout, options.start_timeout, options.start)
+            # Fingerprinting an installed venv (hashing every file) pays only when another uv replay may match it.
+            shared = sum(item.mode == "live" and item.version != "pip" for item in order) > 1
+            environments = Environments() if shared else None
+            context = Replay(
+                tree, manifest, interpreter, work, prefix, limits, mirror or UNREACHABLE_MIRROR, environments
+            )
         total = len(order)
         same = f" ({len(runs) - total} others identical)" if len(runs) > total else ""
         jobs = max(1, min(options.jobs, total))
