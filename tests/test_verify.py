@@ -722,3 +722,18 @@ def test_fetching_a_uv_leaves_only_the_installed_version_in_the_cache(
         with pytest.raises(NetworkError if outcome == "failed" else Interrupted):
             uvbin.fetch_uv("0.0.2", tmp_path)
     assert sorted(path.name for path in (tmp_path / "uv").iterdir()) == (["0.0.2"] if outcome == "installed" else [])
+
+
+def test_without_unshare_the_replay_runs_offline_says_so_and_is_not_remembered(
+    good: Path, cache_dir: Path, own_uv: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dify_repack.verify as verify_module
+
+    monkeypatch.setattr(verify_module.shutil, "which", lambda name: None)
+    options = VerifyOptions(profiles=["uv-pip"], uv_versions=[own_uv], arches=["amd64"], cache_dir=cache_dir)
+    options = replace(options, start=False, reuse=True)
+    for _ in range(2):
+        report = verify_package(good, options)
+        assert report.ok and not report.isolated and not report.remembered
+        assert report.isolation == "none (uv offline mode)" and report.to_json()["isolated"] is False
+        assert any(note.startswith("NO NETWORK ISOLATION") for note in report.notes)
