@@ -737,3 +737,19 @@ def test_without_unshare_the_replay_runs_offline_says_so_and_is_not_remembered(
         assert report.ok and not report.isolated and not report.remembered
         assert report.isolation == "none (uv offline mode)" and report.to_json()["isolated"] is False
         assert any(note.startswith("NO NETWORK ISOLATION") for note in report.notes)
+
+
+def test_a_package_that_is_no_zip_is_refused_before_a_cpython_is_looked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dify_repack.verify as verify_module
+    from dify_repack.errors import PackageError
+
+    def provide_python(*_: object) -> Path:
+        raise AssertionError("uv may install a CPython here, minutes of work for a package refused anyway")
+
+    monkeypatch.setattr(verify_module, "provide_python", provide_python)
+    truncated = tmp_path / "truncated.difypkg"
+    truncated.write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(PackageError, match=r"not a readable \.difypkg"):
+        verify_package(truncated, VerifyOptions(cache_dir=tmp_path / "cache"))

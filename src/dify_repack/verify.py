@@ -159,14 +159,15 @@ def verify_package(
         raise UsageError(f"unknown profile {unknown[0]!r}; choose from {', '.join(PROFILES)}")
     # Absolute: the replays run uv from the cache while their working folder is the plugin's.
     cache_dir = (options.cache_dir or default_cache_dir()).absolute()
+    # A package that is no readable zip is refused before a CPython may be installed for it.
+    directories, unpacked = _central_directory(package)
+    checksum = zip_checksum(package)  # the daemon's identity of the package: the memory's key and the identifier's
     prefix, isolation = network_isolation()
     try:
         interpreter = provide_python(options.python, reporter.step)
     except (EnvironmentProblem, NetworkError) as problem:
         interpreter = None  # static checks still prove something
         reporter.warn(problem.message)
-    directories, unpacked = _central_directory(package)
-    checksum = zip_checksum(package)  # the daemon's identity of the package: the memory's key and the identifier's
     memory = _memory_path(checksum, directories, options, isolation, interpreter, cache_dir)
     if options.reuse and memory is not None and (remembered := _recall(memory, package)) is not None:
         reporter.step(
