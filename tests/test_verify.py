@@ -753,3 +753,12 @@ def test_a_package_that_is_no_zip_is_refused_before_a_cpython_is_looked_for(
     truncated.write_bytes(b"PK\x03\x04 cut short")
     with pytest.raises(PackageError, match=r"not a readable \.difypkg"):
         verify_package(truncated, VerifyOptions(cache_dir=tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("url", ["http://mirror:99999/simple", "http://mirror:http/simple", "http://[::1/simple"])
+def test_a_slim_packages_unusable_mirror_url_is_a_one_line_error(url: str) -> None:
+    from dify_repack.errors import UsageError
+    from dify_repack.mirror_serve import mirror_address
+
+    with pytest.raises(UsageError, match="the mirror URL must be http://HOST"):
+        mirror_address(url)
