@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import cancel
 from .daemon import install_command, is_heartbeat, uv_env
+from .files import file_sha256
 from .manifest import Manifest
 from .offline import WHEELS_DIR
 from .runner import Completed, clean_env, kill_group, run, spawn
@@ -287,10 +288,7 @@ def environment_fingerprint(venv: Path) -> str:
         if path.is_symlink():
             digest.update(b"link:" + str(path.readlink()).encode())
         elif path.is_file():
-            with path.open("rb") as file:
-                while chunk := file.read(1 << 20):
-                    digest.update(chunk)
-            digest.update(b"\0")
+            digest.update(bytes.fromhex(file_sha256(path)))
     return digest.hexdigest()
 
 
