@@ -137,6 +137,12 @@ def test_directory_entry_is_reported_not_fatal(tmp_path: Path) -> None:
     assert result.directory_entries == ("wheels/",)
     assert any("read wheels: is a directory" in problem for problem in result.problems)
     assert result.checksum == daemon_checksum(package)
+    with zipfile.ZipFile(package, "a") as archive:
+        for number in range(500):
+            archive.writestr(zipfile.ZipInfo(f"folder{number}/"), b"")
+    # One line for them all, naming the first few: the same words verify reports.
+    (line,) = [problem for problem in inspect_package(package).problems if "is a directory" in problem]
+    assert line.startswith("directory entries wheels/, folder0/") and "(491 more)" in line and len(line) < 400
 
 
 def test_remote_lock_fails_only_the_frozen_profile(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from .daemon import (
     PROFILES,
     START_TIMEOUT,
     UNREACHABLE_MIRROR,
+    directory_entries_rejected,
     install_command,
 )
 from .errors import EnvironmentProblem, NetworkError, PackageError, UsageError, VerificationError
@@ -362,11 +363,8 @@ def _entries_checks(names: list[str]) -> list[Check]:
     """The daemon's checksum read fails on a directory entry, so it rejects the upload (DAEMON-FACTS §1)."""
     if not names:
         return []
-    detail = (
-        f"directory entries {', '.join(names)}: the daemon rejects the upload "
-        f'("read {names[0].rstrip("/")}: is a directory"); write file entries only (dify-repack pack does)'
-    )
-    return [Check("package", "-", "-", "static", "zip entries", (Step("entries", False, 0.0, detail),))]
+    step = Step("entries", False, 0.0, directory_entries_rejected(names))
+    return [Check("package", "-", "-", "static", "zip entries", (step,))]
 
 
 # Remembering a pass: the same files, verified the same way on the same host, pass again.
