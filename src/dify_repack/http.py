@@ -67,6 +67,23 @@ def paced(chunks: Iterable[bytes], url: str, pace: Pace | None = None) -> Iterat
         yield chunk
 
 
+def read_bounded(response: httpx.Response, url: str, limit: int) -> bytes:
+    """A small answer (an index page, a JSON document) whole, at ``pace``; NetworkError past ``limit`` bytes.
+
+    Counted after any Content-Encoding is undone, so neither a huge page nor a small compressed one that
+    inflates without end can fill the memory.
+    """
+    body = bytearray()
+    for chunk in paced(response.iter_bytes(), url):
+        body += chunk
+        if len(body) > limit:
+            raise NetworkError(
+                f"{url}: the answer is larger than {limit} bytes, far more than this kind of document needs",
+                tip="check the URL; a proxy or the server may be sending something else",
+            )
+    return bytes(body)
+
+
 def ssl_context() -> ssl.SSLContext:
     """The trust uv has with the same settings: a CA bundle, the system store, or the Mozilla roots.
 

@@ -21,7 +21,7 @@ from packaging.utils import canonicalize_name
 from tomlkit.items import Table
 
 from .errors import DependencyError, NetworkError
-from .http import make_client, open_stream, paced
+from .http import make_client, open_stream, read_bounded
 from .manifest import Manifest
 from .mirror_serve import mirror_address, serve_locally
 from .offline import WHEELS_DIR, regenerate_lock, requirements_lines
@@ -43,6 +43,8 @@ from .wheels import Selected
 
 MIRROR_HEADER = "# Written by dify-repack: a slim package, installed from the internal mirror below"
 _HASH = re.compile(r"--hash[= ]sha256:([0-9a-f]{64})")
+# A project page lists every file of every release: a few hundred kB for the largest projects.
+_MAX_PROJECT_PAGE = 32 * 1024 * 1024
 
 
 def add_to_wheelhouse(
@@ -254,7 +256,7 @@ def take_lock_urls_from_mirror(root: Path, mirror_url: str) -> None:
                 continue
             page = urljoin(base, f"{canonicalize_name(package['name'])}/")
             with open_stream(client, page, attempts=2) as response:
-                body = b"".join(paced(response.iter_bytes(), page))
+                body = read_bounded(response, page, _MAX_PROJECT_PAGE)
                 parser = _Links()
                 parser.feed(body.decode(response.encoding or "utf-8", errors="replace"))
             served = {}
