@@ -16,9 +16,9 @@ import pytest
 
 from builders import LocalIndex, make_plugin, make_wheel, manifest_yaml
 from dify_repack.cli import main
-from dify_repack.errors import DifyRepackError, EnvironmentProblem, Interrupted, VerificationError
+from dify_repack.errors import DifyRepackError, EnvironmentProblem, Interrupted, NetworkError, VerificationError
 from dify_repack.inspect import inspect_package
-from dify_repack.mirror import slim_mirror_url
+from dify_repack.mirror import slim_mirror_url, take_lock_urls_from_mirror
 from dify_repack.packing import PackOptions, PackResult, pack
 from dify_repack.requirements import tomllib
 from dify_repack.resolve import Indexes
@@ -26,6 +26,7 @@ from dify_repack.runner import run
 from dify_repack.uvbin import uv_bin
 from dify_repack.verify import PROFILES, VerifyOptions, verify_package
 from dify_repack.wheelhouse import Incoming, add_wheels, check_wheelhouse, prune, read_wheelhouse, record_plugin
+from fakeweb import Reply, serve
 
 MIRROR = "http://pypi.internal:8080/simple"
 FIRST = {"requirements.txt": "dify_plugin==0.7.4\nfastmath\n"}
@@ -385,3 +386,22 @@ def test_a_batch_packed_side_by_side_grows_one_wheelhouse(tmp_path: Path, index:
     assert main(["pack", *map(str, sources), *args, "-j", "2", "--wheelhouse", str(house), "--no-verify", "-q"]) == 0
     assert set(read_wheelhouse(house).plugins) == {"tester/first:0.1.0", "tester/second:0.1.0"}
     assert check_wheelhouse(house) == []
+
+
+def test_lock_urls_from_the_mirror_take_only_links_that_fit_in_the_lock(tmp_path: Path) -> None:
+    digest = "ab" * 32
+    lock = f'[[package]]\nname = "helper"\nsource = {{ registry = "{MIRROR}" }}\nwheels = [\n'
+    lock += (
+        f'  {{ url = "http://pypi.internal:8080/files/helper-1.0.0-py3-none-any.whl", hash = "sha256:{digest}" }},\n]\n'
+    )
+    (tmp_path / "uv.lock").write_text(lock)
+    with serve() as web:
+        # A link that would end the TOML string and add a key of its own counts as not served.
+        evil = '/x" , evil = "1/helper-1.0.0-py3-none-any.whl'
+        web.route("/simple/helper/", Reply(body=f"<a href='{evil}#sha256={digest}'>x</a>".encode()))
+        with pytest.raises(NetworkError, match=r"does not serve helper-1\.0\.0-py3-none-any\.whl"):
+            take_lock_urls_from_mirror(tmp_path, web.url + "/simple")
+        good = "/packages/helper-1.0.0-py3-none-any.whl"
+        web.route("/simple/helper/", Reply(body=f'<a href="{good}#sha256={digest}">x</a>'.encode()))
+        take_lock_urls_from_mirror(tmp_path, web.url + "/simple")
+    assert tomllib.loads((tmp_path / "uv.lock").read_text())["package"][0]["wheels"][0]["url"] == web.url + good

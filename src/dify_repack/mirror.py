@@ -262,7 +262,8 @@ def take_lock_urls_from_mirror(root: Path, mirror_url: str) -> None:
             served = {}
             for href in parser.hrefs:
                 url, _, fragment = urljoin(str(response.url), href).partition("#")
-                served[unquote(url.rsplit("/", 1)[-1])] = (url, fragment.removeprefix("sha256="))
+                if _fit_for_lock(url):
+                    served[unquote(url.rsplit("/", 1)[-1])] = (url, fragment.removeprefix("sha256="))
             for wheel in wheels:
                 name = unquote(str(wheel["url"]).rsplit("/", 1)[-1])
                 found = served.get(name)
@@ -275,3 +276,9 @@ def take_lock_urls_from_mirror(root: Path, mirror_url: str) -> None:
                     )
                 text = text.replace(f'"{wheel["url"]}"', f'"{found[0]}"')
     lock.write_text(text, encoding="utf-8")
+
+
+def _fit_for_lock(url: str) -> bool:
+    """Whether a link read from the mirror may go into uv.lock as it is: an http(s) URL that cannot end the
+    TOML string it is written into (no quote, backslash or control character)."""
+    return url.startswith(("http://", "https://")) and url.isprintable() and not any(c in url for c in '"\\')
