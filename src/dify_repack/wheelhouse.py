@@ -35,7 +35,7 @@ from .credentials import ca_bundle, index_credentials
 from .errors import EnvironmentProblem, NetworkError, PackageError, UsageError, VerificationError
 from .files import atomic_output, file_sha256, write_atomically
 from .redaction import redact
-from .wheelfile import NotAWheel, check_wheel, read_metadata
+from .wheelfile import NotAWheel, check_wheel
 
 FILES_DIR = "files"
 SIMPLE_DIR = "simple"
@@ -308,8 +308,7 @@ def _page(title: str, body: str) -> str:
 def _describe(path: Path, digest: str) -> HouseFile:
     try:
         name, version, _, _ = parse_wheel_filename(path.name)
-        check_wheel(path, path.name)
-        raw = read_metadata(path) or b""  # past MAX_METADATA it is not read: no Requires-Python is recorded
+        raw = check_wheel(path, path.name) or b""  # past MAX_METADATA it is not read: no Requires-Python is recorded
     except (ValueError, NotAWheel) as error:
         raise PackageError(f"{path.name}: not a readable wheel ({error})") from None
     metadata = email.parser.BytesHeaderParser().parsebytes(raw)
