@@ -147,7 +147,7 @@ def test_recording_a_plugin_whose_files_were_pruned_meanwhile_fails(tmp_path: Pa
     house = tmp_path / "house"
     add_wheels(house, "a/other:1.0.0", [Incoming(make_wheel(tmp_path / "wheels", "other", "1.0.0"))])
     staged = add_wheels(house, None, [Incoming(make_wheel(tmp_path / "wheels", "helper", "1.0.0"))])
-    assert prune(house, "a/other").removed == ("helper-1.0.0-py3-none-any.whl", "other-1.0.0-py3-none-any.whl")
+    assert prune(house, ["a/other"]).removed == ("helper-1.0.0-py3-none-any.whl", "other-1.0.0-py3-none-any.whl")
     with pytest.raises(VerificationError, match=re.escape("helper-1.0.0-py3-none-any.whl left the wheelhouse")):
         record_plugin(house, "a/one:1.0.0", staged.files)
     assert read_wheelhouse(house).plugins == {}
@@ -215,7 +215,10 @@ def test_prune_drops_the_files_no_remaining_plugin_needs(
     house = tmp_path / "house"
     _pack(index, tmp_path, "first", FIRST, wheelhouse=house)
     _pack(index, tmp_path, "second", SECOND, wheelhouse=house)
-    assert main(["wheelhouse", "prune", str(house), "--plugin", "tester/nobody"]) == 2
+    before = read_wheelhouse(house)
+    # One plugin it does not hold fails the whole command: the known one is not forgotten either.
+    assert main(["wheelhouse", "prune", str(house), "--plugin", "tester/first", "--plugin", "tester/nobody"]) == 2
+    assert read_wheelhouse(house) == before
     assert main(["wheelhouse", "prune", str(house), "--plugin", "tester/first", "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document["plugins"] == ["tester/first:0.1.0"]

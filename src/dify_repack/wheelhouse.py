@@ -207,20 +207,24 @@ def record_plugin(root: Path, plugin: str, files: Iterable[HouseFile]) -> None:
         _commit(Wheelhouse(root, house.files, plugins), house)
 
 
-def prune(root: Path, plugin: str) -> PruneResult:
-    """Forget ``plugin`` (``author/name`` for every version, or ``author/name:version``) and drop unneeded files."""
+def prune(root: Path, plugins: Sequence[str]) -> PruneResult:
+    """Forget ``plugins`` (each ``author/name`` for every version, or ``author/name:version``) and drop the
+    files no remaining plugin needs: all in one update, or, when one of them is not there, none."""
     with _locked(root):
         house = read_wheelhouse(root)
-        dropped = [key for key in house.plugins if key == plugin or key.split(":", 1)[0] == plugin]
-        if not dropped:
-            known = ", ".join(sorted(house.plugins)) or "none"
-            raise UsageError(f"{root}: no plugin {plugin} in the wheelhouse (it holds: {known})")
-        plugins = {key: names for key, names in house.plugins.items() if key not in dropped}
-        kept = {name for names in plugins.values() for name in names}
+        dropped: set[str] = set()
+        for plugin in plugins:
+            matching = {key for key in house.plugins if key == plugin or key.split(":", 1)[0] == plugin}
+            if not matching:
+                known = ", ".join(sorted(house.plugins)) or "none"
+                raise UsageError(f"{root}: no plugin {plugin} in the wheelhouse (it holds: {known})")
+            dropped |= matching
+        remaining = {key: names for key, names in house.plugins.items() if key not in dropped}
+        kept = {name for names in remaining.values() for name in names}
         removed = sorted(name for name in house.files if name not in kept)
         files = {name: item for name, item in house.files.items() if name in kept}
         # Pages and manifest first: a file is never listed after it is gone.
-        _commit(Wheelhouse(root, files, plugins), house)
+        _commit(Wheelhouse(root, files, remaining), house)
         for name in removed:
             (root / FILES_DIR / name).unlink(missing_ok=True)
     return PruneResult(tuple(sorted(dropped)), tuple(removed))

@@ -94,15 +94,13 @@ def check_command(directory: Path) -> int:
 def prune_command(directory: Path, plugins: tuple[str, ...]) -> None:
     """Forget plugins and delete the files no remaining plugin needs."""
     _existing(directory)
-    results = [prune(directory, plugin) for plugin in plugins]
-    dropped = [key for result in results for key in result.plugins]
-    removed = [name for result in results for name in result.removed]
+    result = prune(directory, plugins)
     if output().as_json:
-        emit("success", {"plugins": dropped, "removed": removed})
+        emit("success", {"plugins": list(result.plugins), "removed": list(result.removed)})
         return
     out = _console()
-    out.print(f"forgot {', '.join(dropped)}; removed {len(removed)} files no other plugin needs")
-    for name in removed:
+    out.print(f"forgot {', '.join(result.plugins)}; removed {len(result.removed)} files no other plugin needs")
+    for name in result.removed:
         out.print(f"  {name}", markup=False)
 
 
