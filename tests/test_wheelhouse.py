@@ -408,3 +408,18 @@ def test_lock_urls_from_the_mirror_take_only_links_that_fit_in_the_lock(tmp_path
         web.route("/simple/helper/", Reply(body=f'<a href="{good}#sha256={digest}">x</a>'.encode()))
         take_lock_urls_from_mirror(tmp_path, web.url + "/simple")
     assert tomllib.loads((tmp_path / "uv.lock").read_text())["package"][0]["wheels"][0]["url"] == web.url + good
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["list"], ["check"], ["prune", "--plugin", "a/b"], ["upload", "--repository-url", "http://127.0.0.1:9/x/"]],
+)
+def test_every_wheelhouse_command_needs_a_wheelhouse(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["wheelhouse", command[0], str(tmp_path), *command[1:]]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"error: {tmp_path}: no wheelhouse here (wheelhouse.json is missing)",
+        "tip: pack with --wheelhouse DIR",
+    ]

@@ -230,11 +230,16 @@ def prune(root: Path, plugins: Sequence[str]) -> PruneResult:
     return PruneResult(tuple(sorted(dropped)), tuple(removed))
 
 
+def existing_wheelhouse(root: Path) -> Wheelhouse:
+    """The manifest of a wheelhouse that must be there already (the commands that look after one)."""
+    if not (root / MANIFEST).is_file():
+        raise UsageError(f"{root}: no wheelhouse here ({MANIFEST} is missing)", tip="pack with --wheelhouse DIR")
+    return read_wheelhouse(root)
+
+
 def check_wheelhouse(root: Path) -> list[str]:
     """Every problem found: a file missing, changed, or not listed; an index page that disagrees with the manifest."""
-    house = read_wheelhouse(root)
-    if not (root / MANIFEST).is_file():
-        raise UsageError(f"{root}: no wheelhouse here ({MANIFEST} is missing)")
+    house = existing_wheelhouse(root)
     problems = []
     for name, item in sorted(house.files.items()):
         path = root / FILES_DIR / name
