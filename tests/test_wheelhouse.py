@@ -18,14 +18,22 @@ from builders import LocalIndex, make_plugin, make_wheel, manifest_yaml
 from dify_repack.cli import main
 from dify_repack.errors import DifyRepackError, EnvironmentProblem, Interrupted, NetworkError, VerificationError
 from dify_repack.inspect import inspect_package
-from dify_repack.mirror import slim_mirror_url, take_lock_urls_from_mirror
+from dify_repack.mirror import MIRROR_HEADER, missing_from_wheelhouse, slim_mirror_url, take_lock_urls_from_mirror
 from dify_repack.packing import PackOptions, PackResult, pack
 from dify_repack.requirements import tomllib
 from dify_repack.resolve import Indexes
 from dify_repack.runner import run
 from dify_repack.uvbin import uv_bin
 from dify_repack.verify import PROFILES, VerifyOptions, verify_package
-from dify_repack.wheelhouse import Incoming, add_wheels, check_wheelhouse, prune, read_wheelhouse, record_plugin
+from dify_repack.wheelhouse import (
+    Incoming,
+    Wheelhouse,
+    add_wheels,
+    check_wheelhouse,
+    prune,
+    read_wheelhouse,
+    record_plugin,
+)
 from fakeweb import Reply, serve
 
 MIRROR = "http://pypi.internal:8080/simple"
@@ -423,3 +431,17 @@ def test_every_wheelhouse_command_needs_a_wheelhouse(
         f"error: {tmp_path}: no wheelhouse here (wheelhouse.json is missing)",
         "tip: pack with --wheelhouse DIR",
     ]
+
+
+def test_files_a_slim_package_pins_are_named_bounded_and_escaped(tmp_path: Path) -> None:
+    first, second = "a" * 64, "b" * 64
+    long_name = "x" * 5000 + "\x1b[2J.whl"
+    (tmp_path / "requirements.txt").write_text(
+        f"{MIRROR_HEADER}\n--index-url {MIRROR}\nhelper\x1b[2J{'y' * 5000}==1.0 \\\n    --hash=sha256:{first}\n"
+        f"other==1.0 \\\n    --hash=sha256:{second}\n"
+    )
+    lock = f'[[package]]\nname = "other"\nwheels = [{{ url = "http://h/{long_name}", hash = "sha256:{second}" }}]\n'
+    (tmp_path / "uv.lock").write_text(lock.replace("\x1b", "\\u001b"))
+    missing = missing_from_wheelhouse(tmp_path, Wheelhouse(tmp_path / "house", {}, {}))
+    assert len(missing) == 2
+    assert all("\x1b" not in name and len(name) < 400 for name in missing), missing

@@ -25,6 +25,7 @@ from .http import make_client, open_stream, read_bounded
 from .manifest import Manifest
 from .mirror_serve import mirror_address, serve_locally
 from .offline import WHEELS_DIR, regenerate_lock, requirements_lines
+from .redaction import shown_line, shown_name
 from .requirements import tomllib
 from .targets import Target
 from .wheelhouse import (
@@ -177,7 +178,8 @@ def slim_mirror_url(root: Path) -> str | None:
 
 
 def missing_from_wheelhouse(root: Path, house: Wheelhouse) -> list[str]:
-    """Files the slim package in ``root`` pins that the wheelhouse lacks, named as well as the package allows."""
+    """Files the slim package in ``root`` pins that the wheelhouse lacks, named as well as the package allows
+    (its text shown bounded and escaped: the package may be anyone's)."""
     text = (root / "requirements.txt").read_text(encoding="utf-8", errors="replace")
     have = {item.sha256 for item in house.files.values() if (house.root / FILES_DIR / item.filename).is_file()}
     # The file name from the lock, or from the wheelhouse's own record of a file gone from disk.
@@ -187,7 +189,8 @@ def missing_from_wheelhouse(root: Path, house: Wheelhouse) -> list[str]:
         requirement = block.split(";", 1)[0].split("\\", 1)[0].strip()
         for digest in _HASH.findall(block):
             if digest not in have:
-                missing.append(names.get(digest, f"a file of {requirement} (sha256 {digest})"))
+                name = names.get(digest)
+                missing.append(shown_name(name) if name else f"a file of {shown_line(requirement)} (sha256 {digest})")
     return missing
 
 
