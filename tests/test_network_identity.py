@@ -86,6 +86,13 @@ def plugin_with_pyproject(tmp_path: Path) -> Path:
     return plugin
 
 
+def failed_pack(tmp_path: Path, index_url: str, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """The stderr lines of a pack that reaches ``index_url`` and fails with exit 6 (a network error)."""
+    argv = pack_argv(plugin_with_pyproject(tmp_path), tmp_path / "out", tmp_path / "cache", index_url)
+    assert main([*argv, "--no-verify", "-q"]) == 6
+    return capsys.readouterr().err.strip().splitlines()
+
+
 def package_text(out: Path) -> str:
     (package,) = out.glob("*.difypkg")
     with zipfile.ZipFile(package) as archive:
@@ -190,10 +197,7 @@ def test_logins_reach_uv_as_variables_never_in_its_command_line() -> None:
 def test_pack_without_the_login_fails_with_one_line(
     tmp_path: Path, auth_index: LocalIndex, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = pack_argv(plugin_with_pyproject(tmp_path), tmp_path / "out", tmp_path / "cache", auth_index.url)
-    assert main([*argv, "--no-verify", "-q"]) == 6
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [
+    assert failed_pack(tmp_path, auth_index.url, capsys) == [
         f"error: the package index {auth_index.url} refused access (401 Unauthorized): the login is missing or wrong",
         "tip: give it in the URL as USER:PASSWORD@ before the host, in ~/.netrc (or the file $NETRC names), or in a "
         "keyring",
@@ -299,10 +303,7 @@ def test_pack_trusts_a_private_ca(
 def test_an_untrusted_certificate_is_one_error_naming_the_flags(
     tmp_path: Path, tls_index: LocalIndex, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = pack_argv(plugin_with_pyproject(tmp_path), tmp_path / "out", tmp_path / "cache", tls_index.url)
-    assert main([*argv, "--no-verify", "-q"]) == 6
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [
+    assert failed_pack(tmp_path, tls_index.url, capsys) == [
         f"error: {tls_index.url}: the server's TLS certificate is not trusted (invalid peer certificate: UnknownIssuer)",
         "tip: trust your CA with --cert FILE (or SSL_CERT_FILE / REQUESTS_CA_BUNDLE), or the system's trust store "
         "with --native-tls",
