@@ -206,8 +206,8 @@ def pack_many(
         elif not items:
             skipped = "no plugin to bundle"
         else:
-            outputs = [item.outcome.output for item in items if isinstance(item.outcome, PackResult)]
-            bundle = write_bundle(outputs, options.bundle, reporter=reporter)
+            results = [item.outcome for item in items if isinstance(item.outcome, PackResult)]
+            bundle = write_bundle(results, options.bundle, reporter=reporter)
     return BatchResult(items, copies, bundle, skipped)
 
 
@@ -370,8 +370,7 @@ def _pack_job(job: _Job, options: BatchOptions, reporter: Reporter) -> BatchItem
     try:
         result: PackResult | DifyRepackError = pack(job.local, pack_options, reporter)
         assert isinstance(result, PackResult)
-        checksum = result.stats.checksum or zip_checksum(result.output)
-        identifier = f"{result.manifest.plugin_id}:{result.manifest.version}@{checksum}"
+        identifier = result.identifier
     except Interrupted:
         raise
     except DifyRepackError as exc:
