@@ -233,6 +233,17 @@ def test_a_package_entry_without_its_file_says_supply_it_and_the_rest_goes_on(
     assert sorted(path.name for path in out.iterdir()) == ["tester-demo_0.1.0-offline.difypkg"]
 
 
+def test_a_failed_plugin_of_a_batch_is_shown_at_once_with_its_tip(
+    tmp_path: Path, index: LocalIndex, cache_dir: Path, web: FakeWeb, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dsl = write_dsl(tmp_path / "app.yml", [package(f"tester/private:0.1.0@{CHECKSUM}")])
+    assert main(["pack", str(dsl), *pack_args(index, web, tmp_path / "out", cache_dir), "--no-verify"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    error = next(number for number, line in enumerate(lines) if line.startswith("error: "))
+    assert f"{dsl}: dependencies[0]" in lines[error] and "supply that file" in lines[error]
+    assert lines[error + 1] == "tip: put the plugin's .difypkg in a folder and pass it with --packages-dir DIR"
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

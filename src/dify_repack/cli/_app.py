@@ -386,6 +386,18 @@ def one_line(text: str) -> str:
     return " | ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+def print_error(message: str, tip: str | None = None) -> None:
+    """The one way an error is shown on stderr: an ``error:`` line, and a ``tip:`` line when there is one.
+
+    Redacted here: click's messages, unexpected errors and a batch's failures quote input (URLs) too.
+    """
+    from rich.markup import escape
+
+    stderr().print(f"[bold red]error:[/] {escape(one_line(redact(message)))}")
+    if tip:
+        stderr().print(f"[bold]tip:[/] {escape(redact(tip))}")
+
+
 def _command_of(args: Sequence[str]) -> str | None:
     """The (sub)command named in ``args``, for the envelope of errors raised before or outside it."""
     words = [arg for arg in args if not arg.startswith("-")]
@@ -404,14 +416,10 @@ def _command_of(args: Sequence[str]) -> str | None:
 
 def _fail(args: Sequence[str], message: str, tip: str | None, exit_code: int) -> int:
     """Render an error: one ``error:`` line (+ ``tip:``) on stderr, and with --json the one document on stdout."""
-    message, tip = redact(message), tip and redact(tip)  # click's messages and unexpected errors quote input too
-    from rich.markup import escape
-
-    stderr().print(f"[bold red]error:[/] {escape(one_line(message))}")
-    if tip:
-        stderr().print(f"[bold]tip:[/] {escape(tip)}")
+    print_error(message, tip)
     options = args[: args.index("--")] if "--" in args else args
     if "--json" in options:
+        message, tip = redact(message), tip and redact(tip)
         document = envelope(_command_of(args), "error", {}, error_json(message, tip, exit_code))
         click.echo(json.dumps(document, indent=2))
     return exit_code

@@ -32,6 +32,7 @@ from ._app import (
     one_line,
     output,
     output_options,
+    print_error,
     python_option,
     review_options,
     stderr,
@@ -268,7 +269,7 @@ def pack_command(
         elif not single:
             message = one_line(item.outcome.message)
             where = "" if message.startswith(item.sources[0]) else f"{item.sources[0]}: "
-            stderr().print(f"[bold red]error:[/] {escape(where + message)}")
+            print_error(where + message, item.outcome.tip)
 
     result = pack_many(parsed, options, reporter, on_item=done)
     if single and result.failures:
