@@ -27,6 +27,7 @@ from .report import NullReporter, PrefixedReporter, Reporter
 from .signing import load_private_key
 from .sources import Source, fetch_source, latest_on_marketplace, parse_source
 from .targets import Target
+from .uvbin import require_python
 from .verify import VerifyOptions, VerifyReport, require_pass, verify_package
 
 Key = tuple[str, str]  # plugin id, version
@@ -157,7 +158,7 @@ def pack_many(
     """Pack every plugin the sources name, once each; ``on_item`` sees each plugin as soon as it is done.
 
     Raises only for what stops the whole run before anything is written (a malformed DSL, a bad key, a bad
-    bundle path); per-plugin failures are in the result.
+    bundle path, no CPython for the replays); per-plugin failures are in the result.
     """
     options = options or BatchOptions()
     reporter = reporter or NullReporter()
@@ -166,6 +167,8 @@ def pack_many(
     check_folders(options.pack)  # -o and the cache, before anything is downloaded
     if options.pack.sign_key is not None:
         load_private_key(options.pack.sign_key)  # a bad key fails now, not once per plugin
+    if options.verify is not None:  # the replays need the daemon's CPython: found (or installed) before any download
+        require_python(options.pack.python, reporter.step)
     dsls = [read_dsl(source.path) for source in sources if is_dsl_source(source) and source.path is not None]
     jobs = _group(_requests(sources, dsls, options, reporter))
     parallel = options.jobs > 1 and len(jobs) > 1

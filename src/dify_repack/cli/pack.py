@@ -16,7 +16,6 @@ from ..resolve import Indexes
 from ..review import ReviewPaths, packed_dossier, write_documents
 from ..sources import parse_source, read_source_list
 from ..targets import parse_glibc
-from ..uvbin import require_python
 from ..verify import DEFAULT_UV_VERSIONS, PROFILES, VerifyOptions
 from ..wheels import default_cache_dir
 from ._app import (
@@ -256,8 +255,6 @@ def pack_command(
         langgenius_category=langgenius_category,
     )
     reporter = make_reporter(output().quiet or as_json)
-    if verify:  # before any source is downloaded: the replays need the daemon's CPython
-        require_python(python_version, reporter.step)
     # One plain source keeps the single-plugin output: its summary, and its own error and exit code.
     single = len(parsed) == 1 and not is_dsl_source(parsed[0])
 
