@@ -171,8 +171,7 @@ def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> N
     state = output()
     if state.as_json:
         python = ".".join(str(part) for part in sys.version_info[:3])
-        document = envelope("version", "success", {"version": __version__, "python": python})
-        click.echo(json.dumps(document, indent=2))
+        print_document(envelope("version", "success", {"version": __version__, "python": python}))
     else:
         click.echo(__version__ if state.quiet else f"{PROG}, version {__version__}")
     ctx.exit()
@@ -209,8 +208,13 @@ def emit(status: str, fields: dict[str, object], error: DifyRepackError | dict[s
     command = " ".join(click.get_current_context().command_path.split()[1:])
     if isinstance(error, DifyRepackError):
         error = error_json(error.message, error.tip, int(error.exit_code))
-    # Results quote sources, index and download URLs: the whole document is redacted, whatever field holds one.
-    click.echo(redact(json.dumps(envelope(command, status, fields, error), indent=2, default=str)))
+    print_document(envelope(command, status, fields, error))
+
+
+def print_document(document: dict[str, object]) -> None:
+    """The one JSON document on stdout. Results and errors quote sources, index and download URLs: the whole
+    document is redacted, whatever field holds one."""
+    click.echo(redact(json.dumps(document, indent=2, default=str)))
 
 
 def envelope(
@@ -419,9 +423,7 @@ def _fail(args: Sequence[str], message: str, tip: str | None, exit_code: int) ->
     print_error(message, tip)
     options = args[: args.index("--")] if "--" in args else args
     if "--json" in options:
-        message, tip = redact(message), tip and redact(tip)
-        document = envelope(_command_of(args), "error", {}, error_json(message, tip, exit_code))
-        click.echo(json.dumps(document, indent=2))
+        print_document(envelope(_command_of(args), "error", {}, error_json(message, tip, exit_code)))
     return exit_code
 
 
