@@ -233,10 +233,12 @@ def error_json(message: str, tip: str | None, exit_code: int) -> dict[str, objec
     return {"message": one_line(message), "tip": tip, "exit_code": exit_code}
 
 
-def make_reporter(quiet: bool) -> ConsoleReporter:
+def make_reporter() -> ConsoleReporter:
+    """Progress on stderr; only warnings with -q or --json."""
     from ..report import ConsoleReporter
 
-    return ConsoleReporter(stderr(), quiet=quiet)
+    out = output()
+    return ConsoleReporter(stderr(), quiet=out.quiet or out.as_json)
 
 
 def _where(ctx: click.Context, param: click.Parameter) -> str:

@@ -117,7 +117,7 @@ def sign_command(package: str, key: str, category: str, output_path: str | None)
             tip="write the signed package elsewhere with -o (the default is PACKAGE.signed.difypkg beside it)",
         )
     if warning := key_permission_warning(Path(key)):
-        make_reporter(quiet=True).warn(warning)  # the core's warning line, printed even with -q
+        make_reporter().warn(warning)  # the core's warning line, shown even with -q
     info = sign_package(source, Path(key), target, category=category)
     if output().as_json:
         emit("success", {"package": str(target), "category": info.category, "time": info.time})

@@ -254,7 +254,7 @@ def pack_command(
         bundle=bundle,
         langgenius_category=langgenius_category,
     )
-    reporter = make_reporter(output().quiet or as_json)
+    reporter = make_reporter()
     # One plain source keeps the single-plugin output: its summary, and its own error and exit code.
     single = len(parsed) == 1 and not is_dsl_source(parsed[0])
 

@@ -115,8 +115,7 @@ def verify_command(
         glibc=parse_glibc(glibc),
         wheelhouse=wheelhouse,
     )
-    out = output()
-    reporter = make_reporter(out.quiet or out.as_json)
+    reporter = make_reporter()
     if is_bundle(package):
         verification = verify_bundle(package, options, reporter)
         checks = sum(len(report.checks) for report in verification.reports)
