@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import cancel
-from .bundle import BUNDLE_SUFFIX, LANGGENIUS, Bundle, package_manifest, write_bundle
+from .bundle import LANGGENIUS, Bundle, check_bundle_path, package_manifest, write_bundle
 from .dsl import AppDsl, Dependency, is_dsl_source, offline_copy_path, read_dsl, write_offline_copy
 from .errors import DifyRepackError, ExitCode, Interrupted, PackageError, UsageError
 from .manifest import Manifest, read_manifest
@@ -162,8 +162,8 @@ def pack_many(
     """
     options = options or BatchOptions()
     reporter = reporter or NullReporter()
-    if options.bundle is not None and not options.bundle.name.endswith(BUNDLE_SUFFIX):
-        raise UsageError(f"{options.bundle}: a bundle file must end in {BUNDLE_SUFFIX}")
+    if options.bundle is not None:
+        check_bundle_path(options.bundle)  # before any work, not after every plugin is packed
     check_folders(options.pack)  # -o and the cache, before anything is downloaded
     if options.pack.sign_key is not None:
         load_private_key(options.pack.sign_key)  # a bad key fails now, not once per plugin

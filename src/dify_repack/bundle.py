@@ -147,6 +147,11 @@ def bundle_name(output: Path) -> str:
     return name[:128] or "offline_plugins"
 
 
+def check_bundle_path(output: Path) -> None:
+    if not output.name.endswith(BUNDLE_SUFFIX):
+        raise UsageError(f"{output}: a bundle file must end in {BUNDLE_SUFFIX}", tip="Dify's console tells by the name")
+
+
 def write_bundle(
     packages: Sequence[Path | PackResult],
     output: Path,
@@ -165,8 +170,7 @@ def write_bundle(
     """
     reporter = reporter or NullReporter()
     name = name or bundle_name(output)
-    if not output.name.endswith(BUNDLE_SUFFIX):
-        raise UsageError(f"{output}: a bundle file must end in {BUNDLE_SUFFIX}", tip="Dify's console tells by the name")
+    check_bundle_path(output)
     if not _NAME.match(name):
         raise UsageError(f"bundle name {name!r} must match [a-z0-9_-]{{1,128}}")
     if not packages:
