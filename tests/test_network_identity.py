@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -399,16 +398,14 @@ def test_no_cpython_fails_at_once_before_any_request(
     assert uvbin.find_python("3.12") is None, "the fixture hides every CPython 3.12"
     uvbin._find_python.cache_clear()
     argv = pack_argv(plugin_with_pyproject(tmp_path), tmp_path / "out", tmp_path / "cache", plain_index.url)
-    started = time.monotonic()
     assert main([*argv, verify, "-q"]) == 9
-    elapsed = time.monotonic() - started
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith(
         "error: no CPython 3.12 on this host (PATH, pyenv, uv-managed), and UV_PYTHON_DOWNLOADS=never"
     )
     assert err[1].startswith("tip: install it with `uv python install 3.12` (UV_PYTHON_INSTALL_MIRROR names a mirror)")
+    # Proven by order (no request reached the index), not by a timer that a loaded machine could fail.
     assert plain_index.requests == [], "no resolution, no download before the check"
-    assert elapsed < 1.5, f"found out in {elapsed:.2f} s"
 
 
 @pytest.mark.usefixtures("no_python312")
