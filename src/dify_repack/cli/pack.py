@@ -77,7 +77,7 @@ from .bundle import batch_fields, check_signing_flags, langgenius_option, print_
 @click.option(
     "--reverify",
     is_flag=True,
-    help="Replay even when this byte-identical package already passed with the same settings (so does --refresh).",
+    help="Replay even when a package with the same files already passed with the same settings (so does --refresh).",
 )
 @click.option(
     "--no-start",
