@@ -374,3 +374,17 @@ def test_pack_without_version_says_which_version_it_took(
     assert "the latest version on the Marketplace is langgenius/demo:0.0.3" in err
     assert code == ExitCode.NETWORK  # the fake Marketplace has no package to download
     assert "error: langgenius/demo:0.0.3: not on the Marketplace" in err
+
+
+def test_a_bundle_path_without_its_suffix_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plugin = make_plugin(tmp_path / "plugin", {"requirements.txt": "dify_plugin==0.7.4\n"})
+    argv = ["pack", str(plugin), "-o", str(tmp_path / "out"), "--bundle", str(tmp_path / "b.zip"), "--no-verify"]
+    code, _out, err = run(argv, capsys)
+    assert code == ExitCode.USAGE
+    assert err.splitlines() == [
+        f"error: {tmp_path / 'b.zip'}: a bundle file must end in .difybndl",
+        "tip: Dify's console tells by the name",
+    ]
+    assert not (tmp_path / "out").exists()

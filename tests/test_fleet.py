@@ -6,7 +6,6 @@ the local index of tiny wheels. Nothing leaves the machine.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import zipfile
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from builders import LocalIndex, make_plugin, manifest_yaml
+from builders import LocalIndex, daemon_checksum, make_plugin, manifest_yaml
 from dify_repack.bundle import read_bundle
 from dify_repack.cli import main
 from dify_repack.package import write_package, zip_checksum
@@ -26,30 +25,6 @@ from fakeweb import FakeWeb, Reply, serve
 
 REQUIREMENTS = {"requirements.txt": "dify_plugin==0.7.4\n"}
 CHECKSUM = "c0" * 32  # of a package nobody has
-# DAEMON-FACTS §1: the checksum the daemon computes for these entries.
-VECTOR = {"manifest.yaml": b"author: a\n", "main.py": b"print(1)\n", "wheels/x.whl": b""}
-VECTOR_CHECKSUM = "f3b71a438484b65f2f17c949112cf1a07b71d3045c2adf43ed3f23625eadf2b9"
-
-
-def daemon_checksum(package: Path) -> str:
-    """DAEMON-FACTS §1 written out: sha256 over the raw sha256(path) + sha256(content), entries sorted by path."""
-    with zipfile.ZipFile(package) as archive:
-        entries = sorted(
-            (info.filename.encode(), archive.read(info)) for info in archive.infolist() if not info.is_dir()
-        )
-    digest = hashlib.sha256()
-    for name, data in entries:
-        digest.update(hashlib.sha256(name).digest())
-        digest.update(hashlib.sha256(data).digest())
-    return digest.hexdigest()
-
-
-def test_the_checksum_written_out_here_is_the_daemons(tmp_path: Path) -> None:
-    package = tmp_path / "vector.difypkg"
-    with zipfile.ZipFile(package, "w") as archive:
-        for name, data in VECTOR.items():
-            archive.writestr(name, data)
-    assert daemon_checksum(package) == VECTOR_CHECKSUM == zip_checksum(package)
 
 
 def plugin_package(directory: Path, name: str, *, author: str = "tester", version: str = "0.1.0") -> Path:
@@ -231,6 +206,17 @@ def test_a_package_entry_without_its_file_says_supply_it_and_the_rest_goes_on(
     assert document["outputs"]["bundle"] is None and "1 of 2 plugins failed" in document["bundle_skipped"]
     assert document["outputs"]["dsl_copies"][0]["copy"] is None
     assert sorted(path.name for path in out.iterdir()) == ["tester-demo_0.1.0-offline.difypkg"]
+
+
+def test_a_failed_plugin_of_a_batch_is_shown_at_once_with_its_tip(
+    tmp_path: Path, index: LocalIndex, cache_dir: Path, web: FakeWeb, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dsl = write_dsl(tmp_path / "app.yml", [package(f"tester/private:0.1.0@{CHECKSUM}")])
+    assert main(["pack", str(dsl), *pack_args(index, web, tmp_path / "out", cache_dir), "--no-verify"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    error = next(number for number, line in enumerate(lines) if line.startswith("error: "))
+    assert f"{dsl}: dependencies[0]" in lines[error] and "supply that file" in lines[error]
+    assert lines[error + 1] == "tip: put the plugin's .difypkg in a folder and pass it with --packages-dir DIR"
 
 
 @pytest.mark.parametrize(

@@ -62,9 +62,9 @@ wheels = [
     { path = "numpy-2.4.1-cp312-cp312-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl" },
 ]
 """
-REMOTE_LOCK = LOCK.replace('{ registry = "wheels" }', '{ registry = "https://index.invalid/simple" }').replace(
-    '{ path = "numpy', '{ url = "https://files.invalid/packages/numpy'
-)
+REMOTE_LOCK = LOCK.replace(
+    '{ registry = "wheels" }', '{ registry = "https://ci:secret@index.invalid/simple" }'
+).replace('{ path = "numpy', '{ url = "https://files.invalid/packages/numpy')
 
 
 def fake_wheel() -> bytes:
@@ -137,6 +137,12 @@ def test_directory_entry_is_reported_not_fatal(tmp_path: Path) -> None:
     assert result.directory_entries == ("wheels/",)
     assert any("read wheels: is a directory" in problem for problem in result.problems)
     assert result.checksum == daemon_checksum(package)
+    with zipfile.ZipFile(package, "a") as archive:
+        for number in range(500):
+            archive.writestr(zipfile.ZipInfo(f"folder{number}/"), b"")
+    # One line for them all, naming the first few: the same words verify reports.
+    (line,) = [problem for problem in inspect_package(package).problems if "is a directory" in problem]
+    assert line.startswith("directory entries wheels/, folder0/") and "(491 more)" in line and len(line) < 400
 
 
 def test_remote_lock_fails_only_the_frozen_profile(tmp_path: Path) -> None:
@@ -144,6 +150,7 @@ def test_remote_lock_fails_only_the_frozen_profile(tmp_path: Path) -> None:
     frozen = verdict(result, "uv-sync-frozen")
     assert not frozen.ok
     assert "remote index" in frozen.reason and "index.invalid" in frozen.reason
+    assert "secret" not in frozen.reason  # a login in the package's lock is not shown
     assert verdict(result, "uv-sync").ok and verdict(result, "uv-pip").ok
 
 

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import textwrap
 import threading
 import time
@@ -28,6 +29,8 @@ import pytest
 
 from builders import FAKE_SDK_FILES, LocalIndex, make_plugin, make_wheel, manifest_yaml
 from dify_repack import cancel
+from dify_repack.bundle import write_bundle
+from dify_repack.dsl import read_dsl, write_offline_copy
 from dify_repack.errors import Interrupted
 from dify_repack.package import write_package
 from dify_repack.uvbin import own_uv_version
@@ -417,6 +420,33 @@ def test_zip_writing_stops_between_entries_and_leaves_no_file(tmp_path: Path) ->
     finally:
         cancel.reset()
     assert list(output.parent.iterdir()) == []
+
+
+def test_an_interrupted_bundle_or_dsl_copy_leaves_neither_file_nor_temp_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    package = write_package(make_plugin(tmp_path / "plugin", {}), tmp_path / "p.difypkg").path
+    identifier = f"tester/demo:0.1.0@{'c0' * 32}"
+    app = tmp_path / "app.yml"
+    app.write_text(
+        "kind: app\nversion: 0.3.0\napp: {mode: workflow, name: app}\ndependencies:\n"
+        f"  - {{type: marketplace, value: {{marketplace_plugin_unique_identifier: '{identifier}'}}}}\n"
+    )
+    dsl = read_dsl(app)
+    out = tmp_path / "out"
+    cancel.request(signal.SIGINT)
+    try:
+        with pytest.raises(Interrupted):
+            write_bundle([package], out / "plugins.difybndl")
+        with pytest.raises(Interrupted):
+            write_offline_copy(dsl, {0: identifier}, out / "app.offline.yml")
+    finally:
+        cancel.reset()
+    assert not out.exists() or list(out.iterdir()) == []
+    assert list(temp.iterdir()) == []
 
 
 def test_a_run_that_cannot_unwind_is_ended_after_the_grace_period() -> None:

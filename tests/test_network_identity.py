@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,6 +83,13 @@ def plugin_with_pyproject(tmp_path: Path) -> Path:
     plugin = tmp_path / "plugin"
     make_plugin(plugin, {"requirements.txt": "dify_plugin\nhelper\npuresdist\n", "pyproject.toml": PYPROJECT})
     return plugin
+
+
+def failed_pack(tmp_path: Path, index_url: str, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """The stderr lines of a pack that reaches ``index_url`` and fails with exit 6 (a network error)."""
+    argv = pack_argv(plugin_with_pyproject(tmp_path), tmp_path / "out", tmp_path / "cache", index_url)
+    assert main([*argv, "--no-verify", "-q"]) == 6
+    return capsys.readouterr().err.strip().splitlines()
 
 
 def package_text(out: Path) -> str:
@@ -190,10 +196,7 @@ def test_logins_reach_uv_as_variables_never_in_its_command_line() -> None:
 def test_pack_without_the_login_fails_with_one_line(
     tmp_path: Path, auth_index: LocalIndex, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = pack_argv(plugin_with_pyproject(tmp_path), tmp_path / "out", tmp_path / "cache", auth_index.url)
-    assert main([*argv, "--no-verify", "-q"]) == 6
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [
+    assert failed_pack(tmp_path, auth_index.url, capsys) == [
         f"error: the package index {auth_index.url} refused access (401 Unauthorized): the login is missing or wrong",
         "tip: give it in the URL as USER:PASSWORD@ before the host, in ~/.netrc (or the file $NETRC names), or in a "
         "keyring",
@@ -299,10 +302,7 @@ def test_pack_trusts_a_private_ca(
 def test_an_untrusted_certificate_is_one_error_naming_the_flags(
     tmp_path: Path, tls_index: LocalIndex, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = pack_argv(plugin_with_pyproject(tmp_path), tmp_path / "out", tmp_path / "cache", tls_index.url)
-    assert main([*argv, "--no-verify", "-q"]) == 6
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [
+    assert failed_pack(tmp_path, tls_index.url, capsys) == [
         f"error: {tls_index.url}: the server's TLS certificate is not trusted (invalid peer certificate: UnknownIssuer)",
         "tip: trust your CA with --cert FILE (or SSL_CERT_FILE / REQUESTS_CA_BUNDLE), or the system's trust store "
         "with --native-tls",
@@ -398,16 +398,14 @@ def test_no_cpython_fails_at_once_before_any_request(
     assert uvbin.find_python("3.12") is None, "the fixture hides every CPython 3.12"
     uvbin._find_python.cache_clear()
     argv = pack_argv(plugin_with_pyproject(tmp_path), tmp_path / "out", tmp_path / "cache", plain_index.url)
-    started = time.monotonic()
     assert main([*argv, verify, "-q"]) == 9
-    elapsed = time.monotonic() - started
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith(
         "error: no CPython 3.12 on this host (PATH, pyenv, uv-managed), and UV_PYTHON_DOWNLOADS=never"
     )
     assert err[1].startswith("tip: install it with `uv python install 3.12` (UV_PYTHON_INSTALL_MIRROR names a mirror)")
+    # Proven by order (no request reached the index), not by a timer that a loaded machine could fail.
     assert plain_index.requests == [], "no resolution, no download before the check"
-    assert elapsed < 1.5, f"found out in {elapsed:.2f} s"
 
 
 @pytest.mark.usefixtures("no_python312")

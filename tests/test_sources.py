@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import re
@@ -490,3 +491,11 @@ def test_when_the_marketplace_cannot_say_the_error_says_what_to_add(
     assert re.search(message, error.message)
     assert error.tip is not None and "langgenius/demo:VERSION" in error.tip
     assert [request.target for request in web.requests] == [PLUGIN_PATH], "nothing is downloaded"
+
+
+def test_a_plugin_document_that_never_ends_is_refused_before_it_fills_the_memory(web: FakeWeb, tmp_path: Path) -> None:
+    # 5 KiB on the wire, 5 MiB once inflated: the bound counts what the server's encoding expands to.
+    bomb = gzip.compress(b" " * (5 * 1024 * 1024))
+    web.route(PLUGIN_PATH, Reply(body=bomb, content_type="application/json", headers={"Content-Encoding": "gzip"}))
+    error = failure("langgenius/demo", tmp_path, marketplace_url=web.url)
+    assert "the answer is larger than 4194304 bytes" in error.message

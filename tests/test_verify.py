@@ -22,7 +22,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 import tomlkit
@@ -401,7 +401,20 @@ def test_replays_running_the_same_commands_on_the_same_files_run_once(
     assert all(step.same_as == "" for step in report.checks[3].steps if step.name != "import")
 
 
-def test_a_passed_verification_of_the_same_bytes_and_settings_is_remembered(
+def test_a_lone_uv_replay_does_not_fingerprint_its_environment(
+    good: Path, cache_dir: Path, own_uv: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Hashing every installed file only pays when another replay may share import and start.
+    import dify_repack.replay as replay_module
+
+    def fingerprint(venv: Path) -> str:
+        raise AssertionError("no other uv replay to share with")
+
+    monkeypatch.setattr(replay_module, "environment_fingerprint", fingerprint)
+    assert verify(good, cache_dir, own_uv, ["pip", "uv-pip"]).ok
+
+
+def test_a_passed_verification_of_the_same_files_and_settings_is_remembered(
     good: Path, tmp_path: Path, cache_dir: Path, own_uv: str
 ) -> None:
     options = VerifyOptions(profiles=["uv-pip"], uv_versions=[own_uv], arches=["amd64"], cache_dir=cache_dir)
@@ -414,6 +427,12 @@ def test_a_passed_verification_of_the_same_bytes_and_settings_is_remembered(
     assert not verify_package(good, replace(options, start=True, start_timeout=60, reuse=True)).remembered
     other = derive(good, tmp_path / "other.difypkg", lambda root: (root / "README.md").write_text("changed\n"))
     assert not verify_package(other, replace(options, start=False, reuse=True)).remembered
+    # The same files (the daemon's checksum) with a directory entry added: the daemon rejects that upload.
+    with_dir = tmp_path / "with-dir.difypkg"
+    shutil.copy(good, with_dir)
+    with zipfile.ZipFile(with_dir, "a") as archive:
+        archive.writestr(zipfile.ZipInfo("wheels/"), b"")
+    assert not verify_package(with_dir, replace(options, start=False, reuse=True)).ok
 
 
 def test_pack_remembers_its_verification_and_reverify_replays(
@@ -668,3 +687,78 @@ def test_a_relative_cache_dir_works_from_the_replays_own_folder(
     options = VerifyOptions(profiles=["uv-pip"], uv_versions=["0.0.1"], arches=["amd64"], cache_dir=Path("cache"))
     report = verify_package(good, options)
     assert [(check.uv, check.ok) for check in report.checks] == [("0.0.1", True)]
+
+
+@pytest.mark.parametrize("outcome", ["installed", "failed", "interrupted"])
+def test_fetching_a_uv_leaves_only_the_installed_version_in_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outcome: str
+) -> None:
+    from dify_repack import uvbin
+    from dify_repack.errors import Interrupted, NetworkError
+    from dify_repack.runner import Completed
+
+    def install(argv: Sequence[str], **kwargs: Any) -> Completed:
+        if "--target" not in argv:
+            return run(argv, **kwargs)  # our own uv, asked its version
+        staging = Path(argv[argv.index("--target") + 1])
+        (staging / "bin").mkdir()
+        (staging / "bin" / "uv").write_text("")
+        return Completed(tuple(map(str, argv)), 0 if outcome != "failed" else 2, "", "no such version")
+
+    def version_of(binary: str) -> object:
+        if not binary.startswith(str(tmp_path)):
+            return asked(binary)  # our own uv
+        if outcome == "interrupted":
+            raise Interrupted()  # a stop request while the new uv says its version
+        return uvbin.Version("0.0.2")
+
+    asked = uvbin._version_of
+
+    monkeypatch.setattr(uvbin, "run", install)
+    monkeypatch.setattr(uvbin, "_version_of", version_of)
+    if outcome == "installed":
+        assert uvbin.fetch_uv("0.0.2", tmp_path) == tmp_path / "uv" / "0.0.2" / "bin" / "uv"
+    else:
+        with pytest.raises(NetworkError if outcome == "failed" else Interrupted):
+            uvbin.fetch_uv("0.0.2", tmp_path)
+    assert sorted(path.name for path in (tmp_path / "uv").iterdir()) == (["0.0.2"] if outcome == "installed" else [])
+
+
+def test_without_unshare_the_replay_runs_offline_says_so_and_is_not_remembered(
+    good: Path, cache_dir: Path, own_uv: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dify_repack.verify as verify_module
+
+    monkeypatch.setattr(verify_module.shutil, "which", lambda name: None)
+    options = VerifyOptions(profiles=["uv-pip"], uv_versions=[own_uv], arches=["amd64"], cache_dir=cache_dir)
+    options = replace(options, start=False, reuse=True)
+    for _ in range(2):
+        report = verify_package(good, options)
+        assert report.ok and not report.isolated and not report.remembered
+        assert report.isolation == "none (uv offline mode)" and report.to_json()["isolated"] is False
+        assert any(note.startswith("NO NETWORK ISOLATION") for note in report.notes)
+
+
+def test_a_package_that_is_no_zip_is_refused_before_a_cpython_is_looked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dify_repack.verify as verify_module
+    from dify_repack.errors import PackageError
+
+    def provide_python(*_: object) -> Path:
+        raise AssertionError("uv may install a CPython here, minutes of work for a package refused anyway")
+
+    monkeypatch.setattr(verify_module, "provide_python", provide_python)
+    truncated = tmp_path / "truncated.difypkg"
+    truncated.write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(PackageError, match=r"not a readable \.difypkg"):
+        verify_package(truncated, VerifyOptions(cache_dir=tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("url", ["http://mirror:99999/simple", "http://mirror:http/simple", "http://[::1/simple"])
+def test_a_slim_packages_unusable_mirror_url_is_a_one_line_error(url: str) -> None:
+    from dify_repack.errors import UsageError
+    from dify_repack.mirror_serve import mirror_address
+
+    with pytest.raises(UsageError, match="the mirror URL must be http://HOST"):
+        mirror_address(url)

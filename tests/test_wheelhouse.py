@@ -16,16 +16,25 @@ import pytest
 
 from builders import LocalIndex, make_plugin, make_wheel, manifest_yaml
 from dify_repack.cli import main
-from dify_repack.errors import DifyRepackError, EnvironmentProblem, Interrupted, VerificationError
+from dify_repack.errors import DifyRepackError, EnvironmentProblem, Interrupted, NetworkError, VerificationError
 from dify_repack.inspect import inspect_package
-from dify_repack.mirror import slim_mirror_url
+from dify_repack.mirror import MIRROR_HEADER, missing_from_wheelhouse, slim_mirror_url, take_lock_urls_from_mirror
 from dify_repack.packing import PackOptions, PackResult, pack
 from dify_repack.requirements import tomllib
 from dify_repack.resolve import Indexes
 from dify_repack.runner import run
 from dify_repack.uvbin import uv_bin
 from dify_repack.verify import PROFILES, VerifyOptions, verify_package
-from dify_repack.wheelhouse import Incoming, add_wheels, check_wheelhouse, prune, read_wheelhouse, record_plugin
+from dify_repack.wheelhouse import (
+    Incoming,
+    Wheelhouse,
+    add_wheels,
+    check_wheelhouse,
+    prune,
+    read_wheelhouse,
+    record_plugin,
+)
+from fakeweb import Reply, serve
 
 MIRROR = "http://pypi.internal:8080/simple"
 FIRST = {"requirements.txt": "dify_plugin==0.7.4\nfastmath\n"}
@@ -146,7 +155,7 @@ def test_recording_a_plugin_whose_files_were_pruned_meanwhile_fails(tmp_path: Pa
     house = tmp_path / "house"
     add_wheels(house, "a/other:1.0.0", [Incoming(make_wheel(tmp_path / "wheels", "other", "1.0.0"))])
     staged = add_wheels(house, None, [Incoming(make_wheel(tmp_path / "wheels", "helper", "1.0.0"))])
-    assert prune(house, "a/other").removed == ("helper-1.0.0-py3-none-any.whl", "other-1.0.0-py3-none-any.whl")
+    assert prune(house, ["a/other"]).removed == ("helper-1.0.0-py3-none-any.whl", "other-1.0.0-py3-none-any.whl")
     with pytest.raises(VerificationError, match=re.escape("helper-1.0.0-py3-none-any.whl left the wheelhouse")):
         record_plugin(house, "a/one:1.0.0", staged.files)
     assert read_wheelhouse(house).plugins == {}
@@ -214,7 +223,10 @@ def test_prune_drops_the_files_no_remaining_plugin_needs(
     house = tmp_path / "house"
     _pack(index, tmp_path, "first", FIRST, wheelhouse=house)
     _pack(index, tmp_path, "second", SECOND, wheelhouse=house)
-    assert main(["wheelhouse", "prune", str(house), "--plugin", "tester/nobody"]) == 2
+    before = read_wheelhouse(house)
+    # One plugin it does not hold fails the whole command: the known one is not forgotten either.
+    assert main(["wheelhouse", "prune", str(house), "--plugin", "tester/first", "--plugin", "tester/nobody"]) == 2
+    assert read_wheelhouse(house) == before
     assert main(["wheelhouse", "prune", str(house), "--plugin", "tester/first", "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document["plugins"] == ["tester/first:0.1.0"]
@@ -385,3 +397,51 @@ def test_a_batch_packed_side_by_side_grows_one_wheelhouse(tmp_path: Path, index:
     assert main(["pack", *map(str, sources), *args, "-j", "2", "--wheelhouse", str(house), "--no-verify", "-q"]) == 0
     assert set(read_wheelhouse(house).plugins) == {"tester/first:0.1.0", "tester/second:0.1.0"}
     assert check_wheelhouse(house) == []
+
+
+def test_lock_urls_from_the_mirror_take_only_links_that_fit_in_the_lock(tmp_path: Path) -> None:
+    digest = "ab" * 32
+    lock = f'[[package]]\nname = "helper"\nsource = {{ registry = "{MIRROR}" }}\nwheels = [\n'
+    lock += (
+        f'  {{ url = "http://pypi.internal:8080/files/helper-1.0.0-py3-none-any.whl", hash = "sha256:{digest}" }},\n]\n'
+    )
+    (tmp_path / "uv.lock").write_text(lock)
+    with serve() as web:
+        # A link that would end the TOML string and add a key of its own counts as not served.
+        evil = '/x" , evil = "1/helper-1.0.0-py3-none-any.whl'
+        web.route("/simple/helper/", Reply(body=f"<a href='{evil}#sha256={digest}'>x</a>".encode()))
+        with pytest.raises(NetworkError, match=r"does not serve helper-1\.0\.0-py3-none-any\.whl"):
+            take_lock_urls_from_mirror(tmp_path, web.url + "/simple")
+        good = "/packages/helper-1.0.0-py3-none-any.whl"
+        web.route("/simple/helper/", Reply(body=f'<a href="{good}#sha256={digest}">x</a>'.encode()))
+        take_lock_urls_from_mirror(tmp_path, web.url + "/simple")
+    assert tomllib.loads((tmp_path / "uv.lock").read_text())["package"][0]["wheels"][0]["url"] == web.url + good
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["list"], ["check"], ["prune", "--plugin", "a/b"], ["upload", "--repository-url", "http://127.0.0.1:9/x/"]],
+)
+def test_every_wheelhouse_command_needs_a_wheelhouse(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["wheelhouse", command[0], str(tmp_path), *command[1:]]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"error: {tmp_path}: no wheelhouse here (wheelhouse.json is missing)",
+        "tip: pack with --wheelhouse DIR",
+    ]
+
+
+def test_files_a_slim_package_pins_are_named_bounded_and_escaped(tmp_path: Path) -> None:
+    first, second = "a" * 64, "b" * 64
+    long_name = "x" * 5000 + "\x1b[2J.whl"
+    (tmp_path / "requirements.txt").write_text(
+        f"{MIRROR_HEADER}\n--index-url {MIRROR}\nhelper\x1b[2J{'y' * 5000}==1.0 \\\n    --hash=sha256:{first}\n"
+        f"other==1.0 \\\n    --hash=sha256:{second}\n"
+    )
+    lock = f'[[package]]\nname = "other"\nwheels = [{{ url = "http://h/{long_name}", hash = "sha256:{second}" }}]\n'
+    (tmp_path / "uv.lock").write_text(lock.replace("\x1b", "\\u001b"))
+    missing = missing_from_wheelhouse(tmp_path, Wheelhouse(tmp_path / "house", {}, {}))
+    assert len(missing) == 2
+    assert all("\x1b" not in name and len(name) < 400 for name in missing), missing

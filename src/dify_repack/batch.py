@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import cancel
-from .bundle import BUNDLE_SUFFIX, LANGGENIUS, Bundle, package_manifest, write_bundle
+from .bundle import LANGGENIUS, Bundle, check_bundle_path, package_manifest, write_bundle
 from .dsl import AppDsl, Dependency, is_dsl_source, offline_copy_path, read_dsl, write_offline_copy
 from .errors import DifyRepackError, ExitCode, Interrupted, PackageError, UsageError
 from .manifest import Manifest, read_manifest
@@ -27,6 +27,7 @@ from .report import NullReporter, PrefixedReporter, Reporter
 from .signing import load_private_key
 from .sources import Source, fetch_source, latest_on_marketplace, parse_source
 from .targets import Target
+from .uvbin import require_python
 from .verify import VerifyOptions, VerifyReport, require_pass, verify_package
 
 Key = tuple[str, str]  # plugin id, version
@@ -157,15 +158,17 @@ def pack_many(
     """Pack every plugin the sources name, once each; ``on_item`` sees each plugin as soon as it is done.
 
     Raises only for what stops the whole run before anything is written (a malformed DSL, a bad key, a bad
-    bundle path); per-plugin failures are in the result.
+    bundle path, no CPython for the replays); per-plugin failures are in the result.
     """
     options = options or BatchOptions()
     reporter = reporter or NullReporter()
-    if options.bundle is not None and not options.bundle.name.endswith(BUNDLE_SUFFIX):
-        raise UsageError(f"{options.bundle}: a bundle file must end in {BUNDLE_SUFFIX}")
+    if options.bundle is not None:
+        check_bundle_path(options.bundle)  # before any work, not after every plugin is packed
     check_folders(options.pack)  # -o and the cache, before anything is downloaded
     if options.pack.sign_key is not None:
         load_private_key(options.pack.sign_key)  # a bad key fails now, not once per plugin
+    if options.verify is not None:  # the replays need the daemon's CPython: found (or installed) before any download
+        require_python(options.pack.python, reporter.step)
     dsls = [read_dsl(source.path) for source in sources if is_dsl_source(source) and source.path is not None]
     jobs = _group(_requests(sources, dsls, options, reporter))
     parallel = options.jobs > 1 and len(jobs) > 1
@@ -206,8 +209,8 @@ def pack_many(
         elif not items:
             skipped = "no plugin to bundle"
         else:
-            outputs = [item.outcome.output for item in items if isinstance(item.outcome, PackResult)]
-            bundle = write_bundle(outputs, options.bundle, reporter=reporter)
+            results = [item.outcome for item in items if isinstance(item.outcome, PackResult)]
+            bundle = write_bundle(results, options.bundle, reporter=reporter)
     return BatchResult(items, copies, bundle, skipped)
 
 
@@ -370,8 +373,7 @@ def _pack_job(job: _Job, options: BatchOptions, reporter: Reporter) -> BatchItem
     try:
         result: PackResult | DifyRepackError = pack(job.local, pack_options, reporter)
         assert isinstance(result, PackResult)
-        checksum = result.stats.checksum or zip_checksum(result.output)
-        identifier = f"{result.manifest.plugin_id}:{result.manifest.version}@{checksum}"
+        identifier = result.identifier
     except Interrupted:
         raise
     except DifyRepackError as exc:

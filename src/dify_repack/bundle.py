@@ -23,6 +23,7 @@ from .errors import DifyRepackError, PackageError, SignatureError, UsageError, V
 from .inspect import Inspection, inspect_package
 from .manifest import Manifest, read_manifest
 from .package import extract_package, open_package, read_bounded, write_package, zip_checksum
+from .packing import PackResult
 from .redaction import shown_line
 from .report import NullReporter, PrefixedReporter, Reporter
 from .signing import read_signature, sign_package
@@ -146,8 +147,13 @@ def bundle_name(output: Path) -> str:
     return name[:128] or "offline_plugins"
 
 
+def check_bundle_path(output: Path) -> None:
+    if not output.name.endswith(BUNDLE_SUFFIX):
+        raise UsageError(f"{output}: a bundle file must end in {BUNDLE_SUFFIX}", tip="Dify's console tells by the name")
+
+
 def write_bundle(
-    packages: Sequence[Path],
+    packages: Sequence[Path | PackResult],
     output: Path,
     *,
     name: str | None = None,
@@ -159,12 +165,12 @@ def write_bundle(
 
     With ``sign_key`` each embedded package is signed first (category ``langgenius`` for langgenius plugins
     when ``langgenius_category``). Two packages of one plugin version with different contents are refused:
-    the daemon would install whichever comes last.
+    the daemon would install whichever comes last. A ``PackResult`` (a batch's own packages) is not read again:
+    its manifest and checksum are known, so only the bundle's own write reads it.
     """
     reporter = reporter or NullReporter()
     name = name or bundle_name(output)
-    if not output.name.endswith(BUNDLE_SUFFIX):
-        raise UsageError(f"{output}: a bundle file must end in {BUNDLE_SUFFIX}", tip="Dify's console tells by the name")
+    check_bundle_path(output)
     if not _NAME.match(name):
         raise UsageError(f"bundle name {name!r} must match [a-z0-9_-]{{1,128}}")
     if not packages:
@@ -179,15 +185,17 @@ def write_bundle(
         (root / ASSETS).mkdir(parents=True)
         entries: dict[str, BundleEntry] = {}
         by_plugin: dict[tuple[str, str], tuple[str, Path]] = {}
-        for number, package in enumerate(packages):
-            manifest = package_manifest(package)
+        for number, given in enumerate(packages):
+            known = given if isinstance(given, PackResult) and sign_key is None else None
+            package = given.output if isinstance(given, PackResult) else given
+            manifest = known.manifest if known is not None else package_manifest(package)
             if sign_key is not None:
                 category = LANGGENIUS if langgenius_category and manifest.author == LANGGENIUS else "community"
                 reporter.step(f"signing {manifest.plugin_id} {manifest.version} (category {category})")
                 signed = Path(temp) / f"signed-{number}.difypkg"
                 sign_package(package, sign_key, signed, category=category)
                 package = signed
-            entry = _entry(package, manifest)
+            entry = _entry(package, manifest, known.stats.checksum if known is not None else None)
             key = (manifest.plugin_id, manifest.version)
             if key in by_plugin and by_plugin[key][0] != entry.checksum:
                 raise UsageError(
@@ -209,8 +217,8 @@ def write_bundle(
     return Bundle(output, name, stats.compressed_bytes, tuple(ordered))
 
 
-def _entry(package: Path, manifest: Manifest) -> BundleEntry:
-    checksum = zip_checksum(package)
+def _entry(package: Path, manifest: Manifest, checksum: str | None = None) -> BundleEntry:
+    checksum = checksum or zip_checksum(package)
     try:
         signature = read_signature(package)
     except SignatureError:

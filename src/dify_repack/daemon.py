@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
+
+from .redaction import shown_name, shown_names
 
 PROFILES = {
     "pip": "daemon ≤0.0.3: python -m venv + pip install -r requirements.txt",
@@ -69,3 +72,13 @@ def is_heartbeat(text: str) -> bool:
     except (ValueError, RecursionError):
         return False
     return isinstance(message, dict) and message.get("event") == "heartbeat"
+
+
+def directory_entries_rejected(names: Sequence[str]) -> str:
+    """Why the daemon rejects a package with directory entries: its checksum read fails on them (DAEMON-FACTS §1)."""
+    kind = "directory entry" if len(names) == 1 else "directory entries"
+    return (
+        f"{kind} {shown_names(names)}: the daemon's checksum read fails "
+        f'("read {shown_name(names[0].rstrip("/"))}: is a directory") and it rejects the upload; '
+        "write file entries only (dify-repack pack does)"
+    )

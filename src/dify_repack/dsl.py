@@ -108,7 +108,7 @@ def _dependency(path: Path, index: int, entry: object) -> Dependency:
     kind = entry.get("type") if isinstance(entry, dict) else None
     value = entry.get("value") if isinstance(entry, dict) else None
     if kind not in _IDENTIFIER_KEYS or not isinstance(value, dict):
-        raise UsageError(f"{where}: unknown dependency shape {_preview(entry)}", tip=f"Dify writes {_SHAPES}")
+        raise UsageError(f"{where}: unknown dependency shape {shown_line(entry)}", tip=f"Dify writes {_SHAPES}")
     identifier = value.get(_IDENTIFIER_KEYS[kind])
     plugin = _plugin_id(identifier, f"{where}: value.{_IDENTIFIER_KEYS[kind]}")
     source: Source | None = None
@@ -138,11 +138,6 @@ def _plugin_id(identifier: object, where: str) -> PluginId:
     if source is None or source.plugin is None or source.plugin.version is None:
         raise UsageError(f"{where}: {shown_line(identifier)} is not a plugin identifier (author/name:version@checksum)")
     return source.plugin
-
-
-def _preview(entry: object) -> str:
-    text = repr(entry)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def offline_copy_path(dsl: AppDsl, output_dir: Path) -> Path:

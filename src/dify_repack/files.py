@@ -150,9 +150,13 @@ def scratch_folder(prefix: str, needed: int) -> Iterator[Path]:
     """
     parent = scratch_parent(needed)
     _remove_abandoned(Path(parent or tempfile.gettempdir()), prefix)
-    with tempfile.TemporaryDirectory(prefix=prefix, dir=parent) as name, (Path(name) / _IN_USE).open("wb") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released by the kernel however this process ends
-        yield Path(name)
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=parent) as name:
+        folder = Path(name)
+        # Locked before it takes its name, so another run never finds the lock free on a folder that is starting.
+        with (folder / f"{_IN_USE}.new").open("wb") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released by the kernel however this process ends
+            (folder / f"{_IN_USE}.new").rename(folder / _IN_USE)
+            yield folder
 
 
 def _remove_abandoned(parent: Path, prefix: str) -> None:
@@ -162,4 +166,4 @@ def _remove_abandoned(parent: Path, prefix: str) -> None:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 shutil.rmtree(folder, ignore_errors=True)
         except OSError:
-            continue  # in use, another user's, not yet locked by a run that is starting, or gone meanwhile
+            continue  # in use, another user's, just created (no lock yet), or gone meanwhile

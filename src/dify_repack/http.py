@@ -27,7 +27,6 @@ import httpx
 from . import cancel
 from .credentials import HostAuth, ca_bundle, certificate_error, is_certificate_error, system_certs
 from .errors import EnvironmentProblem, NetworkError, StatusError, UsageError
-from .redaction import redact
 
 _IDENTITY = {"Accept-Encoding": "identity"}
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -61,11 +60,28 @@ def paced(chunks: Iterable[bytes], url: str, pace: Pace | None = None) -> Iterat
         elapsed = time.monotonic() - started
         if elapsed > limit.grace and received < limit.min_rate * elapsed:
             raise NetworkError(
-                f"{redact(url)}: too slow, {received} bytes in {elapsed:.0f} s (under {limit.min_rate:.0f} bytes/s "
+                f"{url}: too slow, {received} bytes in {elapsed:.0f} s (under {limit.min_rate:.0f} bytes/s "
                 f"on average after {limit.grace:.0f} s): the server trickles or the link is stalled",
                 tip="retry later or from a better-connected machine; check the proxy",
             )
         yield chunk
+
+
+def read_bounded(response: httpx.Response, url: str, limit: int) -> bytes:
+    """A small answer (an index page, a JSON document) whole, at ``pace``; NetworkError past ``limit`` bytes.
+
+    Counted after any Content-Encoding is undone, so neither a huge page nor a small compressed one that
+    inflates without end can fill the memory.
+    """
+    body = bytearray()
+    for chunk in paced(response.iter_bytes(), url):
+        body += chunk
+        if len(body) > limit:
+            raise NetworkError(
+                f"{url}: the answer is larger than {limit} bytes, far more than this kind of document needs",
+                tip="check the URL; a proxy or the server may be sending something else",
+            )
+    return bytes(body)
 
 
 def ssl_context() -> ssl.SSLContext:

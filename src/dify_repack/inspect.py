@@ -13,7 +13,7 @@ from typing import Any
 
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
-from .daemon import PROFILES
+from .daemon import PROFILES, directory_entries_rejected
 from .errors import DependencyError, SignatureError
 from .manifest import Manifest, read_manifest
 from .mirror import slim_mirror_url
@@ -130,11 +130,7 @@ def inspect_package(package: Path, *, public_key: Path | None = None) -> Inspect
         manifest = read_manifest(root, origin=str(package))
         names = [info.filename for info in infos if not info.is_dir()]
         directories = tuple(info.filename for info in infos if info.is_dir())
-        problems = [
-            f"directory entry {name!r}: the daemon's checksum read fails "
-            f'("read {name.rstrip("/")}: is a directory") and it rejects the upload'
-            for name in directories
-        ]
+        problems = [directory_entries_rejected(directories)] if directories else []
         signed, signed_at, category = False, None, None
         try:
             signature = read_signature(package)

@@ -21,10 +21,11 @@ from packaging.utils import canonicalize_name
 from tomlkit.items import Table
 
 from .errors import DependencyError, NetworkError
-from .http import make_client, open_stream, paced
+from .http import make_client, open_stream, read_bounded
 from .manifest import Manifest
 from .mirror_serve import mirror_address, serve_locally
 from .offline import WHEELS_DIR, regenerate_lock, requirements_lines
+from .redaction import shown_line, shown_name
 from .requirements import tomllib
 from .targets import Target
 from .wheelhouse import (
@@ -43,6 +44,8 @@ from .wheels import Selected
 
 MIRROR_HEADER = "# Written by dify-repack: a slim package, installed from the internal mirror below"
 _HASH = re.compile(r"--hash[= ]sha256:([0-9a-f]{64})")
+# A project page lists every file of every release: a few hundred kB for the largest projects.
+_MAX_PROJECT_PAGE = 32 * 1024 * 1024
 
 
 def add_to_wheelhouse(
@@ -175,7 +178,8 @@ def slim_mirror_url(root: Path) -> str | None:
 
 
 def missing_from_wheelhouse(root: Path, house: Wheelhouse) -> list[str]:
-    """Files the slim package in ``root`` pins that the wheelhouse lacks, named as well as the package allows."""
+    """Files the slim package in ``root`` pins that the wheelhouse lacks, named as well as the package allows
+    (its text shown bounded and escaped: the package may be anyone's)."""
     text = (root / "requirements.txt").read_text(encoding="utf-8", errors="replace")
     have = {item.sha256 for item in house.files.values() if (house.root / FILES_DIR / item.filename).is_file()}
     # The file name from the lock, or from the wheelhouse's own record of a file gone from disk.
@@ -185,7 +189,8 @@ def missing_from_wheelhouse(root: Path, house: Wheelhouse) -> list[str]:
         requirement = block.split(";", 1)[0].split("\\", 1)[0].strip()
         for digest in _HASH.findall(block):
             if digest not in have:
-                missing.append(names.get(digest, f"a file of {requirement} (sha256 {digest})"))
+                name = names.get(digest)
+                missing.append(shown_name(name) if name else f"a file of {shown_line(requirement)} (sha256 {digest})")
     return missing
 
 
@@ -254,13 +259,14 @@ def take_lock_urls_from_mirror(root: Path, mirror_url: str) -> None:
                 continue
             page = urljoin(base, f"{canonicalize_name(package['name'])}/")
             with open_stream(client, page, attempts=2) as response:
-                body = b"".join(paced(response.iter_bytes(), page))
+                body = read_bounded(response, page, _MAX_PROJECT_PAGE)
                 parser = _Links()
                 parser.feed(body.decode(response.encoding or "utf-8", errors="replace"))
             served = {}
             for href in parser.hrefs:
                 url, _, fragment = urljoin(str(response.url), href).partition("#")
-                served[unquote(url.rsplit("/", 1)[-1])] = (url, fragment.removeprefix("sha256="))
+                if _fit_for_lock(url):
+                    served[unquote(url.rsplit("/", 1)[-1])] = (url, fragment.removeprefix("sha256="))
             for wheel in wheels:
                 name = unquote(str(wheel["url"]).rsplit("/", 1)[-1])
                 found = served.get(name)
@@ -273,3 +279,9 @@ def take_lock_urls_from_mirror(root: Path, mirror_url: str) -> None:
                     )
                 text = text.replace(f'"{wheel["url"]}"', f'"{found[0]}"')
     lock.write_text(text, encoding="utf-8")
+
+
+def _fit_for_lock(url: str) -> bool:
+    """Whether a link read from the mirror may go into uv.lock as it is: an http(s) URL that cannot end the
+    TOML string it is written into (no quote, backslash or control character)."""
+    return url.startswith(("http://", "https://")) and url.isprintable() and not any(c in url for c in '"\\')

@@ -28,6 +28,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from .errors import EnvironmentProblem, UsageError
+from .redaction import shown_line
 from .runner import kill_group, run, spawn
 from .wheelhouse import FILES_DIR, SIMPLE_DIR, files_url
 
@@ -36,15 +37,19 @@ READY_TIMEOUT = 120.0  # a real index server (devpi) takes a while to start on a
 
 def mirror_address(mirror_url: str) -> tuple[str, int, str]:
     """Host, port and path of an http mirror URL; refuses what cannot travel in a package or be served here."""
-    parts = urlsplit(mirror_url)
+    try:
+        parts = urlsplit(mirror_url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # an IPv6 bracket left open, a port out of range or not a number
+        parts, port = urlsplit(""), 0
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"{mirror_url}: the mirror URL must be http://HOST[:PORT]/PATH")
+        # A slim package's requirements.txt names it: quoted and bounded, as any text from a package.
+        raise UsageError(f"{shown_line(mirror_url)}: the mirror URL must be http://HOST[:PORT]/PATH")
     if parts.username or parts.password:
         raise UsageError(
             "the mirror URL is written into the package: it must not carry credentials",
             tip="let the internal index allow anonymous reads of the wheelhouse",
         )
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     return parts.hostname, port, parts.path or "/"
 
 
@@ -118,7 +123,7 @@ def serve_in_namespace(mirror_url: str, server: Sequence[str]) -> Iterator[list[
     host, port, _ = mirror_address(mirror_url)
     if urlsplit(mirror_url).scheme != "http":
         raise UsageError(
-            f"{mirror_url}: verification serves the wheelhouse over plain http only",
+            f"{shown_line(mirror_url)}: verification serves the wheelhouse over plain http only",
             tip="verify with an http:// mirror URL, or skip the replay with --no-verify",
         )
     try:
@@ -127,7 +132,8 @@ def serve_in_namespace(mirror_url: str, server: Sequence[str]) -> Iterator[list[
         address = None
     if address is not None and not address.is_loopback:
         raise UsageError(
-            f"{mirror_url}: verification can serve the mirror under a host name or a loopback address, not {host}",
+            f"{shown_line(mirror_url)}: verification can serve the mirror under a host name or a loopback address, "
+            f"not {host}",
             tip="name the mirror by host name (its DNS name inside your network)",
         )
     with tempfile.TemporaryDirectory(prefix="dify-repack-ns-") as temp:

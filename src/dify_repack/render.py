@@ -88,7 +88,7 @@ def print_pack_result(result: PackResult) -> None:
     if report is not None:
         same = sum(bool(check.same_as) for check in report.checks)
         identical = f", {same} of them identical to another" if same else ""
-        when = f"; remembered from {report.remembered}, byte-identical package" if report.remembered else ""
+        when = f"; remembered from {report.remembered}, same files" if report.remembered else ""
         out.print(f"  verified  {report.counts} passed{identical} (network cut by {report.isolation}{when})")
     else:
         out.print("  verified  [yellow]skipped (--no-verify)[/]: run `dify-repack verify` before carrying it across")
@@ -155,7 +155,7 @@ def print_verify_report(report: VerifyReport) -> None:
     for warning in report.warnings:
         out.print(f"[bold yellow]warning:[/] {escape(warning)}")
     if report.remembered:
-        out.print(f"remembered: this byte-identical package passed these checks on {report.remembered}")
+        out.print(f"remembered: a package with these same files passed these checks on {report.remembered}")
     verdict = "every check passed" if report.ok else "some checks FAILED: this package would not install offline"
     out.print(("[bold green]" if report.ok else "[bold red]") + verdict + "[/]")
 

@@ -18,11 +18,12 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import cancel
 from .daemon import install_command, is_heartbeat, uv_env
+from .files import file_sha256
 from .manifest import Manifest
 from .offline import WHEELS_DIR
 from .runner import Completed, clean_env, kill_group, run, spawn
@@ -98,7 +99,7 @@ class Replay:
     prefix: list[str]  # the network-isolation argv prefix
     limits: Limits
     mirror: str  # the daemon's PIP_MIRROR_URL in the mirror profile
-    environments: Environments = field(default_factory=Environments)
+    environments: Environments | None  # None: no other uv replay to share import and start with
 
 
 def clone(tree: Path, root: Path) -> None:
@@ -225,8 +226,9 @@ def live_replay(
         update("compile")
         compile_argv = [*prefix, python, "-m", "compileall", "-q", "-x", r"\.venv|\.uv-cache", "."]
         steps.append(timed("compile", compile_argv, cwd=root, env=daemon_env, timeout=300, fatal=False))
-        if uv is None:
-            # Only the pip profile makes its venv with `python -m venv` and pip: no other replay can match it.
+        if uv is None or context.environments is None:
+            # Only the pip profile makes its venv with `python -m venv` and pip: no other replay can match it
+            # (nor can one when this is the only uv replay).
             steps += _import_and_start(context, root, daemon_env, update)
         else:
             steps += _shared_import_and_start(context, root, daemon_env, update, f"{profile} uv {version}")
@@ -237,6 +239,7 @@ def _shared_import_and_start(
     context: Replay, root: Path, env: dict[str, str], update: Update, label: str
 ) -> list[Step]:
     """Import and start, or the result of the replay that ran them on byte-identical installed files."""
+    assert context.environments is not None
     owner, result = context.environments.claim(environment_fingerprint(root / ".venv"), label)
     if owner != label:
         update(f"import, start: same installed files as {owner}")
@@ -285,10 +288,7 @@ def environment_fingerprint(venv: Path) -> str:
         if path.is_symlink():
             digest.update(b"link:" + str(path.readlink()).encode())
         elif path.is_file():
-            with path.open("rb") as file:
-                while chunk := file.read(1 << 20):
-                    digest.update(chunk)
-            digest.update(b"\0")
+            digest.update(bytes.fromhex(file_sha256(path)))
     return digest.hexdigest()
 
 

@@ -104,7 +104,6 @@ class ResolutionCache:
 
     def store(self, key: str, pins: list[Pin]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-
         write_atomically(self.root / f"{key}.json", json.dumps([asdict(pin) for pin in pins]))
 
 

@@ -26,7 +26,7 @@ from urllib.parse import quote
 import httpx
 
 from .errors import NetworkError, PackageError, StatusError, UsageError
-from .http import ProgressCallback, download, make_client, open_stream, paced
+from .http import ProgressCallback, download, make_client, open_stream, read_bounded
 from .package import ZIP_MAGIC, zip_checksum
 from .redaction import redact, shown_line, shown_name
 
@@ -300,11 +300,7 @@ def _latest(
     url = f"{marketplace}/api/v1/plugins/{quote(plugin.org, safe='')}/{quote(plugin.name, safe='')}"
     try:
         with open_stream(client, url, attempts=attempts, backoff=backoff) as response:
-            body = b""
-            for chunk in paced(response.iter_bytes(), url):
-                body += chunk
-                if len(body) > _MAX_PLUGIN_DOCUMENT:
-                    break
+            body = read_bounded(response, url, _MAX_PLUGIN_DOCUMENT)
     except StatusError as exc:
         if exc.status != 404:
             raise NetworkError(exc.message, tip=tip) from None

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from .offline import WHEELS_DIR
+from .redaction import shown_line
 from .replay import Check, Step, Update, clone, timed
 from .requirements import remote_lock_sources, tomllib
 from .runner import clean_env
@@ -64,7 +65,12 @@ def static_check(
         return _static_result(profile, target, "uv pip install --dry-run", steps)
     if frozen and not mirror and (remote := _remote_lock_source(root / "uv.lock")):
         steps.append(
-            Step("lock", False, 0.0, f"uv.lock points to a remote index ({remote}): --frozen installs go online")
+            Step(
+                "lock",
+                False,
+                0.0,
+                f"uv.lock points to a remote index ({shown_line(remote)}): --frozen installs go online",
+            )
         )
     else:
         # What `uv sync` would install, from the lock (frozen) or from resolving offline against ./wheels.

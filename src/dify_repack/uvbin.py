@@ -8,6 +8,7 @@ settings decide whether uv may install a managed one (``UV_PYTHON_DOWNLOADS``, `
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -107,20 +108,15 @@ def fetch_uv(version: str, cache_dir: Path, indexes: Indexes | None = None) -> P
             env=clean_env({"UV_CACHE_DIR": str(cache_dir / "uv-cache"), **indexes.uv_env()}),
             timeout=300,
         )
-    except BaseException:  # interrupted: no half-installed uv stays in the cache
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    binary = staging / "bin" / "uv"
-    if result.returncode != 0 or not binary.is_file():
-        shutil.rmtree(staging, ignore_errors=True)
-        if is_certificate_error(result.output):
-            raise certificate_error(", ".join(indexes.public_urls()), result.output)
-        raise NetworkError(f"could not fetch {spec} for verification: {result.tail(3)}")
-    found = _version_of(str(binary))
-    final = cache_dir / "uv" / str(found or version)
-    try:
-        staging.rename(final)
-    except OSError:  # another run put the same version there first
+        binary = staging / "bin" / "uv"
+        if result.returncode != 0 or not binary.is_file():
+            if is_certificate_error(result.output):
+                raise certificate_error(", ".join(indexes.public_urls()), result.output)
+            raise NetworkError(f"could not fetch {spec} for verification: {result.tail(3)}")
+        final = cache_dir / "uv" / str(_version_of(str(binary)) or version)
+        with contextlib.suppress(OSError):  # another run put the same version there first
+            staging.rename(final)
+    finally:  # failed or interrupted (even while asking the new uv its version): no half-installed uv stays
         shutil.rmtree(staging, ignore_errors=True)
     return final / "bin" / "uv"
 

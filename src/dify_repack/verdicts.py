@@ -19,6 +19,7 @@ from packaging.version import Version
 
 from .errors import DependencyError
 from .offline import WHEELS_DIR
+from .redaction import shown_line
 from .reqfile import logical_lines, parse_requirement
 from .requirements import remote_lock_sources, tomllib
 from .targets import Target
@@ -263,7 +264,9 @@ def _lock_reasons(scan: Scan, lock: dict[str, Any]) -> list[str]:
                 f"uv.lock takes {package.get('name')} from {registry}, which is not a directory inside the package"
             )
     if remote := remote_lock_sources(lock):
-        reasons.insert(0, f"will go online: uv.lock points to a remote index ({remote[0]}); --frozen ignores no-index")
+        reasons.insert(
+            0, f"will go online: uv.lock points to a remote index ({shown_line(remote[0])}); --frozen ignores no-index"
+        )
     return list(dict.fromkeys(reasons))
 
 

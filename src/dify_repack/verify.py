@@ -3,9 +3,10 @@
 Live replay needs the target's CPython and CPU; other architectures get a static check (offline resolution
 for their platform with ``--dry-run``). Isolation is a new network namespace; without one the result says so.
 
-It costs what it must: the package is extracted once, the uv versions are fetched once and side by side,
-replays that would run the same commands on the same files run once, the others run in parallel up to the
-cores, and a passed verification of a byte-identical package with the same settings is remembered.
+It costs what it must: the package is hashed once (the daemon's checksum) and extracted once, the uv versions
+are fetched once and side by side, replays that would run the same commands on the same files run once, the
+others run in parallel up to the cores, and a passed verification of a package with the same files (the same
+checksum and zip entries) and the same settings is remembered.
 """
 
 from __future__ import annotations
@@ -32,16 +33,18 @@ from .daemon import (
     PROFILES,
     START_TIMEOUT,
     UNREACHABLE_MIRROR,
+    directory_entries_rejected,
     install_command,
 )
 from .errors import EnvironmentProblem, NetworkError, PackageError, UsageError, VerificationError
-from .files import file_sha256, scratch_folder, write_atomically
+from .files import scratch_folder, write_atomically
 from .manifest import Manifest, read_manifest
 from .mirror import missing_from_wheelhouse, slim_mirror_url
 from .mirror_serve import serve_in_namespace, wheelhouse_server
 from .package import extract_package, open_package, zip_checksum
 from .replay import (
     Check,
+    Environments,
     Limits,
     Replay,
     Step,
@@ -67,7 +70,7 @@ class VerifyReport:
     isolation: str  # how the network was cut: "unshare -n", "unshare -rn", or "none (uv offline mode)"
     checks: tuple[Check, ...]
     notes: tuple[str, ...] = ()
-    remembered: str = ""  # when set: the UTC time of the replay whose pass stands for this byte-identical package
+    remembered: str = ""  # when set: the UTC time of the replay whose pass stands for this package's files
 
     @property
     def ok(self) -> bool:
@@ -122,7 +125,7 @@ class VerifyOptions:
     install_timeout: float = INSTALL_TIMEOUT  # the daemon's watchdogs (tests shorten them)
     install_idle_timeout: float = INSTALL_IDLE_TIMEOUT
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)  # replays side by side
-    reuse: bool = False  # return a remembered pass of the byte-identical package with these settings
+    reuse: bool = False  # return a remembered pass of a package with the same files and these settings
     wheelhouse: Path | None = None  # a slim package's wheels, served at its mirror URL inside the namespace
     mirror_server: tuple[str, ...] | None = None  # or a command serving that mirror there (a real index server)
 
@@ -157,23 +160,25 @@ def verify_package(
         raise UsageError(f"unknown profile {unknown[0]!r}; choose from {', '.join(PROFILES)}")
     # Absolute: the replays run uv from the cache while their working folder is the plugin's.
     cache_dir = (options.cache_dir or default_cache_dir()).absolute()
+    # A package that is no readable zip is refused before a CPython may be installed for it.
+    directories, unpacked = _central_directory(package)
+    checksum = zip_checksum(package)  # the daemon's identity of the package: the memory's key and the identifier's
     prefix, isolation = network_isolation()
     try:
         interpreter = provide_python(options.python, reporter.step)
     except (EnvironmentProblem, NetworkError) as problem:
         interpreter = None  # static checks still prove something
         reporter.warn(problem.message)
-    memory = _memory_path(package, options, isolation, interpreter, cache_dir)
+    memory = _memory_path(checksum, directories, options, isolation, interpreter, cache_dir)
     if options.reuse and memory is not None and (remembered := _recall(memory, package)) is not None:
         reporter.step(
-            f"verification: this byte-identical package passed on {remembered.remembered} (--reverify replays)"
+            f"verification: a package with these files passed on {remembered.remembered} (--reverify replays)"
         )
         return remembered
     notes: list[str] = []
     if not prefix:
         notes.append("NO NETWORK ISOLATION: unshare is unavailable, so uv's offline mode stood in; this is not proof")
         reporter.warn(notes[-1])
-    directories, unpacked = _central_directory(package)
     # Each replay holds a copy of the files, an installed venv and a uv cache: about three times the package.
     with (
         scratch_folder("dify-repack-verify-", unpacked * (2 + 3 * _most_replays(options))) as work,
@@ -190,7 +195,7 @@ def verify_package(
             reporter.step(f"serving the wheelhouse at {mirror} inside the network namespace")
             mirror_checks, prefix = _serve_mirror(serving, tree, mirror, options)
             isolation = f"unshare -n -m (the mirror {mirror} served inside)"
-        identifier = f"{manifest.plugin_id}:{manifest.version}@{zip_checksum(package)}"
+        identifier = f"{manifest.plugin_id}:{manifest.version}@{checksum}"
         targets = make_targets(options.python, list(options.arches or manifest.arches), options.glibc)
         live = [target for target in targets if host_runs(target) and interpreter is not None]
         static = [target for target in targets if target not in live]
@@ -201,15 +206,20 @@ def verify_package(
             WheelCache(cache_dir).mark()  # uv versions are kept there; tagged so `cache clean` knows it
         uv_binaries = _fetch_uv_versions(options, cache_dir, reporter) if live else {}
         runs = _plan(tree, options, live, static, uv_binaries, mirror or UNREACHABLE_MIRROR)
-        context = None
-        if interpreter is not None:
-            limits = Limits(options.install_timeout, options.install_idle_timeout, options.start_timeout, options.start)
-            context = Replay(tree, manifest, interpreter, work, prefix, limits, mirror or UNREACHABLE_MIRROR)
         first: dict[tuple[object, ...], _Run] = {}
         for item in runs:
             first.setdefault(item.key, item)
         # The slowest first (pip builds its venv with ensurepip and compiles every file), static checks last.
         order = sorted(first.values(), key=lambda item: (item.mode != "live", item.version != "pip"))
+        context = None
+        if interpreter is not None:
+            limits = Limits(options.install_timeout, options.install_idle_timeout, options.start_timeout, options.start)
+            # Fingerprinting an installed venv (hashing every file) pays only when another uv replay may match it.
+            shared = sum(item.mode == "live" and item.version != "pip" for item in order) > 1
+            environments = Environments() if shared else None
+            context = Replay(
+                tree, manifest, interpreter, work, prefix, limits, mirror or UNREACHABLE_MIRROR, environments
+            )
         total = len(order)
         same = f" ({len(runs) - total} others identical)" if len(runs) > total else ""
         jobs = max(1, min(options.jobs, total))
@@ -353,18 +363,20 @@ def _entries_checks(names: list[str]) -> list[Check]:
     """The daemon's checksum read fails on a directory entry, so it rejects the upload (DAEMON-FACTS §1)."""
     if not names:
         return []
-    detail = (
-        f"directory entries {', '.join(names)}: the daemon rejects the upload "
-        f'("read {names[0].rstrip("/")}: is a directory"); write file entries only (dify-repack pack does)'
-    )
-    return [Check("package", "-", "-", "static", "zip entries", (Step("entries", False, 0.0, detail),))]
+    step = Step("entries", False, 0.0, directory_entries_rejected(names))
+    return [Check("package", "-", "-", "static", "zip entries", (step,))]
 
 
-# Remembering a pass: the same bytes, verified the same way on the same host, pass again.
+# Remembering a pass: the same files, verified the same way on the same host, pass again.
 
 
 def _memory_path(
-    package: Path, options: VerifyOptions, isolation: str, interpreter: Path | None, cache_dir: Path
+    checksum: str,
+    directories: list[str],
+    options: VerifyOptions,
+    isolation: str,
+    interpreter: Path | None,
+    cache_dir: Path,
 ) -> Path | None:
     """Where a pass of this package with these settings is recorded; None when it must not be remembered."""
     if "latest" in options.uv_versions:
@@ -379,7 +391,8 @@ def _memory_path(
         stat = real.stat()
         python = [str(real), stat.st_size, stat.st_mtime_ns]
     settings = {
-        "package": file_sha256(package),
+        # What extraction and the daemon see of the package: its files (the checksum) and its directory entries.
+        "package": [checksum, directories],
         "tool": __version__,
         "options": {
             "profiles": list(options.profiles),

@@ -35,29 +35,33 @@ def read_metadata(wheel: Path | IO[bytes]) -> bytes | None:
     """
     try:
         with zipfile.ZipFile(wheel) as archive:
-            info = next((info for info in archive.infolist() if _is_metadata(info.filename)), None)
-            if info is None or info.file_size > MAX_METADATA:
-                return None
-            return archive.read(info)
+            return _metadata_in(archive, next((i for i in archive.infolist() if _is_metadata(i.filename)), None))
     except _ERRORS as exc:
         raise NotAWheel(f"not a readable zip ({exc or type(exc).__name__})") from None
 
 
-def check_wheel(path: Path, filename: str) -> None:
-    """Raise NotAWheel unless ``path`` is a readable wheel of the project and version ``filename`` names."""
+def check_wheel(path: Path, filename: str) -> bytes | None:
+    """Raise NotAWheel unless ``path`` is a readable wheel of the project and version ``filename`` names; its
+    METADATA as ``read_metadata`` gives it, from the same single opening of the zip."""
     try:
         name, version, _, _ = parse_wheel_filename(filename)
     except (InvalidWheelFilename, InvalidVersion) as exc:
         raise NotAWheel(f"not a wheel file name ({exc})") from None
     try:
         with zipfile.ZipFile(path) as archive:
-            folders = {member.split("/", 1)[0] for member in archive.namelist() if _is_metadata(member)}
+            found = {info.filename.split("/", 1)[0]: info for info in archive.infolist() if _is_metadata(info.filename)}
+            own = next((info for folder, info in found.items() if _names(folder, name, version)), None)
+            if own is None:
+                shown = ", ".join(shown_line(folder) for folder in sorted(found)[:3]) or "none"
+                raise NotAWheel(f"holds no {name}-{version}.dist-info/METADATA (found: {shown})")
+            # Its CRC is checked on reading: a METADATA that does not read back breaks every installer.
+            return _metadata_in(archive, own)
     except _ERRORS as exc:
         raise NotAWheel(f"not a readable zip ({exc or type(exc).__name__})") from None
-    if not any(_names(folder, name, version) for folder in folders):
-        found = ", ".join(shown_line(folder) for folder in sorted(folders)[:3]) or "none"
-        raise NotAWheel(f"holds no {name}-{version}.dist-info/METADATA (found: {found})")
-    read_metadata(path)  # its CRC is checked: a METADATA that does not read back breaks every installer
+
+
+def _metadata_in(archive: zipfile.ZipFile, info: zipfile.ZipInfo | None) -> bytes | None:
+    return None if info is None or info.file_size > MAX_METADATA else archive.read(info)
 
 
 def _is_metadata(member: str) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import email.parser
 import fcntl
+import hashlib
 import html
 import io
 import json
@@ -33,9 +34,9 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from .credentials import ca_bundle, index_credentials
 from .errors import EnvironmentProblem, NetworkError, PackageError, UsageError, VerificationError
-from .files import atomic_output, file_sha256, write_atomically
+from .files import CHUNK, atomic_output, file_sha256, write_atomically
 from .redaction import redact
-from .wheelfile import NotAWheel, check_wheel, read_metadata
+from .wheelfile import NotAWheel, check_wheel
 
 FILES_DIR = "files"
 SIMPLE_DIR = "simple"
@@ -162,10 +163,9 @@ def add_wheels(root: Path, plugin: str | None, wheels: Sequence[Incoming]) -> Ad
         (root / FILES_DIR).mkdir(exist_ok=True)
         for wheel in sorted(wheels, key=lambda item: item.path.name):
             name = wheel.path.name
-            digest = file_sha256(wheel.path)
             existing = files.get(name)
             if existing is not None and (root / FILES_DIR / name).is_file():
-                if existing.sha256 != digest and not wheel.built:
+                if existing.sha256 != (digest := file_sha256(wheel.path)) and not wheel.built:
                     raise PackageError(
                         f"{root}: {name} is already in the wheelhouse with other content "
                         f"(sha256 {existing.sha256[:12]}…, now {digest[:12]}…)",
@@ -175,8 +175,7 @@ def add_wheels(root: Path, plugin: str | None, wheels: Sequence[Incoming]) -> Ad
                 reused.append(name)
                 given.append(existing)
                 continue
-            item = _describe(wheel.path, digest)
-            _copy_atomically(wheel.path, root / FILES_DIR / name)
+            item = _copy_in(wheel.path, root / FILES_DIR / name)
             files[name] = item
             added.append(name)
             given.append(item)
@@ -207,30 +206,39 @@ def record_plugin(root: Path, plugin: str, files: Iterable[HouseFile]) -> None:
         _commit(Wheelhouse(root, house.files, plugins), house)
 
 
-def prune(root: Path, plugin: str) -> PruneResult:
-    """Forget ``plugin`` (``author/name`` for every version, or ``author/name:version``) and drop unneeded files."""
+def prune(root: Path, plugins: Sequence[str]) -> PruneResult:
+    """Forget ``plugins`` (each ``author/name`` for every version, or ``author/name:version``) and drop the
+    files no remaining plugin needs: all in one update, or, when one of them is not there, none."""
     with _locked(root):
         house = read_wheelhouse(root)
-        dropped = [key for key in house.plugins if key == plugin or key.split(":", 1)[0] == plugin]
-        if not dropped:
-            known = ", ".join(sorted(house.plugins)) or "none"
-            raise UsageError(f"{root}: no plugin {plugin} in the wheelhouse (it holds: {known})")
-        plugins = {key: names for key, names in house.plugins.items() if key not in dropped}
-        kept = {name for names in plugins.values() for name in names}
+        dropped: set[str] = set()
+        for plugin in plugins:
+            matching = {key for key in house.plugins if key == plugin or key.split(":", 1)[0] == plugin}
+            if not matching:
+                known = ", ".join(sorted(house.plugins)) or "none"
+                raise UsageError(f"{root}: no plugin {plugin} in the wheelhouse (it holds: {known})")
+            dropped |= matching
+        remaining = {key: names for key, names in house.plugins.items() if key not in dropped}
+        kept = {name for names in remaining.values() for name in names}
         removed = sorted(name for name in house.files if name not in kept)
         files = {name: item for name, item in house.files.items() if name in kept}
         # Pages and manifest first: a file is never listed after it is gone.
-        _commit(Wheelhouse(root, files, plugins), house)
+        _commit(Wheelhouse(root, files, remaining), house)
         for name in removed:
             (root / FILES_DIR / name).unlink(missing_ok=True)
     return PruneResult(tuple(sorted(dropped)), tuple(removed))
 
 
+def existing_wheelhouse(root: Path) -> Wheelhouse:
+    """The manifest of a wheelhouse that must be there already (the commands that look after one)."""
+    if not (root / MANIFEST).is_file():
+        raise UsageError(f"{root}: no wheelhouse here ({MANIFEST} is missing)", tip="pack with --wheelhouse DIR")
+    return read_wheelhouse(root)
+
+
 def check_wheelhouse(root: Path) -> list[str]:
     """Every problem found: a file missing, changed, or not listed; an index page that disagrees with the manifest."""
-    house = read_wheelhouse(root)
-    if not (root / MANIFEST).is_file():
-        raise UsageError(f"{root}: no wheelhouse here ({MANIFEST} is missing)")
+    house = existing_wheelhouse(root)
     problems = []
     for name, item in sorted(house.files.items()):
         path = root / FILES_DIR / name
@@ -305,29 +313,36 @@ def _page(title: str, body: str) -> str:
     )
 
 
-def _describe(path: Path, digest: str) -> HouseFile:
+def _copy_in(source: Path, target: Path) -> HouseFile:
+    """Copy a wheel into the wheelhouse, hashed as it is written (one read), and describe what is served.
+
+    A copy, not a hard link: editing a wheelhouse file in place must not change the cache's copy.
+    """
+    with atomic_output(target) as temp:
+        digest = hashlib.sha256()
+        with source.open("rb") as reading, temp.open("wb") as writing:
+            while chunk := reading.read(CHUNK):
+                digest.update(chunk)
+                writing.write(chunk)
+        return _describe(temp, target.name, digest.hexdigest())
+
+
+def _describe(path: Path, filename: str, digest: str) -> HouseFile:
     try:
-        name, version, _, _ = parse_wheel_filename(path.name)
-        check_wheel(path, path.name)
-        raw = read_metadata(path) or b""  # past MAX_METADATA it is not read: no Requires-Python is recorded
+        name, version, _, _ = parse_wheel_filename(filename)
+        raw = check_wheel(path, filename) or b""  # past MAX_METADATA it is not read: no Requires-Python is recorded
     except (ValueError, NotAWheel) as error:
-        raise PackageError(f"{path.name}: not a readable wheel ({error})") from None
+        raise PackageError(f"{filename}: not a readable wheel ({error})") from None
     metadata = email.parser.BytesHeaderParser().parsebytes(raw)
     requires = metadata.get("Requires-Python")
     return HouseFile(
-        filename=path.name,
+        filename=filename,
         project=canonicalize_name(name),
         version=str(version),
         sha256=digest,
         size=path.stat().st_size,
         requires_python=str(requires).strip() if requires else None,
     )
-
-
-def _copy_atomically(source: Path, target: Path) -> None:
-    # A copy, not a hard link: editing a wheelhouse file in place must not change the cache's copy.
-    with atomic_output(target) as temp:
-        shutil.copyfile(source, temp)
 
 
 def plugin_key(plugin_id: str, version: str) -> str:

@@ -171,8 +171,7 @@ def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> N
     state = output()
     if state.as_json:
         python = ".".join(str(part) for part in sys.version_info[:3])
-        document = envelope("version", "success", {"version": __version__, "python": python})
-        click.echo(json.dumps(document, indent=2))
+        print_document(envelope("version", "success", {"version": __version__, "python": python}))
     else:
         click.echo(__version__ if state.quiet else f"{PROG}, version {__version__}")
     ctx.exit()
@@ -209,8 +208,13 @@ def emit(status: str, fields: dict[str, object], error: DifyRepackError | dict[s
     command = " ".join(click.get_current_context().command_path.split()[1:])
     if isinstance(error, DifyRepackError):
         error = error_json(error.message, error.tip, int(error.exit_code))
-    # Results quote sources, index and download URLs: the whole document is redacted, whatever field holds one.
-    click.echo(redact(json.dumps(envelope(command, status, fields, error), indent=2, default=str)))
+    print_document(envelope(command, status, fields, error))
+
+
+def print_document(document: dict[str, object]) -> None:
+    """The one JSON document on stdout. Results and errors quote sources, index and download URLs: the whole
+    document is redacted, whatever field holds one."""
+    click.echo(redact(json.dumps(document, indent=2, default=str)))
 
 
 def envelope(
@@ -229,10 +233,12 @@ def error_json(message: str, tip: str | None, exit_code: int) -> dict[str, objec
     return {"message": one_line(message), "tip": tip, "exit_code": exit_code}
 
 
-def make_reporter(quiet: bool) -> ConsoleReporter:
+def make_reporter() -> ConsoleReporter:
+    """Progress on stderr; only warnings with -q or --json."""
     from ..report import ConsoleReporter
 
-    return ConsoleReporter(stderr(), quiet=quiet)
+    out = output()
+    return ConsoleReporter(stderr(), quiet=out.quiet or out.as_json)
 
 
 def _where(ctx: click.Context, param: click.Parameter) -> str:
@@ -386,6 +392,18 @@ def one_line(text: str) -> str:
     return " | ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+def print_error(message: str, tip: str | None = None) -> None:
+    """The one way an error is shown on stderr: an ``error:`` line, and a ``tip:`` line when there is one.
+
+    Redacted here: click's messages, unexpected errors and a batch's failures quote input (URLs) too.
+    """
+    from rich.markup import escape
+
+    stderr().print(f"[bold red]error:[/] {escape(one_line(redact(message)))}")
+    if tip:
+        stderr().print(f"[bold]tip:[/] {escape(redact(tip))}")
+
+
 def _command_of(args: Sequence[str]) -> str | None:
     """The (sub)command named in ``args``, for the envelope of errors raised before or outside it."""
     words = [arg for arg in args if not arg.startswith("-")]
@@ -404,16 +422,10 @@ def _command_of(args: Sequence[str]) -> str | None:
 
 def _fail(args: Sequence[str], message: str, tip: str | None, exit_code: int) -> int:
     """Render an error: one ``error:`` line (+ ``tip:``) on stderr, and with --json the one document on stdout."""
-    message, tip = redact(message), tip and redact(tip)  # click's messages and unexpected errors quote input too
-    from rich.markup import escape
-
-    stderr().print(f"[bold red]error:[/] {escape(one_line(message))}")
-    if tip:
-        stderr().print(f"[bold]tip:[/] {escape(tip)}")
+    print_error(message, tip)
     options = args[: args.index("--")] if "--" in args else args
     if "--json" in options:
-        document = envelope(_command_of(args), "error", {}, error_json(message, tip, exit_code))
-        click.echo(json.dumps(document, indent=2))
+        print_document(envelope(_command_of(args), "error", {}, error_json(message, tip, exit_code)))
     return exit_code
 
 

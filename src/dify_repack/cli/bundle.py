@@ -80,7 +80,7 @@ def bundle_command(
         name=name,
         sign_key=sign_key,
         langgenius_category=langgenius_category,
-        reporter=make_reporter(printing().quiet or printing().as_json),
+        reporter=make_reporter(),
     )
     documents = ReviewPaths(sbom, report)
     written = write_bundle_documents(bundle.path, documents) if documents else []

@@ -6,7 +6,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import click
-from rich.markup import escape
 
 from ..errors import UsageError
 from ..signing import (
@@ -23,9 +22,9 @@ from ..signing import (
 from ._app import (
     cli,
     emit,
+    make_reporter,
     output,
     output_options,
-    stderr,
     with_options,
 )
 
@@ -118,7 +117,7 @@ def sign_command(package: str, key: str, category: str, output_path: str | None)
             tip="write the signed package elsewhere with -o (the default is PACKAGE.signed.difypkg beside it)",
         )
     if warning := key_permission_warning(Path(key)):
-        stderr().print(f"[bold yellow]warning:[/] {escape(warning)}")
+        make_reporter().warn(warning)  # the core's warning line, shown even with -q
     info = sign_package(source, Path(key), target, category=category)
     if output().as_json:
         emit("success", {"package": str(target), "category": info.category, "time": info.time})

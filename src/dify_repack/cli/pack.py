@@ -16,7 +16,6 @@ from ..resolve import Indexes
 from ..review import ReviewPaths, packed_dossier, write_documents
 from ..sources import parse_source, read_source_list
 from ..targets import parse_glibc
-from ..uvbin import require_python
 from ..verify import DEFAULT_UV_VERSIONS, PROFILES, VerifyOptions
 from ..wheels import default_cache_dir
 from ._app import (
@@ -32,6 +31,7 @@ from ._app import (
     one_line,
     output,
     output_options,
+    print_error,
     python_option,
     review_options,
     stderr,
@@ -77,7 +77,7 @@ from .bundle import batch_fields, check_signing_flags, langgenius_option, print_
 @click.option(
     "--reverify",
     is_flag=True,
-    help="Replay even when this byte-identical package already passed with the same settings (so does --refresh).",
+    help="Replay even when a package with the same files already passed with the same settings (so does --refresh).",
 )
 @click.option(
     "--no-start",
@@ -254,9 +254,7 @@ def pack_command(
         bundle=bundle,
         langgenius_category=langgenius_category,
     )
-    reporter = make_reporter(output().quiet or as_json)
-    if verify:  # before any source is downloaded: the replays need the daemon's CPython
-        require_python(python_version, reporter.step)
+    reporter = make_reporter()
     # One plain source keeps the single-plugin output: its summary, and its own error and exit code.
     single = len(parsed) == 1 and not is_dsl_source(parsed[0])
 
@@ -268,7 +266,7 @@ def pack_command(
         elif not single:
             message = one_line(item.outcome.message)
             where = "" if message.startswith(item.sources[0]) else f"{item.sources[0]}: "
-            stderr().print(f"[bold red]error:[/] {escape(where + message)}")
+            print_error(where + message, item.outcome.tip)
 
     result = pack_many(parsed, options, reporter, on_item=done)
     if single and result.failures:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -114,43 +115,40 @@ def verify_command(
         glibc=parse_glibc(glibc),
         wheelhouse=wheelhouse,
     )
-    out = output()
+    reporter = make_reporter()
     if is_bundle(package):
-        return _verify_bundle(package, options)
-    report = verify_package(package, options, make_reporter(out.quiet or out.as_json))
-    failure = None
-    try:
-        require_pass(report)
-    except DifyRepackError as error:
-        failure = error
-    if out.as_json:
-        emit("success" if failure is None else "error", report.to_json(), failure)
-    elif out.quiet:
-        if failure is not None:
-            raise failure  # the one error line says which profile failed and why
-        click.echo(f"verified: {report.identifier}: {report.counts} passed (network cut by {report.isolation})")
-    else:
-        print_verify_report(report)
-    return int(ExitCode.OK) if failure is None else int(failure.exit_code)
-
-
-def _verify_bundle(bundle: Path, options: VerifyOptions) -> int:
-    out = output()
-    verification = verify_bundle(bundle, options, make_reporter(out.quiet or out.as_json))
-    failure = None
-    try:
-        require_bundle_pass(verification)
-    except DifyRepackError as error:
-        failure = error
-    if out.as_json:
-        emit("success" if failure is None else "error", bundle_verification_fields(verification), failure)
-    elif out.quiet:
-        if failure is not None:
-            raise failure
+        verification = verify_bundle(package, options, reporter)
         checks = sum(len(report.checks) for report in verification.reports)
-        click.echo(f"verified: {bundle}: {len(verification.reports)} packages, {checks} checks passed")
+        return _outcome(
+            lambda: require_bundle_pass(verification),
+            bundle_verification_fields(verification),
+            f"verified: {package}: {len(verification.reports)} packages, {checks} checks passed",
+            lambda: print_bundle_verification(verification),
+        )
+    report = verify_package(package, options, reporter)
+    return _outcome(
+        lambda: require_pass(report),
+        report.to_json(),
+        f"verified: {report.identifier}: {report.counts} passed (network cut by {report.isolation})",
+        lambda: print_verify_report(report),
+    )
+
+
+def _outcome(require: Callable[[], None], fields: dict[str, object], line: str, show: Callable[[], None]) -> int:
+    """Render a verification, of a package or a bundle: the envelope, one line with -q, or the whole report."""
+    failure = None
+    try:
+        require()
+    except DifyRepackError as error:
+        failure = error
+    if output().as_json:
+        emit("success" if failure is None else "error", fields, failure)
+    elif output().quiet:
+        if failure is not None:
+            raise failure  # the one error line says which profile (or package) failed and why
+        click.echo(line)
     else:
-        print_bundle_verification(verification)
+        show()
     return int(ExitCode.OK) if failure is None else int(failure.exit_code)
 
 

@@ -9,17 +9,12 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import ExitCode, UsageError, VerificationError
+from ..errors import ExitCode, VerificationError
 from ..render import _console, mib
-from ..wheelhouse import MANIFEST, check_wheelhouse, prune, read_wheelhouse, upload
+from ..wheelhouse import check_wheelhouse, existing_wheelhouse, prune, read_wheelhouse, upload
 from ._app import cert_option, cli, emit, output, output_options, with_options
 
 house_argument = click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
-
-
-def _existing(directory: Path) -> None:
-    if not (directory / MANIFEST).is_file():
-        raise UsageError(f"{directory}: no wheelhouse here ({MANIFEST} is missing)", tip="pack with --wheelhouse DIR")
 
 
 @cli.group("wheelhouse")
@@ -40,8 +35,7 @@ def wheelhouse_group() -> None:
 @with_options(output_options)
 def list_command(directory: Path) -> None:
     """List the plugins recorded in DIRECTORY and the files each needs."""
-    _existing(directory)
-    house = read_wheelhouse(directory)
+    house = existing_wheelhouse(directory)
     if output().as_json:
         emit("success", {"directory": str(directory), **house.to_json()})
         return
@@ -66,7 +60,6 @@ def list_command(directory: Path) -> None:
 @with_options(output_options)
 def check_command(directory: Path) -> int:
     """Check every file of DIRECTORY against the sha256 its index lists (exit 7 naming what is wrong)."""
-    _existing(directory)
     problems = check_wheelhouse(directory)
     files = len(read_wheelhouse(directory).files)
     if output().as_json:
@@ -93,16 +86,14 @@ def check_command(directory: Path) -> int:
 @with_options(output_options)
 def prune_command(directory: Path, plugins: tuple[str, ...]) -> None:
     """Forget plugins and delete the files no remaining plugin needs."""
-    _existing(directory)
-    results = [prune(directory, plugin) for plugin in plugins]
-    dropped = [key for result in results for key in result.plugins]
-    removed = [name for result in results for name in result.removed]
+    existing_wheelhouse(directory)
+    result = prune(directory, plugins)
     if output().as_json:
-        emit("success", {"plugins": dropped, "removed": removed})
+        emit("success", {"plugins": list(result.plugins), "removed": list(result.removed)})
         return
     out = _console()
-    out.print(f"forgot {', '.join(dropped)}; removed {len(removed)} files no other plugin needs")
-    for name in removed:
+    out.print(f"forgot {', '.join(result.plugins)}; removed {len(result.removed)} files no other plugin needs")
+    for name in result.removed:
         out.print(f"  {name}", markup=False)
 
 
@@ -125,8 +116,7 @@ def upload_command(directory: Path, repository_url: str) -> None:
     Nexus:   --repository-url http://HOST/repository/pypi-hosted/
     Then pack with --mirror-url set to that repository's simple URL and --lock-from-mirror.
     """
-    _existing(directory)
-    result = upload(directory, repository_url)
+    result = upload(directory, repository_url)  # checks the wheelhouse first
     if output().as_json:
         emit("success", asdict(result))
         return
