@@ -18,7 +18,7 @@ from .verify import Step, VerifyReport
 PIN_CHANGES_SHOWN = 10  # the summary lists this many changed pins; --json has them all
 
 
-def _console() -> Console:
+def console() -> Console:
     # Tables wide enough to read in a CI log too, where rich would otherwise assume 80 columns.
     return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 140)
 
@@ -74,7 +74,7 @@ def pack_json(text: str, outcome: PackResult | DifyRepackError, seconds: float) 
 
 
 def print_pack_result(result: PackResult) -> None:
-    out = _console()
+    out = console()
     out.print(f"[bold green]wrote[/] {escape(str(result.output))}")
     out.print(f"  plugin    {result.manifest.plugin_id} {result.manifest.version}")
     out.print(f"  targets   {', '.join(map(str, result.targets))}")
@@ -116,7 +116,7 @@ def step_cell(step: Step) -> str:
 
 
 def print_verify_report(report: VerifyReport) -> None:
-    out = _console()
+    out = console()
     out.print(f"{escape(report.identifier)}  (network cut by: {report.isolation})")
     table = Table()
     for column in ("profile", "uv", "target", "mode", *_LIVE_STEPS, "result"):
@@ -162,7 +162,7 @@ def print_verify_report(report: VerifyReport) -> None:
 
 def print_inspection(result: Inspection) -> None:
     manifest = result.manifest
-    out = _console()
+    out = console()
     out.print(f"[bold]{escape(result.identifier)}[/]")
     out.print(
         f"manifest    arch {', '.join(manifest.arches)}; runner python {escape(manifest.runner_version)} "

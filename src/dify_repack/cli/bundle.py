@@ -12,7 +12,7 @@ from ..batch import BatchItem, BatchResult
 from ..bundle import Bundle, BundleInspection, BundleVerification, write_bundle
 from ..errors import DifyRepackError, UsageError
 from ..packing import PackResult
-from ..render import _console, mib, pack_json, print_verify_report
+from ..render import console, mib, pack_json, print_verify_report
 from ..review import ReviewPaths, write_bundle_documents
 from ._app import cli, emit, make_reporter, output_options, review_options, with_options
 from ._app import output as printing  # `output` is the bundle command's -o
@@ -116,14 +116,14 @@ def bundle_json(bundle: Bundle) -> dict[str, object]:
 
 
 def _settings(lines: tuple[str, ...], what: str) -> None:
-    out = _console()
+    out = console()
     out.print(f"Dify settings for {what}:" if lines else f"Dify settings: the defaults accept {what}.")
     for line in lines:
         out.print(f"  {line}", markup=False)
 
 
 def print_bundle(bundle: Bundle, *, settings: bool = True) -> None:
-    out = _console()
+    out = console()
     out.print(f"[bold green]wrote[/] {escape(str(bundle.path))}  ({len(bundle.entries)} packages, {mib(bundle.size)})")
     for entry in bundle.entries:
         signed = f"signed ({entry.category or 'no category'})" if entry.signed else "unsigned"
@@ -164,7 +164,7 @@ def _cells(item: BatchItem) -> list[str]:
 
 def print_batch_report(result: BatchResult) -> None:
     """One table for the run, then the bundle, the DSL copies, and the settings to set."""
-    out = _console()
+    out = console()
     if result.items:
         table = Table(title="dify-repack pack")
         for column in ("plugin", "source DSLs", "version", "size", "verified", "signed", "result"):
@@ -220,7 +220,7 @@ def batch_fields(result: BatchResult) -> dict[str, object]:
 
 
 def print_bundle_verification(verification: BundleVerification) -> None:
-    out = _console()
+    out = console()
     bundle = verification.bundle
     out.print(f"[bold]{escape(str(bundle.path))}[/]: bundle of {len(bundle.entries)} packages")
     for report in verification.reports:
@@ -245,7 +245,7 @@ def bundle_verification_fields(verification: BundleVerification) -> dict[str, ob
 
 def print_bundle_inspection(inspection: BundleInspection, *, quiet: bool = False) -> None:
     """Each embedded package in a few lines (``inspect`` on it alone gives the full reading)."""
-    out = _console()
+    out = console()
     bundle = inspection.bundle
     if quiet:  # one line a package: identifier, signature, verdicts
         for result in inspection.inspections:

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ExitCode, VerificationError
-from ..render import _console, mib
+from ..render import console, mib
 from ..wheelhouse import check_wheelhouse, existing_wheelhouse, prune, read_wheelhouse, upload
 from ._app import cert_option, cli, emit, output, output_options, with_options
 
@@ -39,7 +39,7 @@ def list_command(directory: Path) -> None:
     if output().as_json:
         emit("success", {"directory": str(directory), **house.to_json()})
         return
-    out = _console()
+    out = console()
     table = Table(
         title=f"{escape(str(directory))}: {len(house.files)} files, {mib(sum(f.size for f in house.files.values()))}"
     )
@@ -66,7 +66,7 @@ def check_command(directory: Path) -> int:
         failure = VerificationError(f"{directory}: {problems[0]}", tip="pack the plugins again") if problems else None
         emit("error" if problems else "success", {"files": files, "problems": problems}, failure)
     else:
-        out = _console()
+        out = console()
         for problem in problems:
             out.print(f"[bold red]FAIL[/] {escape(problem)}")
         out.print(f"{files} files checked: " + (f"{len(problems)} problems" if problems else "every hash matches"))
@@ -91,7 +91,7 @@ def prune_command(directory: Path, plugins: tuple[str, ...]) -> None:
     if output().as_json:
         emit("success", {"plugins": list(result.plugins), "removed": list(result.removed)})
         return
-    out = _console()
+    out = console()
     out.print(f"forgot {', '.join(result.plugins)}; removed {len(result.removed)} files no other plugin needs")
     for name in result.removed:
         out.print(f"  {name}", markup=False)
@@ -121,4 +121,4 @@ def upload_command(directory: Path, repository_url: str) -> None:
         emit("success", asdict(result))
         return
     skipped = f"; {len(result.skipped)} it had already" if result.skipped else ""
-    _console().print(f"uploaded {len(result.uploaded)} files to {escape(result.repository)}{skipped}")
+    console().print(f"uploaded {len(result.uploaded)} files to {escape(result.repository)}{skipped}")
