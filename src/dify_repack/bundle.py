@@ -20,9 +20,10 @@ import yaml
 
 from . import cancel
 from .errors import DifyRepackError, PackageError, SignatureError, UsageError, VerificationError
+from .files import read_bounded
 from .inspect import Inspection, inspect_package
 from .manifest import Manifest, read_manifest
-from .package import extract_package, open_package, read_bounded, write_package, zip_checksum
+from .package import extract_package, open_package, write_package, zip_checksum
 from .packing import PackResult
 from .redaction import shown_line
 from .report import NullReporter, PrefixedReporter, Reporter

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import cancel
-from .errors import EnvironmentProblem
+from .errors import EnvironmentProblem, PackageError
 
 CHUNK = 1024 * 1024
 
@@ -64,6 +64,21 @@ def file_sha256(path: Path) -> str:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_bounded(path: Path, limit: int, shown: str) -> bytes:
+    """A small file's bytes; a file larger than ``limit`` (or unreadable) is a PackageError naming ``shown``.
+
+    Never reads more than ``limit + 1`` bytes, whatever the file (a link to a huge one, a device).
+    """
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise PackageError(f"{shown}: cannot read it ({exc.strerror})") from None
+    if len(data) > limit:
+        raise PackageError(f"{shown}: larger than {limit} bytes; this file is never that large in a real plugin")
+    return data
 
 
 RAM_FOLDER = Path("/dev/shm")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PackageError
-from .package import read_bounded
+from .files import read_bounded
 from .redaction import shown_line
 from .yamlsafe import MAX_YAML_CHARS, load_yaml
 

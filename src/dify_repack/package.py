@@ -22,7 +22,7 @@ import pathspec
 
 from . import cancel
 from .errors import EnvironmentProblem, PackageError
-from .files import CHUNK, atomic_output
+from .files import CHUNK, atomic_output, read_bounded
 from .redaction import shown_line
 
 SIGNATURE_FILE = ".verification.dify.json"
@@ -209,21 +209,6 @@ def ignore_spec(root: Path) -> pathspec.GitIgnoreSpec:
                     ) from None
             return pathspec.GitIgnoreSpec.from_lines([*ALWAYS_IGNORED, *lines])
     return pathspec.GitIgnoreSpec.from_lines(ALWAYS_IGNORED)
-
-
-def read_bounded(path: Path, limit: int, shown: str) -> bytes:
-    """A small file's bytes; a file larger than ``limit`` (or unreadable) is a PackageError naming ``shown``.
-
-    Never reads more than ``limit + 1`` bytes, whatever the file (a link to a huge one, a device).
-    """
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(limit + 1)
-    except OSError as exc:
-        raise PackageError(f"{shown}: cannot read it ({exc.strerror})") from None
-    if len(data) > limit:
-        raise PackageError(f"{shown}: larger than {limit} bytes; this file is never that large in a real plugin")
-    return data
 
 
 def copy_plugin_dir(source: Path, dest: Path, *, follow_symlinks: bool = False) -> list[str]:

@@ -22,7 +22,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from .errors import DependencyError, PackageError
-from .package import read_bounded
+from .files import read_bounded
 from .redaction import shown_line, shown_name
 
 # Long options pip accepts in requirement files that pull in another file; optparse also takes any unique
